@@ -1,0 +1,58 @@
+"""NatsPubsub conventions for FastStream on NATS JetStream.
+
+Envelope, ``<env>.<app>.<topic>`` subjects, retries with backoff, a dead-letter queue and
+metadata for handlers, installed on a FastStream ``NatsBroker`` by :class:`NatsPubsub`.
+"""
+
+from .annotations import CurrentEnvelope, EventMetadata
+from .dlq import DeadLetterReason, DeadLetterRecord
+from .dlq_admin import DeadLetterNotFoundError, DeadLetterQueue
+from .envelope import Envelope, EnvelopeCodec, MalformedEnvelopeError
+from .errors import (
+    EnvelopeError,
+    MessageTooLargeError,
+    NatsPubsubError,
+    PermanentError,
+    PublishError,
+    RetryLater,
+    SubjectError,
+    TopologyError,
+)
+from .facade import NatsPubsub, PubsubRouter
+from .middlewares import AckHeartbeatMiddleware, EnvelopeMiddleware, FailureMiddleware
+from .publishing import OutgoingEvent, PublishResult
+from .retry import RetryPolicy
+from .subjects import SubjectParts, build_subject, parse_subject
+from .topology import StreamSettings
+
+__all__ = (
+    "AckHeartbeatMiddleware",
+    "CurrentEnvelope",
+    "DeadLetterNotFoundError",
+    "DeadLetterQueue",
+    "DeadLetterReason",
+    "DeadLetterRecord",
+    "Envelope",
+    "EnvelopeCodec",
+    "EnvelopeError",
+    "EnvelopeMiddleware",
+    "EventMetadata",
+    "FailureMiddleware",
+    "MalformedEnvelopeError",
+    "MessageTooLargeError",
+    "NatsPubsub",
+    "NatsPubsubError",
+    "OutgoingEvent",
+    "PermanentError",
+    "PublishError",
+    "PublishResult",
+    "PubsubRouter",
+    "RetryLater",
+    "RetryPolicy",
+    "StreamSettings",
+    "SubjectError",
+    "SubjectParts",
+    "TopologyError",
+    "build_subject",
+    "parse_subject",
+)

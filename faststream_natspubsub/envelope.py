@@ -1,0 +1,268 @@
+"""The JSON envelope around every event: model, encoding and tolerant decoding.
+
+Wire format (SPEC section 4)::
+
+    {"event_id": "...", "schema_version": 1, "topic": "order.created",
+     "occurred_at": "2025-01-17T10:30:00.000Z", "message": {...}, "metadata": {...}}
+
+Decoding also accepts what NatsPubsub 1.0 (TypeScript and Ruby) publishes: ``producer``
+and a top-level ``trace_id`` are mapped into ``metadata``, an older ``payload`` stands in for
+``message``, whole-second timestamps are fine, and unknown top-level fields are kept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Final
+
+from pydantic import BaseModel, RootModel
+from pydantic_core import PydanticSerializationError, from_json, to_json, to_jsonable_python
+
+from .errors import EnvelopeError, MessageTooLargeError
+
+__all__ = (
+    "CONTENT_ENCODING_HEADER",
+    "DEFAULT_MAX_DECOMPRESSED_SIZE",
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "OPTIONAL_METADATA_DROP_ORDER",
+    "SCHEMA_VERSION",
+    "Envelope",
+    "EnvelopeCodec",
+    "MalformedEnvelopeError",
+    "format_timestamp",
+    "message_to_payload",
+    "new_event_id",
+    "parse_timestamp",
+)
+
+SCHEMA_VERSION: Final = 1
+# The NATS server's default max_payload; the limit applies to the bytes sent.
+DEFAULT_MAX_MESSAGE_SIZE: Final = 1024 * 1024
+# A consumer never inflates a gzip body beyond this, whatever its header claims.
+DEFAULT_MAX_DECOMPRESSED_SIZE: Final = 8 * 1024 * 1024
+# Dropped one by one, in this order, before a message is declared too large.
+OPTIONAL_METADATA_DROP_ORDER: Final = ("app_version", "session_id", "parent_span_id", "span_id")
+CONTENT_ENCODING_HEADER: Final = "Content-Encoding"
+
+_GZIP_MAGIC: Final = b"\x1f\x8b"
+_CORE_FIELDS: Final = frozenset(
+    {"event_id", "schema_version", "topic", "occurred_at", "message", "payload", "metadata"}
+)
+
+
+class MalformedEnvelopeError(EnvelopeError):
+    """Received bytes are not a readable envelope; retrying cannot help."""
+
+
+@dataclass(slots=True, kw_only=True)
+class Envelope:
+    """One event as it travels on the wire.
+
+    ``extra`` keeps top-level fields this package does not know (for example NatsPubsub
+    1.0's ``message_type``, ``domain`` or ``resource``), so nothing is lost on a re-publish.
+    """
+
+    event_id: str
+    """Unique id of the event; also the ``Nats-Msg-Id`` used for de-duplication."""
+    message: Any
+    """The payload, a JSON object."""
+    occurred_at: datetime | None = None
+    """When the event happened (UTC)."""
+    topic: str | None = None
+    """The topic the event was published to, without env and app."""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    """Tracing, correlation and origin: ``trace_id``, ``correlation_id``, ``app_name``..."""
+    schema_version: int = SCHEMA_VERSION
+    """Version of the envelope format."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Unknown top-level fields, kept as received."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-ready form, in wire field order."""
+        data: dict[str, Any] = {"event_id": self.event_id, "schema_version": self.schema_version}
+        if self.topic is not None:
+            data["topic"] = self.topic
+        if self.occurred_at is not None:
+            data["occurred_at"] = format_timestamp(self.occurred_at)
+        data["message"] = self.message
+        if self.metadata:
+            data["metadata"] = self.metadata
+        for key, value in self.extra.items():
+            data.setdefault(key, value)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Envelope:
+        """Read a decoded JSON object tolerantly; raise :class:`MalformedEnvelopeError`."""
+        event_id = data.get("event_id")
+        if not isinstance(event_id, str) or not event_id:
+            raise MalformedEnvelopeError("envelope has no event_id string")
+        if "message" in data:
+            message = data["message"]
+        elif "payload" in data:  # NatsPubsub 1.0's older event form
+            message = data["payload"]
+        else:
+            raise MalformedEnvelopeError("envelope has neither 'message' nor 'payload'")
+
+        raw_metadata = data.get("metadata")
+        if raw_metadata is None:
+            metadata: dict[str, Any] = {}
+        elif isinstance(raw_metadata, dict):
+            metadata = raw_metadata
+        else:
+            raise MalformedEnvelopeError("envelope 'metadata' is not an object")
+
+        extra = {k: v for k, v in data.items() if k not in _CORE_FIELDS}
+        if extra:
+            # NatsPubsub 1.0 puts these at the top level.
+            producer = extra.get("producer")
+            if isinstance(producer, str) and "app_name" not in metadata:
+                metadata["app_name"] = producer
+            trace_id = extra.get("trace_id")
+            if isinstance(trace_id, str) and "trace_id" not in metadata:
+                metadata["trace_id"] = trace_id
+
+        occurred_raw = data.get("occurred_at")
+        occurred_at = None if occurred_raw is None else _parse_occurred_at(occurred_raw)
+        topic = data.get("topic")
+        version = data.get("schema_version", SCHEMA_VERSION)
+        return cls(
+            event_id=event_id,
+            message=message,
+            occurred_at=occurred_at,
+            topic=topic if isinstance(topic, str) else None,
+            metadata=metadata,
+            schema_version=version if isinstance(version, int) else SCHEMA_VERSION,
+            extra=extra,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EnvelopeCodec:
+    """Turns envelopes into bytes and back, with the size limit and optional gzip."""
+
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    """Largest encoded message (after compression) a publish may send, in bytes."""
+    compress_threshold: int | None = None
+    """Gzip bodies larger than this many bytes; ``None`` (default) never compresses."""
+    max_decompressed_size: int = DEFAULT_MAX_DECOMPRESSED_SIZE
+    """A received gzip body that would inflate beyond this is malformed."""
+
+    def encode(self, data: dict[str, Any]) -> tuple[bytes, bool]:
+        """Encode an envelope dict; returns the bytes and whether they are gzipped.
+
+        Optional metadata is dropped (in :data:`OPTIONAL_METADATA_DROP_ORDER`) while the
+        result is over the limit; after that :class:`MessageTooLargeError` is raised.
+        ``data["metadata"]`` may be modified.
+        """
+        payload, compressed = self._encode_once(data)
+        if len(payload) <= self.max_message_size:
+            return payload, compressed
+        metadata = data.get("metadata") or {}
+        for key in OPTIONAL_METADATA_DROP_ORDER:
+            if metadata.pop(key, None) is not None:
+                payload, compressed = self._encode_once(data)
+                if len(payload) <= self.max_message_size:
+                    return payload, compressed
+        raise MessageTooLargeError(len(payload), self.max_message_size)
+
+    def _encode_once(self, data: dict[str, Any]) -> tuple[bytes, bool]:
+        try:
+            payload = to_json(data)
+        except PydanticSerializationError as exc:
+            raise EnvelopeError(f"message is not JSON-serialisable: {exc}") from exc
+        if self.compress_threshold is not None and len(payload) > self.compress_threshold:
+            return _gzip(payload), True
+        return payload, False
+
+    def decode(self, payload: bytes) -> Envelope:
+        """Decode received bytes; anything unreadable raises :class:`MalformedEnvelopeError`."""
+        if payload[:2] == _GZIP_MAGIC:
+            payload = _bounded_gunzip(payload, self.max_decompressed_size)
+        try:
+            data = from_json(payload)
+        except ValueError as exc:
+            raise MalformedEnvelopeError(f"not valid JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise MalformedEnvelopeError(f"envelope is a JSON {type(data).__name__}, not an object")
+        return Envelope.from_dict(data)
+
+
+def message_to_payload(message: Any) -> Any:
+    """Check that ``message`` serialises to a JSON object; return something ``to_json`` takes.
+
+    Mappings, pydantic models and dataclass instances pass as they are (serialised once, with
+    the envelope); anything else is converted first to find out what JSON it becomes.
+    """
+    if isinstance(message, dict | Mapping):
+        return message
+    if isinstance(message, BaseModel) and not isinstance(message, RootModel):
+        return message
+    if dataclasses.is_dataclass(message) and not isinstance(message, type):
+        return message
+    try:
+        converted = to_jsonable_python(message)
+    except PydanticSerializationError as exc:
+        raise EnvelopeError(
+            f"message of type {type(message).__name__} is not serialisable"
+        ) from exc
+    if not isinstance(converted, dict):
+        raise EnvelopeError(
+            f"message must serialise to a JSON object, got {type(converted).__name__} "
+            f"from {type(message).__name__}"
+        )
+    return converted
+
+
+def new_event_id() -> str:
+    """A fresh UUIDv4 string."""
+    return str(uuid.uuid4())
+
+
+def format_timestamp(moment: datetime) -> str:
+    """ISO-8601 UTC with milliseconds and ``Z``: ``2025-01-17T10:30:00.000Z``."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    elif moment.utcoffset():
+        moment = moment.astimezone(timezone.utc)
+    return moment.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
+
+
+def parse_timestamp(value: str) -> datetime:
+    """Parse ISO-8601 with or without fraction, ``Z`` or an offset; naive means UTC."""
+    text = value[:-1] + "+00:00" if value.endswith(("Z", "z")) else value
+    moment = datetime.fromisoformat(text)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
+
+
+def _parse_occurred_at(value: Any) -> datetime:
+    if not isinstance(value, str):
+        raise MalformedEnvelopeError("envelope 'occurred_at' is not a string")
+    try:
+        return parse_timestamp(value)
+    except ValueError as exc:
+        raise MalformedEnvelopeError(f"envelope 'occurred_at' is not ISO-8601: {value!r}") from exc
+
+
+def _gzip(payload: bytes) -> bytes:
+    compressor = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    return compressor.compress(payload) + compressor.flush()
+
+
+def _bounded_gunzip(payload: bytes, limit: int) -> bytes:
+    """Inflate at most ``limit`` bytes; a bomb is refused before it fills memory."""
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        result = inflater.decompress(payload, limit + 1)
+    except zlib.error as exc:
+        raise MalformedEnvelopeError(f"gzip body cannot be decompressed: {exc}") from exc
+    if len(result) > limit or inflater.unconsumed_tail:
+        raise MalformedEnvelopeError(f"gzip body inflates beyond {limit} bytes")
+    if not inflater.eof:
+        raise MalformedEnvelopeError("gzip body is truncated")
+    return result

@@ -1,0 +1,434 @@
+"""``NatsPubsub``: the thin facade that installs the middlewares and speaks in topics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Final
+
+from faststream import AckPolicy
+from faststream.nats import JStream, NatsRouter, PullSub
+from nats.js.api import AckPolicy as ServerAckPolicy
+from nats.js.api import ConsumerConfig
+
+from .advisories import MaxDeliveriesWatcher
+from .dlq import DeadLetterWriter
+from .envelope import CONTENT_ENCODING_HEADER, EnvelopeCodec, format_timestamp, new_event_id
+from .errors import NatsPubsubError, PublishError, SubjectError
+from .metadata import INBOUND_CONTEXT_KEY
+from .middlewares.envelope import EnvelopeMiddleware
+from .middlewares.failure import FailureMiddleware
+from .middlewares.heartbeat import AckHeartbeatMiddleware
+from .publishing import (
+    PUBLISH_RETRY_DELAYS,
+    RETRIABLE_PUBLISH_ERRORS,
+    OutgoingEvent,
+    PublishResult,
+)
+from .retry import RetryPolicy
+from .subjects import (
+    build_subject,
+    consumer_name,
+    dlq_stream_name,
+    dlq_subject_prefix,
+    normalize_app,
+    normalize_env,
+    stream_name,
+    validate_topic,
+)
+from .topology import ConsumerSpec, StreamSettings, StreamSpec, Topology
+
+if TYPE_CHECKING:
+    from faststream.nats import NatsBroker
+    from faststream.nats.publisher.usecase import LogicPublisher
+    from faststream.nats.subscriber.usecases.basic import LogicSubscriber
+    from nats.js import JetStreamContext
+
+__all__ = ("DLQ_MAX_AGE", "NatsPubsub", "PubsubRouter")
+
+logger = logging.getLogger("faststream_natspubsub")
+
+# How long dead letters are kept unless configured otherwise.
+DLQ_MAX_AGE: Final = 30 * 24 * 3600.0
+# Default pull settings: one message at a time keeps events in order for a single worker.
+_DEFAULT_FETCH_TIMEOUT: Final = 5.0
+
+
+class NatsPubsub:
+    """NatsPubsub conventions on a FastStream ``NatsBroker``.
+
+    Installs the failure (retry/DLQ) and envelope middlewares on ``broker`` and declares the
+    streams and consumers it needs when the broker starts::
+
+        broker = NatsBroker("nats://127.0.0.1:4222")
+        pubsub = NatsPubsub(broker, env="production", app="orders")
+
+        @pubsub.subscriber("order.created")
+        async def on_created(order: Order, meta: EventMetadata) -> None: ...
+    """
+
+    def __init__(
+        self,
+        broker: NatsBroker,
+        *,
+        env: str,
+        app: str,
+        retry: RetryPolicy | None = None,
+        dlq: bool = True,
+        inbox: Any = None,
+        app_version: str | None = None,
+        streams: StreamSettings | None = None,
+        dlq_max_age: float = DLQ_MAX_AGE,
+        codec: EnvelopeCodec | None = None,
+    ) -> None:
+        self.broker = broker
+        self.env = normalize_env(env)
+        self.app = normalize_app(app)
+        self.retry = retry or RetryPolicy()
+        self.stream_settings = streams or StreamSettings()
+        self.stream = stream_name(self.env, self.app)
+        self.dlq_stream = dlq_stream_name(self.env, self.app) if dlq else None
+        self.dlq_subject_prefix = dlq_subject_prefix(self.env, self.app)
+        if inbox is not None:
+            raise NotImplementedError("the inbox is not available yet")
+
+        self.topology = Topology()
+        self._declare_stream(self.app)
+        if self.dlq_stream is not None:
+            dlq_settings = StreamSettings(
+                replicas=self.stream_settings.replicas,
+                storage=self.stream_settings.storage,
+                max_age=dlq_max_age,
+            )
+            self.topology.add_stream(
+                StreamSpec(
+                    name=self.dlq_stream,
+                    subjects=(f"{self.dlq_subject_prefix}.>",),
+                    settings=dlq_settings,
+                )
+            )
+
+        self.codec = codec or EnvelopeCodec()
+        self.envelope = EnvelopeMiddleware(
+            env=self.env, app=self.app, app_version=app_version, codec=self.codec
+        )
+        self.dead_letters = (
+            DeadLetterWriter(
+                app=self.app,
+                stream=self.dlq_stream,
+                subject_prefix=self.dlq_subject_prefix,
+                codec=self.codec,
+            )
+            if self.dlq_stream is not None
+            else None
+        )
+        self.failure = FailureMiddleware(env=self.env, retry=self.retry, dlq=self.dead_letters)
+        self.heartbeat = AckHeartbeatMiddleware()
+        # Order matters: failure is outermost, so it also sees malformed envelopes; the
+        # heartbeat covers the handler only.
+        broker.add_middleware(self.failure)
+        broker.add_middleware(self.heartbeat)
+        broker.add_middleware(self.envelope)
+        self._watcher: MaxDeliveriesWatcher | None = None
+        self._subjects: dict[str, str] = {}
+        self._install_start_hook()
+
+    # -- declaring -----------------------------------------------------------------------
+
+    def subscriber(
+        self,
+        topic: str,
+        *,
+        app: str | None = None,
+        ack_wait: float = 30.0,
+        max_workers: int = 1,
+        **faststream_kwargs: Any,
+    ) -> LogicSubscriber[Any]:
+        """A durable pull subscriber for ``topic`` of this app, or of ``app`` if given.
+
+        ``ack_wait`` is in seconds. Other keyword arguments go to ``broker.subscriber``.
+        """
+        subject, kwargs = self._subscriber_kwargs(
+            topic, app=app, ack_wait=ack_wait, max_workers=max_workers, extra=faststream_kwargs
+        )
+        return self.broker.subscriber(subject, **kwargs)  # type: ignore[no-any-return]
+
+    def publisher(self, topic: str, **faststream_kwargs: Any) -> LogicPublisher:
+        """A FastStream publisher for ``topic``; what it sends is wrapped in the envelope."""
+        subject, kwargs = self._publisher_kwargs(topic, faststream_kwargs)
+        return self.broker.publisher(subject, **kwargs)
+
+    def router(self, **kwargs: Any) -> PubsubRouter:
+        """A ``NatsRouter`` whose ``subscriber``/``publisher`` take topics like the facade's."""
+        return PubsubRouter(self, **kwargs)
+
+    def _declare_stream(self, app: str) -> str:
+        name = stream_name(self.env, app)
+        subjects = (f"{self.env}.{app}.>",)
+        self.topology.add_stream(
+            StreamSpec(name=name, subjects=subjects, settings=self.stream_settings)
+        )
+        return name
+
+    def _subscriber_kwargs(
+        self,
+        topic: str,
+        *,
+        app: str | None,
+        ack_wait: float,
+        max_workers: int,
+        extra: dict[str, Any],
+    ) -> tuple[str, dict[str, Any]]:
+        source_app = normalize_app(app) if app is not None else self.app
+        subject = build_subject(self.env, source_app, topic)
+        stream = self._declare_stream(source_app)
+        durable = extra.pop("durable", None) or consumer_name(self.app, subject)
+        spec = ConsumerSpec(
+            stream=stream,
+            durable=durable,
+            filter_subject=subject,
+            ack_wait=ack_wait,
+            max_deliver=self.retry.max_deliver,
+        )
+        self.topology.add_consumer(spec)
+        kwargs: dict[str, Any] = {
+            "stream": JStream(stream, declare=False),
+            "durable": durable,
+            "config": ConsumerConfig(
+                ack_policy=ServerAckPolicy.EXPLICIT,
+                ack_wait=ack_wait,
+                max_deliver=spec.max_deliver,
+            ),
+            "pull_sub": PullSub(batch_size=max_workers, timeout=_DEFAULT_FETCH_TIMEOUT),
+            "max_workers": max_workers,
+            # A safety net only: the failure middleware decides ack, NAK or DLQ itself.
+            "ack_policy": AckPolicy.NACK_ON_ERROR,
+        }
+        kwargs.update(extra)
+        return subject, kwargs
+
+    def _publisher_kwargs(self, topic: str, extra: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        subject = self.subject_for(topic)
+        kwargs: dict[str, Any] = {"stream": JStream(self.stream, declare=False)}
+        kwargs.update(extra)
+        return subject, kwargs
+
+    # -- publishing ----------------------------------------------------------------------
+
+    def subject_for(self, topic: str) -> str:
+        """The subject this app publishes ``topic`` on; wildcards are refused."""
+        subject = self._subjects.get(topic)
+        if subject is None:
+            subject = build_subject(self.env, self.app, topic)
+            if "*" in subject or ">" in subject:
+                raise SubjectError(f"cannot publish to wildcard topic {topic!r}")
+            self._subjects[topic] = subject
+        return subject
+
+    async def publish(
+        self,
+        topic: str,
+        message: Any,
+        *,
+        event_id: str | None = None,
+        occurred_at: datetime | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 5.0,
+    ) -> PublishResult:
+        """Publish one event and wait for JetStream to store it.
+
+        Raises :class:`SubjectError`, :class:`EnvelopeError` or :class:`MessageTooLargeError`
+        before anything is sent, and :class:`PublishError` when the server did not confirm
+        the event after bounded retries (with the same ``Nats-Msg-Id``). ``timeout`` is per
+        attempt, in seconds.
+        """
+        subject = self.subject_for(topic)
+        event = OutgoingEvent(
+            message=message,
+            event_id=event_id or new_event_id(),
+            occurred_at=occurred_at,
+            metadata=metadata or {},
+        )
+        ack = await self.broker.publish(
+            event, subject, headers=dict(headers or {}), stream=self.stream, timeout=timeout
+        )
+        assert event.event_id is not None
+        return PublishResult(
+            event_id=event.event_id,
+            subject=subject,
+            stream=getattr(ack, "stream", self.stream),
+            seq=getattr(ack, "seq", None),
+            duplicate=bool(getattr(ack, "duplicate", False)),
+        )
+
+    async def publish_many(
+        self,
+        items: Iterable[tuple[str, Any]],
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        timeout: float = 5.0,
+    ) -> list[PublishResult]:
+        """Publish many ``(topic, message)`` pairs pipelined, without awaiting each one.
+
+        Returns one result per item, in order; a failed item has ``error`` set and never
+        hides the others. Each item gets its own event id (pass an :class:`OutgoingEvent`
+        as the message to choose it). Timed-out items are retried with the same id.
+        """
+        js = self._jetstream()
+        inbound = self.broker.context.get_local(INBOUND_CONTEXT_KEY)
+        shared_metadata = dict(metadata or {})
+        prepared: list[_Pending | PublishResult] = []
+        for topic, message in items:
+            try:
+                prepared.append(self._prepare(topic, message, inbound, shared_metadata))
+            except NatsPubsubError as exc:
+                prepared.append(
+                    PublishResult(event_id="", subject=topic, stream=None, seq=None, error=exc)
+                )
+        pending = [p for p in prepared if isinstance(p, _Pending)]
+        for delay in (*PUBLISH_RETRY_DELAYS, None):
+            await _send_round(js, pending, self.stream, timeout)
+            pending = [p for p in pending if p.retriable]
+            if not pending or delay is None:
+                break
+            await asyncio.sleep(delay)
+        return [p.result() if isinstance(p, _Pending) else p for p in prepared]
+
+    def _prepare(
+        self, topic: str, message: Any, inbound: Any, shared_metadata: dict[str, Any]
+    ) -> _Pending:
+        subject = self.subject_for(topic)
+        event = message if isinstance(message, OutgoingEvent) else OutgoingEvent(message=message)
+        if shared_metadata:
+            event = OutgoingEvent(
+                message=event.message,
+                event_id=event.event_id,
+                occurred_at=event.occurred_at,
+                metadata={**shared_metadata, **event.metadata},
+            )
+        data = self.envelope.build_envelope(validate_topic(topic), event, inbound)
+        payload, compressed = self.envelope.codec.encode(data)
+        headers = {
+            "Nats-Msg-Id": data["event_id"],
+            "Nats-Published-At": format_timestamp(datetime.now(timezone.utc)),
+            "content-type": "application/json",
+        }
+        if compressed:
+            headers[CONTENT_ENCODING_HEADER] = "gzip"
+        return _Pending(
+            event_id=data["event_id"], subject=subject, payload=payload, headers=headers
+        )
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def declare_topology(self) -> None:
+        """Create or update the streams and consumers; runs when the broker starts."""
+        await self.topology.declare(self._jetstream())
+
+    def _jetstream(self) -> JetStreamContext:
+        return self.broker.connection.jetstream()
+
+    def _install_start_hook(self) -> None:
+        """Declare topology between the broker's connect and its subscribers' start.
+
+        FastStream has no hook there; the bound ``start`` is wrapped on this broker instance
+        (``TestNatsBroker`` patches it the same way and restores it afterwards).
+        """
+        original_start = self.broker.start
+
+        async def start() -> None:
+            connection = await self.broker.connect()
+            await self.declare_topology()
+            if self.dead_letters is not None and self.topology.consumers:
+                # Before the consumers pull: the server sends the advisory on the next pull.
+                self._watcher = MaxDeliveriesWatcher(
+                    writer=self.dead_letters,
+                    publish=self.broker.publish,
+                    consumers=self.topology.consumers,
+                )
+                await self._watcher.start(connection)
+            await original_start()
+
+        self.broker.start = start  # type: ignore[method-assign]
+
+
+class PubsubRouter(NatsRouter):
+    """A ``NatsRouter`` for NatsPubsub topics; include it with ``broker.include_router``."""
+
+    def __init__(self, pubsub: NatsPubsub, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._pubsub = pubsub
+
+    def subscriber(  # type: ignore[override]
+        self,
+        topic: str,
+        *,
+        app: str | None = None,
+        ack_wait: float = 30.0,
+        max_workers: int = 1,
+        **faststream_kwargs: Any,
+    ) -> LogicSubscriber[Any]:
+        """Like :meth:`NatsPubsub.subscriber`, registered on this router."""
+        subject, kwargs = self._pubsub._subscriber_kwargs(
+            topic, app=app, ack_wait=ack_wait, max_workers=max_workers, extra=faststream_kwargs
+        )
+        return super().subscriber(subject, **kwargs)  # type: ignore[no-any-return]
+
+    def publisher(self, topic: str, **faststream_kwargs: Any) -> LogicPublisher:  # type: ignore[override]
+        """Like :meth:`NatsPubsub.publisher`, registered on this router."""
+        subject, kwargs = self._pubsub._publisher_kwargs(topic, faststream_kwargs)
+        return super().publisher(subject, **kwargs)
+
+
+class _Pending:
+    """One item of ``publish_many`` on its way to the server."""
+
+    __slots__ = ("ack", "error", "event_id", "headers", "payload", "retriable", "subject")
+
+    def __init__(self, *, event_id: str, subject: str, payload: bytes, headers: dict[str, str]):
+        self.event_id = event_id
+        self.subject = subject
+        self.payload = payload
+        self.headers = headers
+        self.ack: Any = None
+        self.error: BaseException | None = None
+        self.retriable = True
+
+    def result(self) -> PublishResult:
+        ack = self.ack
+        return PublishResult(
+            event_id=self.event_id,
+            subject=self.subject,
+            stream=getattr(ack, "stream", None),
+            seq=getattr(ack, "seq", None),
+            duplicate=bool(getattr(ack, "duplicate", False)),
+            error=self.error,
+        )
+
+
+async def _send_round(
+    js: JetStreamContext, items: list[_Pending], stream: str, timeout: float
+) -> None:
+    """Send every item without waiting in between, then collect the acks by one deadline."""
+    futures = [
+        await js.publish_async(
+            item.subject, item.payload, headers=dict(item.headers), stream=stream
+        )
+        for item in items
+    ]
+    if futures:
+        await asyncio.wait(futures, timeout=timeout)
+    for item, future in zip(items, futures, strict=True):
+        if not future.done():
+            future.cancel()
+            item.error = PublishError(f"no PubAck for {item.event_id} within {timeout}s")
+            item.retriable = True
+        elif (exc := future.exception()) is not None:
+            item.error = PublishError(f"{type(exc).__name__}: {exc}")
+            item.error.__cause__ = exc
+            item.retriable = isinstance(exc, RETRIABLE_PUBLISH_ERRORS)
+        else:
+            item.ack, item.error, item.retriable = future.result(), None, False

@@ -1,0 +1,178 @@
+"""What a handler learns about the event it is handling, besides the message itself."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Final
+
+from nats.errors import Error as NatsError
+
+from .subjects import parse_subject
+
+if TYPE_CHECKING:
+    from faststream.message import StreamMessage
+
+    from .envelope import Envelope
+
+__all__ = ("INBOUND_CONTEXT_KEY", "EventMetadata", "InboundEvent")
+
+# FastStream context key under which the envelope middleware stores the current event.
+INBOUND_CONTEXT_KEY: Final = "natspubsub_inbound"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EventMetadata:
+    """Delivery facts and envelope metadata of the event being handled.
+
+    Ask for it in a handler with the ``EventMetadata`` annotation exported by the package::
+
+        @pubsub.subscriber("order.created")
+        async def handle(order: Order, meta: EventMetadata) -> None: ...
+    """
+
+    subject: str
+    """Full NATS subject, ``<env>.<app>.<topic>``."""
+    topic: str
+    """The topic part of the subject (or the envelope's ``topic``)."""
+    event_id: str
+    """The envelope's event id."""
+    occurred_at: datetime | None
+    """When the publisher says the event happened."""
+    received_at: datetime
+    """When this process received this delivery."""
+    stream: str | None = None
+    """JetStream stream that stored the event (``None`` outside JetStream)."""
+    stream_seq: int | None = None
+    """Sequence of the event in its stream."""
+    consumer_seq: int | None = None
+    """Sequence of this delivery in the consumer."""
+    deliveries: int = 1
+    """How many times this event has been delivered to this consumer, this time included."""
+    pending: int | None = None
+    """Messages still pending on the consumer after this one."""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    """NATS headers of this delivery."""
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    """The envelope's whole ``metadata`` object, custom keys included."""
+
+    @property
+    def trace_id(self) -> str | None:
+        """Distributed trace id."""
+        return self._get("trace_id")
+
+    @property
+    def span_id(self) -> str | None:
+        """Span id of the publish."""
+        return self._get("span_id")
+
+    @property
+    def parent_span_id(self) -> str | None:
+        """Parent of the publishing span."""
+        return self._get("parent_span_id")
+
+    @property
+    def correlation_id(self) -> str | None:
+        """Request correlation id, carried from event to event."""
+        return self._get("correlation_id")
+
+    @property
+    def causation_id(self) -> str | None:
+        """Event id of the event that caused this one."""
+        return self._get("causation_id")
+
+    @property
+    def user_id(self) -> str | None:
+        """User on whose behalf the event was published."""
+        return self._get("user_id")
+
+    @property
+    def tenant_id(self) -> str | None:
+        """Tenant of the event."""
+        return self._get("tenant_id")
+
+    @property
+    def session_id(self) -> str | None:
+        """Session of the event."""
+        return self._get("session_id")
+
+    @property
+    def app_name(self) -> str | None:
+        """Application that published the event."""
+        return self._get("app_name")
+
+    @property
+    def app_version(self) -> str | None:
+        """Version of the publishing application."""
+        return self._get("app_version")
+
+    @property
+    def environment(self) -> str | None:
+        """Environment of the publishing application."""
+        return self._get("environment")
+
+    def _get(self, key: str) -> str | None:
+        value = self.metadata.get(key)
+        return None if value is None else str(value)
+
+
+class InboundEvent:
+    """The decoded envelope of the message being handled, kept in FastStream's context.
+
+    :class:`EventMetadata` is built on first use only, so handlers that do not ask for it
+    do not pay for it.
+    """
+
+    __slots__ = ("_metadata", "envelope", "message", "received_at", "subject")
+
+    def __init__(self, message: StreamMessage[Any], envelope: Envelope, subject: str) -> None:
+        self.message = message
+        self.envelope = envelope
+        self.subject = subject
+        self.received_at = datetime.now(timezone.utc)
+        self._metadata: EventMetadata | None = None
+
+    @property
+    def metadata(self) -> EventMetadata:
+        """Delivery facts plus envelope metadata (built once)."""
+        if self._metadata is None:
+            self._metadata = self._build_metadata()
+        return self._metadata
+
+    @property
+    def deliveries(self) -> int:
+        """Delivery count from JetStream; 1 outside JetStream (in-memory tests)."""
+        return self.metadata.deliveries
+
+    def _build_metadata(self) -> EventMetadata:
+        envelope = self.envelope
+        stream = stream_seq = consumer_seq = pending = None
+        deliveries = 1
+        try:
+            js = self.message.raw_message.metadata
+        except (NatsError, AttributeError):  # core NATS or in-memory message
+            pass
+        else:
+            stream, deliveries, pending = js.stream, js.num_delivered, js.num_pending
+            stream_seq, consumer_seq = js.sequence.stream, js.sequence.consumer
+        topic = envelope.topic
+        if topic is None:
+            try:
+                topic = parse_subject(self.subject).topic
+            except ValueError:
+                topic = self.subject
+        return EventMetadata(
+            subject=self.subject,
+            topic=topic,
+            event_id=envelope.event_id,
+            occurred_at=envelope.occurred_at,
+            received_at=self.received_at,
+            stream=stream,
+            stream_seq=stream_seq,
+            consumer_seq=consumer_seq,
+            deliveries=deliveries,
+            pending=pending,
+            headers=self.message.headers,
+            metadata=envelope.metadata,
+        )

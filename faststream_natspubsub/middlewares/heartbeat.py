@@ -1,0 +1,96 @@
+"""Keeps a slow handler's message from being redelivered while it still runs.
+
+JetStream redelivers a message whose ack has not arrived within the consumer's ``ack_wait``.
+While a handler runs, this middleware sends "in progress" (``+WPI``), which restarts that
+timer, every third of ``ack_wait``: well inside the 2/3 bound, even on a loaded machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any, Final
+
+from faststream import BaseMiddleware
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from faststream import ContextRepo
+    from faststream.message import StreamMessage
+
+__all__ = ("AckHeartbeatMiddleware",)
+
+logger = logging.getLogger("faststream_natspubsub.heartbeat")
+
+DEFAULT_ACK_WAIT: Final = 30.0  # the server's default, used when a subscriber sets none
+
+
+class AckHeartbeatMiddleware:
+    """Marks JetStream messages in progress while their handler runs."""
+
+    def __init__(self, *, fraction: float = 1 / 3, on_beat: Callable[[], None] | None = None):
+        if not 0 < fraction <= 2 / 3:
+            raise ValueError("fraction must be in (0, 2/3]")
+        self.fraction = fraction
+        self.on_beat = on_beat
+
+    def __call__(self, msg: Any, /, *, context: ContextRepo) -> _AckHeartbeat:
+        return _AckHeartbeat(msg, context=context, config=self)
+
+
+class _AckHeartbeat(BaseMiddleware):
+    __slots__ = ("_config",)
+
+    def __init__(self, msg: Any, /, *, context: ContextRepo, config: AckHeartbeatMiddleware):
+        super().__init__(msg, context=context)
+        self._config = config
+
+    async def consume_scope(
+        self, call_next: Callable[[Any], Awaitable[Any]], msg: StreamMessage[Any]
+    ) -> Any:
+        raw = msg.raw_message
+        reply = getattr(raw, "reply", "")
+        if not (isinstance(reply, str) and reply.startswith("$JS.ACK.")):
+            return await call_next(msg)
+        subscriber = self.context.get_local("handler_")
+        ack_wait = getattr(getattr(subscriber, "config", None), "ack_wait", None)
+        beat = _Beat(raw, (ack_wait or DEFAULT_ACK_WAIT) * self._config.fraction, self._config)
+        try:
+            return await call_next(msg)
+        finally:
+            beat.stop()
+
+
+class _Beat:
+    """A timer callback, not a task per message: cheap when handlers are fast."""
+
+    __slots__ = ("_config", "_handle", "_interval", "_loop", "_raw", "_tasks")
+
+    def __init__(self, raw: Any, interval: float, config: AckHeartbeatMiddleware) -> None:
+        self._raw = raw
+        self._interval = interval
+        self._config = config
+        self._loop = asyncio.get_running_loop()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._handle: asyncio.TimerHandle | None = self._loop.call_later(interval, self._fire)
+
+    def _fire(self) -> None:
+        task = self._loop.create_task(self._send())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        self._handle = self._loop.call_later(self._interval, self._fire)
+
+    async def _send(self) -> None:
+        try:
+            await self._raw.in_progress()
+        except Exception as exc:  # noqa: BLE001 - a missed beat must not fail the handler
+            logger.debug("in-progress signal failed: %r", exc)
+        else:
+            if self._config.on_beat is not None:
+                self._config.on_beat()
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None

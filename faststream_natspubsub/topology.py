@@ -1,0 +1,191 @@
+"""Streams and consumers, declared create-or-update without undoing an operator's changes.
+
+FastStream's own ``stream="NAME"`` rewrites an existing stream with its defaults (max_age,
+duplicate window...). Here a stream that exists keeps its settings; only subjects this
+application needs and that are missing are added.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final
+
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import APIError, BadRequestError, NotFoundError
+
+from .errors import TopologyError
+
+if TYPE_CHECKING:
+    from nats.js import JetStreamManager
+    from nats.js.api import StreamInfo
+
+__all__ = (
+    "DEFAULT_DUPLICATE_WINDOW",
+    "ConsumerSpec",
+    "StreamSettings",
+    "StreamSpec",
+    "Topology",
+    "ensure_consumer",
+    "ensure_stream",
+)
+
+logger = logging.getLogger("faststream_natspubsub.topology")
+
+# JetStream's own default: a re-publish within two minutes is recognised as a duplicate.
+DEFAULT_DUPLICATE_WINDOW: Final = 120.0
+# Server error code for "stream name already in use with a different configuration".
+_STREAM_NAME_IN_USE: Final = 10058
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamSettings:
+    """Settings for streams this package creates. An existing stream keeps its own."""
+
+    replicas: int = 1
+    """Copies of every message; use 3 on a cluster for durability."""
+    max_age: float | None = None
+    """Seconds a message is kept; ``None`` keeps messages until other limits apply."""
+    max_bytes: int | None = None
+    """Size limit of the stream in bytes; ``None`` for no limit."""
+    duplicate_window: float = DEFAULT_DUPLICATE_WINDOW
+    """Seconds during which a repeated ``Nats-Msg-Id`` is recognised and not stored again."""
+    storage: StorageType = StorageType.FILE
+    """File (durable) or memory storage."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamSpec:
+    """A stream this application needs and the subjects it must hold."""
+
+    name: str
+    subjects: tuple[str, ...]
+    settings: StreamSettings = field(default_factory=StreamSettings)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConsumerSpec:
+    """A durable pull consumer this application reads from."""
+
+    stream: str
+    durable: str
+    filter_subject: str
+    ack_wait: float
+    max_deliver: int
+    max_ack_pending: int | None = None
+
+    def config(self) -> ConsumerConfig:
+        """The nats-py consumer config; no ``backoff`` list: delays are set per NAK."""
+        return ConsumerConfig(
+            name=self.durable,
+            durable_name=self.durable,
+            filter_subject=self.filter_subject,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self.ack_wait,
+            max_deliver=self.max_deliver,
+            max_ack_pending=self.max_ack_pending,
+        )
+
+
+async def ensure_stream(jsm: JetStreamManager, spec: StreamSpec) -> StreamInfo:
+    """Create the stream, or add the subjects it lacks; never change its other settings."""
+    try:
+        info = await jsm.stream_info(spec.name)
+    except NotFoundError:
+        try:
+            return await jsm.add_stream(_new_stream_config(spec))
+        except BadRequestError as exc:
+            if exc.err_code != _STREAM_NAME_IN_USE:  # another process created it first
+                raise _topology_error(f"cannot create stream {spec.name!r}", exc) from exc
+            info = await jsm.stream_info(spec.name)
+        except APIError as exc:
+            raise _topology_error(f"cannot create stream {spec.name!r}", exc) from exc
+    current = list(info.config.subjects or ())
+    missing = [subject for subject in spec.subjects if subject not in current]
+    if not missing:
+        return info
+    info.config.subjects = current + missing
+    logger.info("adding subjects %s to stream %s", missing, spec.name)
+    try:
+        return await jsm.update_stream(info.config)
+    except APIError as exc:
+        raise _topology_error(f"cannot add subjects {missing} to {spec.name!r}", exc) from exc
+
+
+async def ensure_consumer(jsm: JetStreamManager, spec: ConsumerSpec) -> None:
+    """Create the durable consumer or update the settings this package owns."""
+    try:
+        await jsm.add_consumer(spec.stream, spec.config())
+    except APIError as exc:
+        raise _topology_error(
+            f"cannot declare consumer {spec.durable!r} on stream {spec.stream!r}", exc
+        ) from exc
+
+
+class Topology:
+    """Everything one application declares, collected while subscribers are registered."""
+
+    def __init__(self) -> None:
+        self.streams: dict[str, StreamSpec] = {}
+        self.consumers: dict[tuple[str, str], ConsumerSpec] = {}
+
+    def add_stream(self, spec: StreamSpec) -> None:
+        """Remember a stream; subjects of repeated declarations are merged."""
+        known = self.streams.get(spec.name)
+        if known is not None:
+            subjects = known.subjects + tuple(s for s in spec.subjects if s not in known.subjects)
+            spec = StreamSpec(name=spec.name, subjects=subjects, settings=known.settings)
+        self.streams[spec.name] = spec
+
+    def add_consumer(self, spec: ConsumerSpec) -> None:
+        """Remember a consumer; the same durable declared twice must be identical."""
+        key = (spec.stream, spec.durable)
+        known = self.consumers.get(key)
+        if known is not None and known != spec:
+            raise TopologyError(
+                f"consumer {spec.durable!r} declared twice with different settings; "
+                "pass a distinct durable name"
+            )
+        self.consumers[key] = spec
+
+    async def declare(self, jsm: JetStreamManager) -> None:
+        """Declare every stream, then every consumer."""
+        for stream in self.streams.values():
+            await ensure_stream(jsm, stream)
+        for consumer in self.consumers.values():
+            await ensure_consumer(jsm, consumer)
+
+
+def _new_stream_config(spec: StreamSpec) -> StreamConfig:
+    settings = spec.settings
+    return StreamConfig(
+        name=spec.name,
+        subjects=list(spec.subjects),
+        # Limits retention: every consuming app gets every event (fan-out).
+        retention=RetentionPolicy.LIMITS,
+        discard=DiscardPolicy.OLD,
+        storage=settings.storage,
+        num_replicas=settings.replicas,
+        max_age=settings.max_age,
+        max_bytes=settings.max_bytes,
+        duplicate_window=settings.duplicate_window,
+    )
+
+
+def _topology_error(what: str, exc: APIError) -> TopologyError:
+    detail = exc.description or str(exc)
+    if "overlap" in detail:
+        detail += (
+            " (another stream already holds these subjects, for example a NatsPubsub 1.0 "
+            "'<env>-events-stream'; remove it or move its subjects first)"
+        )
+    return TopologyError(f"{what}: {detail}")
