@@ -1,0 +1,67 @@
+"""Helpers shared by the tests: waiting on conditions, running brokers, sample payloads."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from faststream.nats import NatsBroker
+
+from faststream_natspubsub.testing import EmbeddedNatsServer
+
+# Exactly what NatsPubsub 1.0 (TypeScript) publishes for a topic event.
+NATSPUBSUB_TS_ENVELOPE = (
+    b'{"event_id":"0b9b8f3c-1f3e-4a57-b7a5-0c6a86e3a111","schema_version":1,'
+    b'"topic":"order.created","message_type":"OrderCreated","producer":"orders",'
+    b'"occurred_at":"2025-01-17T10:30:00.123Z","trace_id":"4bf92f3577b34da6a3ce929d0e0e4736",'
+    b'"message":{"order_id":"ORD-123","total":99.99}}'
+)
+
+
+async def wait_until(
+    condition: Callable[[], bool | Awaitable[bool]],
+    *,
+    timeout: float = 10.0,
+    message: str = "condition",
+) -> None:
+    """Poll ``condition`` until it is true; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {message}")
+        await asyncio.sleep(0.02)
+
+
+@asynccontextmanager
+async def running(*brokers: NatsBroker) -> AsyncIterator[None]:
+    """Start brokers (topology declared by the facade's start hook) and stop them after."""
+    started: list[NatsBroker] = []
+    try:
+        for broker in brokers:
+            await broker.start()
+            started.append(broker)
+        yield
+    finally:
+        for broker in reversed(started):
+            await broker.stop()
+
+
+def new_broker(server: EmbeddedNatsServer, **kwargs: Any) -> NatsBroker:
+    """A broker with FastStream's per-message INFO logging off (tests read our own logs)."""
+    kwargs.setdefault("logger", None)
+    return NatsBroker(server.url, **kwargs)
+
+
+async def consumer_idle(js: Any, stream: str, durable: str) -> bool:
+    """True when the consumer has nothing pending and nothing waiting for an ack."""
+    info = await js.consumer_info(stream, durable)
+    return bool(info.num_pending == 0 and info.num_ack_pending == 0)
