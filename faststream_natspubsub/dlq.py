@@ -73,6 +73,8 @@ class FailedDelivery:
     deliveries: int
     reason: DeadLetterReason
     error: BaseException | None = None
+    detail: str | None = None
+    """Explanation kept as the record's error message when there is no exception."""
     first_failure_at: datetime | None = None
     last_failure_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 
@@ -168,7 +170,9 @@ def build_record(failure: FailedDelivery, *, app: str, codec: EnvelopeCodec) -> 
         envelope=envelope,
         raw_base64=raw,
         error_type=type(error).__qualname__ if error is not None else None,
-        error_message=_bounded(str(error), MAX_ERROR_MESSAGE) if error is not None else None,
+        error_message=(
+            _bounded(str(error), MAX_ERROR_MESSAGE) if error is not None else failure.detail
+        ),
         traceback=_format_traceback(error),
         attempts=failure.deliveries,
         first_failure_at=(

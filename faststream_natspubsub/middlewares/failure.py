@@ -38,6 +38,10 @@ logger = logging.getLogger("faststream_natspubsub.failure")
 
 # First-failure times are remembered per message in this process, for the DLQ record.
 _FIRST_FAILURES_LIMIT: Final = 10_000
+_UNFINISHED: Final = (
+    "delivered more often than max_attempts: an earlier attempt did not finish (the process "
+    "crashed or the handler outlived ack_wait) or its dead-lettering failed"
+)
 
 
 class FailureMiddleware:
@@ -101,8 +105,11 @@ class _FailureMiddleware(BaseMiddleware):
             return await call_next(msg)
         delivery = _Delivery.of(msg)
         if delivery.deliveries > config.retry.max_attempts:
-            # Its last attempt failed to dead-letter; do not run the handler again.
-            await self._dead_letter(msg, delivery, DeadLetterReason.MAX_ATTEMPTS_EXCEEDED, None)
+            # Its last attempt did not finish (a crash, a hang past ack_wait) or could not
+            # dead-letter: do not run the handler again.
+            await self._dead_letter(
+                msg, delivery, DeadLetterReason.MAX_ATTEMPTS_EXCEEDED, None, _UNFINISHED
+            )
         try:
             result = await call_next(msg)
         except HandlerException:
@@ -145,6 +152,7 @@ class _FailureMiddleware(BaseMiddleware):
         delivery: _Delivery,
         reason: DeadLetterReason,
         exc: BaseException | None,
+        detail: str | None = None,
     ) -> NoReturn:
         config = self._config
         first = config.remember_failure(delivery.key, delivery.received_at)
@@ -170,6 +178,7 @@ class _FailureMiddleware(BaseMiddleware):
             deliveries=delivery.deliveries,
             reason=reason,
             error=exc,
+            detail=detail,
             first_failure_at=first,
             last_failure_at=delivery.received_at,
         )
