@@ -225,7 +225,8 @@ async def test_a_handler_running_past_ack_wait_is_delivered_once(
     pubsub = NatsPubsub(new_broker(server), env="test", app="orders")
     deliveries: list[int] = []
 
-    @pubsub.subscriber("report.build", ack_wait=1.0)
+    # Two workers: a redelivery could be fetched while the first delivery still runs.
+    @pubsub.subscriber("report.build", ack_wait=1.0, max_workers=2)
     async def slow(body: dict[str, Any], meta: EventMetadata) -> None:
         deliveries.append(meta.deliveries)
         await asyncio.sleep(2.5)
@@ -249,7 +250,8 @@ async def test_without_heartbeat_the_same_handler_would_be_redelivered(
     pubsub.heartbeat.fraction = 100.0  # first beat long after the handler ends
     deliveries: list[int] = []
 
-    @pubsub.subscriber("report.build", ack_wait=1.0)
+    # Two workers: a redelivery could be fetched while the first delivery still runs.
+    @pubsub.subscriber("report.build", ack_wait=1.0, max_workers=2)
     async def slow(body: dict[str, Any], meta: EventMetadata) -> None:
         deliveries.append(meta.deliveries)
         await asyncio.sleep(2.5)

@@ -1,0 +1,54 @@
+"""The plugin under FastStream's TestNatsBroker: no server at all."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from faststream.nats import NatsBroker, TestNatsBroker
+from pydantic import BaseModel
+
+from faststream_natspubsub import EventMetadata, MessageTooLargeError, NatsPubsub
+from faststream_natspubsub.envelope import EnvelopeCodec
+
+
+class Order(BaseModel):
+    order_id: str
+
+
+async def test_publish_and_handle_in_memory_with_metadata() -> None:
+    broker = NatsBroker()
+    pubsub = NatsPubsub(broker, env="test", app="orders")
+    seen: list[tuple[Order, EventMetadata]] = []
+
+    @pubsub.subscriber("order.created")
+    async def handle(order: Order, meta: EventMetadata) -> None:
+        seen.append((order, meta))
+
+    async with TestNatsBroker(broker):
+        result = await pubsub.publish(
+            "order.created", Order(order_id="A"), metadata={"correlation_id": "c"}
+        )
+        handle.mock.assert_called_once()  # type: ignore[attr-defined]
+        received = handle.mock.call_args.args[0]  # type: ignore[attr-defined]
+
+    assert seen[0][0] == Order(order_id="A")
+    meta = seen[0][1]
+    assert meta.event_id == result.event_id
+    assert meta.correlation_id == "c"
+    assert meta.deliveries == 1
+    assert meta.stream is None  # no JetStream in memory
+    assert received == {"order_id": "A"}  # the mock sees what the handler got
+
+
+async def test_typed_errors_are_raised_in_memory_too() -> None:
+    broker = NatsBroker()
+    pubsub = NatsPubsub(broker, env="test", app="orders", codec=EnvelopeCodec(max_message_size=50))
+
+    @pubsub.subscriber("order.created")
+    async def handle(body: dict[str, Any]) -> None: ...
+
+    async with TestNatsBroker(broker):
+        with pytest.raises(MessageTooLargeError):
+            await pubsub.publish("order.created", {"blob": "x" * 100})
+        handle.mock.assert_not_called()  # type: ignore[attr-defined]
