@@ -334,25 +334,36 @@ class NatsPubsub:
     def _install_start_hook(self) -> None:
         """Declare topology between the broker's connect and its subscribers' start.
 
-        FastStream has no hook there; the bound ``start`` is wrapped on this broker instance
-        (``TestNatsBroker`` patches it the same way and restores it afterwards).
+        FastStream has no hook there; the bound ``start`` and ``stop`` are wrapped on this
+        broker instance (``TestNatsBroker`` patches ``start`` the same way and restores it).
         """
-        original_start = self.broker.start
+        original_start, original_stop = self.broker.start, self.broker.stop
 
         async def start() -> None:
             connection = await self.broker.connect()
-            await self.declare_topology()
-            if self.dead_letters is not None and self.topology.consumers:
-                # Before the consumers pull: the server sends the advisory on the next pull.
-                self._watcher = MaxDeliveriesWatcher(
-                    writer=self.dead_letters,
-                    publish=self.broker.publish,
-                    consumers=self.topology.consumers,
-                )
-                await self._watcher.start(connection)
+            try:
+                await self.declare_topology()
+                if self.dead_letters is not None and self.topology.consumers:
+                    # Before the consumers pull: the server sends the advisory on a later pull.
+                    self._watcher = MaxDeliveriesWatcher(
+                        writer=self.dead_letters,
+                        publish=self.broker.publish,
+                        consumers=self.topology.consumers,
+                    )
+                    await self._watcher.start(connection)
+            except BaseException:
+                await original_stop()  # do not leave a connection behind
+                raise
             await original_start()
 
+        async def stop(*args: Any, **kwargs: Any) -> None:
+            if self._watcher is not None:
+                await self._watcher.stop()
+                self._watcher = None
+            await original_stop(*args, **kwargs)
+
         self.broker.start = start  # type: ignore[method-assign]
+        self.broker.stop = stop  # type: ignore[method-assign]
 
 
 class PubsubRouter(NatsRouter):

@@ -86,7 +86,9 @@ async def test_fails_twice_then_succeeds_with_policy_delays(
         assert isinstance(record.exc_info[1], ConnectionError)
 
 
-async def test_always_failing_ends_in_the_dlq_with_every_field(server: EmbeddedNatsServer) -> None:
+async def test_always_failing_ends_in_the_dlq_with_every_field(
+    server: EmbeddedNatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
     policy = RetryPolicy(max_attempts=3, backoff=(0.1,))
     pubsub = NatsPubsub(new_broker(server), env="test", app="orders", retry=policy)
     deliveries: list[int] = []
@@ -96,6 +98,7 @@ async def test_always_failing_ends_in_the_dlq_with_every_field(server: EmbeddedN
         deliveries.append(meta.deliveries)
         raise RuntimeError("boom " + "x" * 3_000)
 
+    caplog.set_level(logging.WARNING, logger="faststream_natspubsub")
     async with running(pubsub.broker):
         published = await pubsub.publish(
             "order.created", {"id": 7}, metadata={"correlation_id": "c-7"}
@@ -135,6 +138,13 @@ async def test_always_failing_ends_in_the_dlq_with_every_field(server: EmbeddedN
     assert info.num_pending == 0
     assert info.num_ack_pending == 0
     assert info.ack_floor.stream_seq == published.seq
+    decisions = [r for r in caplog.records if r.name == "faststream_natspubsub.failure"]
+    assert [r.levelno for r in decisions] == [logging.WARNING, logging.WARNING, logging.ERROR]
+    dead = decisions[-1]
+    assert dead.natspubsub_reason == "max_attempts_exceeded"  # type: ignore[attr-defined]
+    assert dead.natspubsub_event_id == published.event_id  # type: ignore[attr-defined]
+    assert dead.exc_info is not None
+    assert isinstance(dead.exc_info[1], RuntimeError)
 
 
 @pytest.mark.parametrize("kind", ["validation", "permanent"])

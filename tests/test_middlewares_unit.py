@@ -1,0 +1,133 @@
+"""Middleware logic in memory: publish retries keep one Nats-Msg-Id, errors are classified."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from faststream import ContextRepo
+from faststream.nats.response import NatsPublishCommand
+from faststream.response.publish_type import PublishType
+from nats.errors import TimeoutError as NatsTimeoutError
+from pydantic import BaseModel, ValidationError
+
+from faststream_natspubsub import (
+    EnvelopeMiddleware,
+    FailureMiddleware,
+    MalformedEnvelopeError,
+    OutgoingEvent,
+    PermanentError,
+    PublishError,
+    RetryPolicy,
+)
+
+
+def publish_command(body: Any, subject: str = "test.orders.order.created") -> NatsPublishCommand:
+    return NatsPublishCommand(
+        body, subject=subject, stream="TEST_ORDERS", _publish_type=PublishType.PUBLISH
+    )
+
+
+async def test_a_timed_out_publish_is_retried_with_the_same_msg_id() -> None:
+    # Given a server whose first two PubAcks are lost
+    middleware = EnvelopeMiddleware(env="test", app="orders")(None, context=ContextRepo())
+    sent: list[tuple[str, bytes]] = []
+
+    async def flaky_server(cmd: NatsPublishCommand) -> str:
+        sent.append((cmd.headers["Nats-Msg-Id"], cmd.body))
+        if len(sent) < 3:
+            raise NatsTimeoutError
+        return "ack"
+
+    # When one event is published
+    result = await middleware.publish_scope(flaky_server, publish_command({"a": 1}))
+
+    # Then three identical attempts were made: the server can store it only once
+    assert result == "ack"
+    assert len(sent) == 3
+    assert len(set(sent)) == 1
+
+
+async def test_publish_gives_up_with_a_publish_error_after_bounded_attempts() -> None:
+    middleware = EnvelopeMiddleware(env="test", app="orders")(None, context=ContextRepo())
+    attempts = 0
+
+    async def dead_server(cmd: NatsPublishCommand) -> None:
+        nonlocal attempts
+        attempts += 1
+        raise NatsTimeoutError
+
+    with pytest.raises(PublishError, match="3 attempts"):
+        await middleware.publish_scope(dead_server, publish_command({"a": 1}))
+    assert attempts == 3
+
+
+async def test_an_outgoing_event_keeps_its_id_and_metadata() -> None:
+    middleware = EnvelopeMiddleware(env="test", app="orders", app_version="1.2")(
+        None, context=ContextRepo()
+    )
+    captured: list[NatsPublishCommand] = []
+
+    async def server(cmd: NatsPublishCommand) -> None:
+        captured.append(cmd)
+
+    event = OutgoingEvent(message={"a": 1}, event_id="fixed", metadata={"tenant_id": "t1"})
+    await middleware.publish_scope(server, publish_command(event))
+    cmd = captured[0]
+    assert cmd.headers["Nats-Msg-Id"] == "fixed"
+    assert b'"tenant_id":"t1"' in cmd.body
+    assert b'"app_version":"1.2"' in cmd.body
+    assert b'"topic":"order.created"' in cmd.body
+
+
+async def test_subjects_outside_the_env_pass_through_untouched() -> None:
+    middleware = EnvelopeMiddleware(env="test", app="orders")(None, context=ContextRepo())
+    captured: list[NatsPublishCommand] = []
+
+    async def server(cmd: NatsPublishCommand) -> None:
+        captured.append(cmd)
+
+    await middleware.publish_scope(server, publish_command(b"raw", subject="legacy.jobs"))
+    assert captured[0].body == b"raw"
+    assert "Nats-Msg-Id" not in captured[0].headers
+
+
+class Strict(BaseModel):
+    n: int
+
+
+def validation_error() -> ValidationError:
+    try:
+        Strict(n="x")  # type: ignore[arg-type]
+    except ValidationError as exc:
+        return exc
+    raise AssertionError
+
+
+class QuotaExceeded(Exception):
+    pass
+
+
+class Flaky(PermanentError):
+    pass
+
+
+@pytest.mark.parametrize(
+    ("error", "permanent"),
+    [
+        (RuntimeError("x"), False),
+        (ConnectionError("x"), False),
+        (TimeoutError(), False),
+        (PermanentError("x"), True),
+        (MalformedEnvelopeError("x"), True),
+        (QuotaExceeded(), True),  # added by dead_letter_on
+        (Flaky("x"), False),  # retry_on wins
+    ],
+)
+def test_errors_are_classified_with_user_additions(error: Exception, permanent: bool) -> None:
+    policy = RetryPolicy(retry_on=(Flaky,), dead_letter_on=(QuotaExceeded,))
+    assert FailureMiddleware(env="test", retry=policy).is_permanent(error) is permanent
+
+
+def test_validation_errors_are_permanent() -> None:
+    assert FailureMiddleware(env="test").is_permanent(validation_error())
