@@ -19,7 +19,13 @@ from .errors import (
     TopologyError,
 )
 from .facade import NatsPubsub, PubsubRouter
-from .middlewares import AckHeartbeatMiddleware, EnvelopeMiddleware, FailureMiddleware
+from .inbox import ClaimResult, InboxStore, KvInboxStore, MemoryInboxStore
+from .middlewares import (
+    AckHeartbeatMiddleware,
+    EnvelopeMiddleware,
+    FailureMiddleware,
+    InboxMiddleware,
+)
 from .publishing import OutgoingEvent, PublishResult
 from .retry import RetryPolicy
 from .subjects import SubjectParts, build_subject, parse_subject
@@ -27,6 +33,7 @@ from .topology import StreamSettings
 
 __all__ = (
     "AckHeartbeatMiddleware",
+    "ClaimResult",
     "CurrentEnvelope",
     "DeadLetterNotFoundError",
     "DeadLetterQueue",
@@ -38,7 +45,11 @@ __all__ = (
     "EnvelopeMiddleware",
     "EventMetadata",
     "FailureMiddleware",
+    "InboxMiddleware",
+    "InboxStore",
+    "KvInboxStore",
     "MalformedEnvelopeError",
+    "MemoryInboxStore",
     "MessageTooLargeError",
     "NatsPubsub",
     "NatsPubsubError",

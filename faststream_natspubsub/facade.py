@@ -17,10 +17,12 @@ from .advisories import MaxDeliveriesWatcher
 from .dlq import DeadLetterWriter
 from .envelope import CONTENT_ENCODING_HEADER, EnvelopeCodec, format_timestamp, new_event_id
 from .errors import NatsPubsubError, PublishError, SubjectError
+from .inbox import DEFAULT_INBOX_TTL, InboxStore, KvInboxStore, MemoryInboxStore, inbox_bucket_name
 from .metadata import INBOUND_CONTEXT_KEY
 from .middlewares.envelope import EnvelopeMiddleware
 from .middlewares.failure import FailureMiddleware
 from .middlewares.heartbeat import AckHeartbeatMiddleware
+from .middlewares.inbox import InboxMiddleware
 from .publishing import (
     PUBLISH_RETRY_DELAYS,
     RETRIABLE_PUBLISH_ERRORS,
@@ -77,7 +79,8 @@ class NatsPubsub:
         app: str,
         retry: RetryPolicy | None = None,
         dlq: bool = True,
-        inbox: Any = None,
+        inbox: InboxStore | str | None = None,
+        inbox_ttl: float = DEFAULT_INBOX_TTL,
         app_version: str | None = None,
         streams: StreamSettings | None = None,
         dlq_max_age: float = DLQ_MAX_AGE,
@@ -91,8 +94,6 @@ class NatsPubsub:
         self.stream = stream_name(self.env, self.app)
         self.dlq_stream = dlq_stream_name(self.env, self.app) if dlq else None
         self.dlq_subject_prefix = dlq_subject_prefix(self.env, self.app)
-        if inbox is not None:
-            raise NotImplementedError("the inbox is not available yet")
 
         self.topology = Topology()
         self._declare_stream(self.app)
@@ -126,11 +127,15 @@ class NatsPubsub:
         )
         self.failure = FailureMiddleware(env=self.env, retry=self.retry, dlq=self.dead_letters)
         self.heartbeat = AckHeartbeatMiddleware()
+        self.inbox_store = self._make_inbox_store(inbox, inbox_ttl)
+        self.inbox = InboxMiddleware(self.inbox_store) if self.inbox_store is not None else None
         # Order matters: failure is outermost, so it also sees malformed envelopes; the
-        # heartbeat covers the handler only.
+        # heartbeat covers everything the handler does; the inbox needs the decoded envelope.
         broker.add_middleware(self.failure)
         broker.add_middleware(self.heartbeat)
         broker.add_middleware(self.envelope)
+        if self.inbox is not None:
+            broker.add_middleware(self.inbox)
         self._watcher: MaxDeliveriesWatcher | None = None
         self._subjects: dict[str, str] = {}
         self._install_start_hook()
@@ -144,16 +149,18 @@ class NatsPubsub:
         app: str | None = None,
         ack_wait: float = 30.0,
         max_workers: int = 1,
+        inbox: bool = True,
         **faststream_kwargs: Any,
     ) -> LogicSubscriber[Any]:
         """A durable pull subscriber for ``topic`` of this app, or of ``app`` if given.
 
-        ``ack_wait`` is in seconds. Other keyword arguments go to ``broker.subscriber``.
+        ``ack_wait`` is in seconds; ``inbox=False`` opts this subscriber out of the inbox.
+        Other keyword arguments go to ``broker.subscriber``.
         """
         subject, kwargs = self._subscriber_kwargs(
             topic, app=app, ack_wait=ack_wait, max_workers=max_workers, extra=faststream_kwargs
         )
-        return self.broker.subscriber(subject, **kwargs)  # type: ignore[no-any-return]
+        return self._registered(self.broker.subscriber(subject, **kwargs), inbox=inbox)
 
     def publisher(self, topic: str, **faststream_kwargs: Any) -> LogicPublisher:
         """A FastStream publisher for ``topic``; what it sends is wrapped in the envelope."""
@@ -163,6 +170,24 @@ class NatsPubsub:
     def router(self, **kwargs: Any) -> PubsubRouter:
         """A ``NatsRouter`` whose ``subscriber``/``publisher`` take topics like the facade's."""
         return PubsubRouter(self, **kwargs)
+
+    def _registered(self, subscriber: Any, *, inbox: bool) -> LogicSubscriber[Any]:
+        if not inbox and self.inbox is not None:
+            self.inbox.exclude(subscriber)
+        return subscriber  # type: ignore[no-any-return]
+
+    def _make_inbox_store(self, inbox: InboxStore | str | None, ttl: float) -> InboxStore | None:
+        if inbox is None or isinstance(inbox, InboxStore):
+            return inbox
+        if inbox == "memory":
+            return MemoryInboxStore(ttl=ttl)
+        if inbox == "kv":
+            return KvInboxStore(
+                bucket=inbox_bucket_name(self.env, self.app),
+                ttl=ttl,
+                replicas=self.stream_settings.replicas,
+            )
+        raise ValueError(f"inbox must be 'memory', 'kv', an InboxStore or None, not {inbox!r}")
 
     def _declare_stream(self, app: str) -> str:
         name = stream_name(self.env, app)
@@ -343,6 +368,8 @@ class NatsPubsub:
             connection = await self.broker.connect()
             try:
                 await self.declare_topology()
+                if isinstance(self.inbox_store, KvInboxStore):
+                    await self.inbox_store.bind(connection.jetstream())
                 if self.dead_letters is not None and self.topology.consumers:
                     # Before the consumers pull: the server sends the advisory on a later pull.
                     self._watcher = MaxDeliveriesWatcher(
@@ -380,13 +407,14 @@ class PubsubRouter(NatsRouter):
         app: str | None = None,
         ack_wait: float = 30.0,
         max_workers: int = 1,
+        inbox: bool = True,
         **faststream_kwargs: Any,
     ) -> LogicSubscriber[Any]:
         """Like :meth:`NatsPubsub.subscriber`, registered on this router."""
         subject, kwargs = self._pubsub._subscriber_kwargs(
             topic, app=app, ack_wait=ack_wait, max_workers=max_workers, extra=faststream_kwargs
         )
-        return super().subscriber(subject, **kwargs)  # type: ignore[no-any-return]
+        return self._pubsub._registered(super().subscriber(subject, **kwargs), inbox=inbox)
 
     def publisher(self, topic: str, **faststream_kwargs: Any) -> LogicPublisher:  # type: ignore[override]
         """Like :meth:`NatsPubsub.publisher`, registered on this router."""

@@ -3,5 +3,6 @@
 from .envelope import EnvelopeMiddleware
 from .failure import FailureMiddleware
 from .heartbeat import AckHeartbeatMiddleware
+from .inbox import InboxMiddleware
 
-__all__ = ("AckHeartbeatMiddleware", "EnvelopeMiddleware", "FailureMiddleware")
+__all__ = ("AckHeartbeatMiddleware", "EnvelopeMiddleware", "FailureMiddleware", "InboxMiddleware")

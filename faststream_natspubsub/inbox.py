@@ -1,0 +1,187 @@
+"""Inbox stores: which event ids a consuming app has already processed.
+
+JetStream delivers at least once, and ``Nats-Msg-Id`` de-duplication only covers re-publishes
+inside the stream's duplicate window. The inbox remembers processed event ids for longer, so
+a redelivery after a lost ack, a re-publish, or a replay runs the handler's effect once.
+
+A store answers ``claim`` with one of three outcomes; a claim is a lease, so a process that
+dies while handling an event does not block it forever.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+import uuid
+from collections import OrderedDict
+from enum import Enum
+from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
+
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+
+if TYPE_CHECKING:
+    from nats.js import JetStreamContext
+    from nats.js.kv import KeyValue
+
+__all__ = (
+    "DEFAULT_INBOX_TTL",
+    "ClaimResult",
+    "InboxStore",
+    "KvInboxStore",
+    "MemoryInboxStore",
+    "inbox_bucket_name",
+)
+
+# How long a processed event id is remembered; a redelivery later than this runs again.
+DEFAULT_INBOX_TTL: Final = 7 * 24 * 3600.0
+_PROCESSED: Final = b"processed"
+_SAFE_KEY = re.compile(r"[-_=a-zA-Z0-9]+")
+
+
+class ClaimResult(str, Enum):
+    """What a store says when a consumer wants to handle an event."""
+
+    CLAIMED = "claimed"
+    """Nobody handled it yet; this consumer now holds the lease and runs the handler."""
+    PROCESSED = "processed"
+    """Already handled: acknowledge and skip."""
+    IN_PROGRESS = "in_progress"
+    """Another consumer holds an unexpired lease: try again later."""
+
+
+@runtime_checkable
+class InboxStore(Protocol):
+    """The three operations the inbox middleware needs; an SQL store fits here too."""
+
+    async def claim(self, event_id: str, *, lease: float) -> ClaimResult:
+        """Try to take ``event_id`` for ``lease`` seconds."""
+        ...
+
+    async def mark_processed(self, event_id: str) -> None:
+        """The handler succeeded: remember the event as processed (until the TTL)."""
+        ...
+
+    async def release(self, event_id: str) -> None:
+        """The handler failed: give the claim up so a retry can run."""
+        ...
+
+
+class MemoryInboxStore:
+    """A bounded LRU of event ids with a TTL; per process, lost on restart."""
+
+    def __init__(self, *, max_entries: int = 100_000, ttl: float = DEFAULT_INBOX_TTL) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        self.max_entries = max_entries
+        self.ttl = ttl
+        # event id -> (processed?, expires at on the monotonic clock)
+        self._entries: OrderedDict[str, tuple[bool, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    async def claim(self, event_id: str, *, lease: float) -> ClaimResult:
+        now = time.monotonic()
+        entry = self._entries.get(event_id)
+        if entry is not None and entry[1] > now:
+            self._entries.move_to_end(event_id)
+            return ClaimResult.PROCESSED if entry[0] else ClaimResult.IN_PROGRESS
+        self._store(event_id, processed=False, expires_at=now + lease)
+        return ClaimResult.CLAIMED
+
+    async def mark_processed(self, event_id: str) -> None:
+        self._store(event_id, processed=True, expires_at=time.monotonic() + self.ttl)
+
+    async def release(self, event_id: str) -> None:
+        self._entries.pop(event_id, None)
+
+    def _store(self, event_id: str, *, processed: bool, expires_at: float) -> None:
+        self._entries[event_id] = (processed, expires_at)
+        self._entries.move_to_end(event_id)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+
+def inbox_bucket_name(env: str, app: str) -> str:
+    """The KV bucket of ``app``'s inbox: ``natspubsub_inbox_<env>_<app>``."""
+    return f"natspubsub_inbox_{env}_{app}"
+
+
+class KvInboxStore:
+    """Processed event ids in a NATS KV bucket: shared by every process, kept across restarts.
+
+    Claims use KV's create (only if absent) and update-with-revision (compare and swap), so two
+    processes can never both claim one event. The bucket's TTL forgets old entries.
+    """
+
+    def __init__(self, *, bucket: str, ttl: float = DEFAULT_INBOX_TTL, replicas: int = 1) -> None:
+        self.bucket = bucket
+        self.ttl = ttl
+        self.replicas = replicas
+        # Identifies this process's leases in the bucket (useful when inspecting it).
+        self.owner = uuid.uuid4().hex[:12]
+        self._kv: KeyValue | None = None
+
+    async def bind(self, js: JetStreamContext) -> None:
+        """Open the bucket, creating it on first use."""
+        try:
+            self._kv = await js.key_value(self.bucket)
+        except NotFoundError:
+            self._kv = await js.create_key_value(
+                bucket=self.bucket, ttl=self.ttl, history=1, replicas=self.replicas
+            )
+
+    @property
+    def kv(self) -> KeyValue:
+        if self._kv is None:
+            raise RuntimeError("KvInboxStore is not bound: start the broker first")
+        return self._kv
+
+    async def claim(self, event_id: str, *, lease: float) -> ClaimResult:
+        key = _key(event_id)
+        value = self._lease_value(lease)
+        try:
+            await self.kv.create(key, value)
+        except KeyWrongLastSequenceError:
+            pass
+        else:
+            return ClaimResult.CLAIMED
+        try:
+            entry = await self.kv.get(key)
+        except KeyNotFoundError:  # released in between: claim it again
+            return await self.claim(event_id, lease=lease)
+        current = entry.value or b""
+        if current == _PROCESSED:
+            return ClaimResult.PROCESSED
+        if _lease_expiry(current) > time.time():
+            return ClaimResult.IN_PROGRESS
+        try:  # the holder's lease ran out (it crashed): take over, unless someone was faster
+            await self.kv.update(key, value, last=entry.revision)
+        except KeyWrongLastSequenceError:
+            return ClaimResult.IN_PROGRESS
+        return ClaimResult.CLAIMED
+
+    async def mark_processed(self, event_id: str) -> None:
+        await self.kv.put(_key(event_id), _PROCESSED)
+
+    async def release(self, event_id: str) -> None:
+        await self.kv.delete(_key(event_id))
+
+    def _lease_value(self, lease: float) -> bytes:
+        return f"claimed {time.time() + lease:.3f} {self.owner}".encode()
+
+
+def _key(event_id: str) -> str:
+    """KV keys allow few characters; other ids are hashed (stable across processes)."""
+    if _SAFE_KEY.fullmatch(event_id) and len(event_id) < 200:
+        return event_id
+    return "sha256-" + hashlib.sha256(event_id.encode()).hexdigest()
+
+
+def _lease_expiry(value: bytes) -> float:
+    parts = value.split()
+    try:
+        return float(parts[1]) if len(parts) >= 2 and parts[0] == b"claimed" else 0.0
+    except ValueError:
+        return 0.0
