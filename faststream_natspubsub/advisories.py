@@ -21,6 +21,7 @@ from pydantic_core import from_json
 
 from .dlq import DeadLetterReason, DeadLetterWriter, FailedDelivery
 from .errors import PublishError
+from .metrics import PubsubMetrics
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable
@@ -47,7 +48,9 @@ class MaxDeliveriesWatcher:
         writer: DeadLetterWriter,
         publish: Callable[..., Awaitable[Any]],
         consumers: Iterable[tuple[str, str]],
+        metrics: PubsubMetrics | None = None,
     ) -> None:
+        self._metrics = metrics or PubsubMetrics()
         self._writer = writer
         self._publish = publish
         self._consumers = tuple(consumers)
@@ -127,6 +130,13 @@ class MaxDeliveriesWatcher:
                 await asyncio.sleep(delay)
             else:
                 self.handled += 1
+                self._metrics.dead_lettered.add(
+                    1,
+                    {
+                        **self._metrics.attributes(failure.subject),
+                        "natspubsub.reason": record.reason,
+                    },
+                )
                 logger.error(
                     "event %s on %s dead-lettered: max_deliver_exceeded after %d deliveries "
                     "(the consumer crashed or hung on every delivery)",

@@ -10,8 +10,10 @@ from typing import TYPE_CHECKING, Any, Final
 
 from faststream import AckPolicy
 from faststream.nats import JStream, NatsRouter, PullSub
+from faststream.opentelemetry.middleware import TelemetryMiddleware
 from nats.js.api import AckPolicy as ServerAckPolicy
 from nats.js.api import ConsumerConfig
+from opentelemetry import propagate
 
 from .advisories import MaxDeliveriesWatcher
 from .dlq import DeadLetterWriter
@@ -19,6 +21,7 @@ from .envelope import CONTENT_ENCODING_HEADER, EnvelopeCodec, format_timestamp, 
 from .errors import NatsPubsubError, PublishError, SubjectError
 from .inbox import DEFAULT_INBOX_TTL, InboxStore, KvInboxStore, MemoryInboxStore, inbox_bucket_name
 from .metadata import INBOUND_CONTEXT_KEY
+from .metrics import PubsubMetrics
 from .middlewares.envelope import EnvelopeMiddleware
 from .middlewares.failure import FailureMiddleware
 from .middlewares.heartbeat import AckHeartbeatMiddleware
@@ -41,12 +44,14 @@ from .subjects import (
     validate_topic,
 )
 from .topology import ConsumerSpec, StreamSettings, StreamSpec, Topology
+from .tracing import TraceContextMiddleware
 
 if TYPE_CHECKING:
     from faststream.nats import NatsBroker
     from faststream.nats.publisher.usecase import LogicPublisher
     from faststream.nats.subscriber.usecases.basic import LogicSubscriber
     from nats.js import JetStreamContext
+    from opentelemetry.metrics import MeterProvider
 
 __all__ = ("DLQ_MAX_AGE", "NatsPubsub", "PubsubRouter")
 
@@ -85,6 +90,8 @@ class NatsPubsub:
         streams: StreamSettings | None = None,
         dlq_max_age: float = DLQ_MAX_AGE,
         codec: EnvelopeCodec | None = None,
+        meter_provider: MeterProvider | None = None,
+        tracing: bool | None = None,
     ) -> None:
         self.broker = broker
         self.env = normalize_env(env)
@@ -112,8 +119,13 @@ class NatsPubsub:
             )
 
         self.codec = codec or EnvelopeCodec()
+        self.metrics = PubsubMetrics(meter_provider)
         self.envelope = EnvelopeMiddleware(
-            env=self.env, app=self.app, app_version=app_version, codec=self.codec
+            env=self.env,
+            app=self.app,
+            app_version=app_version,
+            codec=self.codec,
+            metrics=self.metrics,
         )
         self.dead_letters = (
             DeadLetterWriter(
@@ -125,10 +137,23 @@ class NatsPubsub:
             if self.dlq_stream is not None
             else None
         )
-        self.failure = FailureMiddleware(env=self.env, retry=self.retry, dlq=self.dead_letters)
-        self.heartbeat = AckHeartbeatMiddleware()
+        self.failure = FailureMiddleware(
+            env=self.env, retry=self.retry, dlq=self.dead_letters, metrics=self.metrics
+        )
+        self.heartbeat = AckHeartbeatMiddleware(
+            on_beat=lambda: self.metrics.heartbeats.add(1, {"messaging.system": "nats"})
+        )
         self.inbox_store = self._make_inbox_store(inbox, inbox_ttl)
-        self.inbox = InboxMiddleware(self.inbox_store) if self.inbox_store is not None else None
+        self.inbox = (
+            InboxMiddleware(self.inbox_store, metrics=self.metrics)
+            if self.inbox_store is not None
+            else None
+        )
+        if tracing is None:
+            tracing = any(isinstance(m, TelemetryMiddleware) for m in broker.middlewares)
+        if tracing:
+            # First of all: its on_receive must fill traceparent before telemetry reads it.
+            broker.insert_middleware(TraceContextMiddleware(subject_prefix=f"{self.env}."))
         # Order matters: failure is outermost, so it also sees malformed envelopes; the
         # heartbeat covers everything the handler does; the inbox needs the decoded envelope.
         broker.add_middleware(self.failure)
@@ -316,11 +341,15 @@ class NatsPubsub:
         pending = [p for p in prepared if isinstance(p, _Pending)]
         for delay in (*PUBLISH_RETRY_DELAYS, None):
             await _send_round(js, pending, self.stream, timeout)
-            pending = [p for p in pending if p.retriable]
+            pending = [p for p in pending if p.retriable and p.error is not None]
             if not pending or delay is None:
                 break
             await asyncio.sleep(delay)
-        return [p.result() if isinstance(p, _Pending) else p for p in prepared]
+        results = [p.result() if isinstance(p, _Pending) else p for p in prepared]
+        for result in results:
+            if result.ok:
+                self.metrics.published.add(1, self.metrics.attributes(result.subject))
+        return results
 
     def _prepare(
         self, topic: str, message: Any, inbound: Any, shared_metadata: dict[str, Any]
@@ -343,6 +372,7 @@ class NatsPubsub:
         }
         if compressed:
             headers[CONTENT_ENCODING_HEADER] = "gzip"
+        propagate.inject(headers)  # traceparent of the current span, as FastStream would
         return _Pending(
             event_id=data["event_id"], subject=subject, payload=payload, headers=headers
         )
@@ -376,6 +406,7 @@ class NatsPubsub:
                         writer=self.dead_letters,
                         publish=self.broker.publish,
                         consumers=self.topology.consumers,
+                        metrics=self.metrics,
                     )
                     await self._watcher.start(connection)
             except BaseException:

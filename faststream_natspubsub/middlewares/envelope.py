@@ -6,6 +6,7 @@ FastStream, so the middleware can share a broker with ordinary subscribers.
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -21,8 +22,10 @@ from ..envelope import (
 )
 from ..errors import EnvelopeError
 from ..metadata import INBOUND_CONTEXT_KEY, InboundEvent
+from ..metrics import PubsubMetrics
 from ..publishing import OutgoingEvent, retry_publish
 from ..subjects import normalize_app, normalize_env
+from ..tracing import current_trace_metadata
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -53,11 +56,13 @@ class EnvelopeMiddleware:
         app: str,
         app_version: str | None = None,
         codec: EnvelopeCodec | None = None,
+        metrics: PubsubMetrics | None = None,
     ) -> None:
         self.env = normalize_env(env)
         self.app = normalize_app(app)
         self.app_version = app_version
         self.codec = codec or EnvelopeCodec()
+        self.metrics = metrics or PubsubMetrics()
         self.subject_prefix = f"{self.env}."
 
     def __call__(self, msg: Any, /, *, context: ContextRepo) -> _EnvelopeMiddleware:
@@ -75,6 +80,9 @@ class EnvelopeMiddleware:
                 if (value := parent.get(key)) is not None:
                     metadata[key] = value
             metadata["causation_id"] = inbound.envelope.event_id
+        # The current span (FastStream's publish span, or the handler's) wins over the
+        # trace inherited from the incoming envelope.
+        metadata.update(current_trace_metadata())
         metadata.update(event.metadata)
         metadata.setdefault("app_name", self.app)
         metadata.setdefault("environment", self.env)
@@ -108,10 +116,20 @@ class _EnvelopeMiddleware(BaseMiddleware["NatsPublishCommand", Any]):
             return await call_next(msg)
         envelope = self._config.codec.decode(msg.body)
         inbound = self._inbound = InboundEvent(msg, envelope, subject)
+        metrics = self._config.metrics
+        attributes = metrics.attributes(subject)
+        metrics.consumed.add(1, attributes)
+        if envelope.occurred_at is not None:
+            latency = (inbound.received_at - envelope.occurred_at).total_seconds()
+            metrics.end_to_end_latency.record(max(latency, 0.0), attributes)
         # The handler gets the envelope's message, already decoded, not the raw JSON.
         msg.set_decoder(_MessageDecoder(envelope.message))
-        with self.context.scope(INBOUND_CONTEXT_KEY, inbound):
-            return await call_next(msg)
+        started = time.perf_counter()
+        try:
+            with self.context.scope(INBOUND_CONTEXT_KEY, inbound):
+                return await call_next(msg)
+        finally:
+            metrics.handler_duration.record(time.perf_counter() - started, attributes)
 
     async def publish_scope(
         self, call_next: Callable[[Any], Awaitable[Any]], cmd: NatsPublishCommand
@@ -133,8 +151,11 @@ class _EnvelopeMiddleware(BaseMiddleware["NatsPublishCommand", Any]):
             headers[CONTENT_ENCODING_HEADER] = "gzip"
         cmd.body = payload
         if not cmd.stream:
-            return await call_next(cmd)
-        return await retry_publish(lambda: call_next(cmd), subject=subject)
+            result = await call_next(cmd)
+        else:
+            result = await retry_publish(lambda: call_next(cmd), subject=subject)
+        config.metrics.published.add(1, config.metrics.attributes(subject))
+        return result
 
 
 class _MessageDecoder:

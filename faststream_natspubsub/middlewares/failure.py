@@ -17,14 +17,16 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from faststream import BaseMiddleware
-from faststream.exceptions import HandlerException, NackMessage, RejectMessage
+from faststream.exceptions import AckMessage, HandlerException, NackMessage, RejectMessage
 from nats.errors import Error as NatsError
 from pydantic import ValidationError
 
 from ..dlq import DeadLetterReason, DeadLetterWriter, FailedDelivery
 from ..envelope import MalformedEnvelopeError
 from ..errors import PermanentError, PublishError, RetryLater
+from ..metrics import PubsubMetrics
 from ..retry import RetryPolicy
+from ..tracing import record_span_event
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -57,10 +59,12 @@ class FailureMiddleware:
         env: str,
         retry: RetryPolicy | None = None,
         dlq: DeadLetterWriter | None = None,
+        metrics: PubsubMetrics | None = None,
     ) -> None:
         self.subject_prefix = f"{env}."
         self.retry = retry or RetryPolicy()
         self.dlq = dlq
+        self.metrics = metrics or PubsubMetrics()
         self._first_failures: OrderedDict[tuple[str, int], datetime] = OrderedDict()
 
     def __call__(self, msg: Any, /, *, context: ContextRepo) -> _FailureMiddleware:
@@ -112,10 +116,14 @@ class _FailureMiddleware(BaseMiddleware):
             )
         try:
             result = await call_next(msg)
+        except AckMessage:  # the handler (or the inbox, for a duplicate) acknowledged it
+            config.metrics.acked.add(1, config.metrics.attributes(subject))
+            raise
         except HandlerException:
-            raise  # the handler chose ACK / NAK / TERM itself
+            raise  # the handler chose NAK / TERM itself
         except Exception as exc:  # noqa: BLE001 - every failure is classified below
             await self._on_failure(msg, delivery, exc)
+        config.metrics.acked.add(1, config.metrics.attributes(subject))
         if delivery.deliveries > 1:
             config.forget_failure(delivery.key)
         return result
@@ -134,6 +142,16 @@ class _FailureMiddleware(BaseMiddleware):
         if delay is None:
             delay = policy.delay_for(delivery.deliveries)
         config.remember_failure(delivery.key, delivery.received_at)
+        config.metrics.retried.add(1, config.metrics.attributes(delivery.subject))
+        record_span_event(
+            "natspubsub.retry",
+            {
+                "natspubsub.attempt": delivery.deliveries,
+                "natspubsub.delay_s": delay,
+                "exception.type": type(exc).__qualname__,
+                "exception.message": str(exc)[:500],
+            },
+        )
         logger.warning(
             "handler failed on attempt %d/%d of event %s on %s; retrying in %.3fs",
             delivery.deliveries,
@@ -199,6 +217,19 @@ class _FailureMiddleware(BaseMiddleware):
             )
             raise NackMessage(delay=delay) from dlq_error
         config.forget_failure(delivery.key)
+        attributes = {
+            **config.metrics.attributes(delivery.subject),
+            "natspubsub.reason": reason.value,
+        }
+        config.metrics.dead_lettered.add(1, attributes)
+        record_span_event(
+            "natspubsub.dead_letter",
+            {
+                "natspubsub.reason": reason.value,
+                "natspubsub.attempt": delivery.deliveries,
+                "exception.type": type(exc).__qualname__ if exc is not None else None,
+            },
+        )
         logger.error(
             "event %s on %s dead-lettered after %d deliveries: %s",
             delivery.event_id(msg),

@@ -16,6 +16,8 @@ from faststream.exceptions import AckMessage, NackMessage
 
 from ..inbox import ClaimResult, InboxStore
 from ..metadata import INBOUND_CONTEXT_KEY
+from ..metrics import PubsubMetrics
+from ..tracing import record_span_event
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -40,9 +42,14 @@ class InboxMiddleware:
     """Skips events whose id the store already marked processed (ACK without the handler)."""
 
     def __init__(
-        self, store: InboxStore, *, on_duplicate: Callable[[InboundEvent], None] | None = None
+        self,
+        store: InboxStore,
+        *,
+        metrics: PubsubMetrics | None = None,
+        on_duplicate: Callable[[InboundEvent], None] | None = None,
     ) -> None:
         self.store = store
+        self.metrics = metrics or PubsubMetrics()
         self.on_duplicate = on_duplicate
         self.duplicates = 0
         self._excluded: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -76,6 +83,8 @@ class _InboxMiddleware(BaseMiddleware):
         outcome = await store.claim(event_id, lease=max(ack_wait * 2, _MIN_LEASE))
         if outcome is ClaimResult.PROCESSED:
             config.duplicates += 1
+            config.metrics.duplicates_skipped.add(1, config.metrics.attributes(inbound.subject))
+            record_span_event("natspubsub.duplicate_skipped", {"natspubsub.event_id": event_id})
             if config.on_duplicate is not None:
                 config.on_duplicate(inbound)
             logger.debug(
