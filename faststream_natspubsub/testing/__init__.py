@@ -1,5 +1,6 @@
-"""Test helpers: a throw-away ``nats-server -js`` and, as a pytest plugin, its fixtures."""
+"""Test helpers: in-memory failure testing, a throw-away ``nats-server -js`` and its fixtures."""
 
+from .memory import Redelivery, TestNatsPubsub
 from .server import (
     EmbeddedNatsServer,
     NatsServerError,
@@ -13,5 +14,7 @@ __all__ = (
     "NatsServerError",
     "NatsServerNotFoundError",
     "NatsServerStartError",
+    "Redelivery",
+    "TestNatsPubsub",
     "find_nats_server_binary",
 )
