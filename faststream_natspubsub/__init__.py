@@ -5,6 +5,7 @@ metadata for handlers, installed on a FastStream ``NatsBroker`` by :class:`NatsP
 """
 
 from .annotations import CurrentEnvelope, EventMetadata
+from .asyncapi import AsyncAPI
 from .dlq import DeadLetterReason, DeadLetterRecord
 from .dlq_admin import DeadLetterNotFoundError, DeadLetterQueue
 from .envelope import Envelope, EnvelopeCodec, MalformedEnvelopeError
@@ -33,6 +34,7 @@ from .topology import StreamSettings
 
 __all__ = (
     "AckHeartbeatMiddleware",
+    "AsyncAPI",
     "ClaimResult",
     "CurrentEnvelope",
     "DeadLetterNotFoundError",

@@ -15,6 +15,7 @@ from nats.js.api import AckPolicy as ServerAckPolicy
 from nats.js.api import ConsumerConfig
 from opentelemetry import propagate
 
+from . import asyncapi
 from .advisories import MaxDeliveriesWatcher
 from .dlq import DeadLetterWriter
 from .envelope import CONTENT_ENCODING_HEADER, EnvelopeCodec, format_timestamp, new_event_id
@@ -162,6 +163,7 @@ class NatsPubsub:
         if self.inbox is not None:
             broker.add_middleware(self.inbox)
         self._watcher: MaxDeliveriesWatcher | None = None
+        asyncapi.register(self)
         self._subjects: dict[str, str] = {}
         self._install_start_hook()
 
