@@ -106,8 +106,6 @@ class DeadLetterRecord:
     dead_lettered_at: str
     app: str
     host: str
-    replays: list[dict[str, Any]] = field(default_factory=list)
-    """Replays already made of this record (when, to which subject)."""
     dlq_seq: int | None = None
     """Sequence of the record in the DLQ stream, when read back."""
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Final
 from faststream import AckPolicy
 from faststream.nats import JStream, NatsRouter, PullSub
 from faststream.opentelemetry.middleware import TelemetryMiddleware
+from nats.aio.client import Client as NatsClient
 from nats.js.api import AckPolicy as ServerAckPolicy
 from nats.js.api import ConsumerConfig
 from opentelemetry import propagate
@@ -329,7 +330,10 @@ class NatsPubsub:
         hides the others. Each item gets its own event id (pass an :class:`OutgoingEvent`
         as the message to choose it). Timed-out items are retried with the same id.
         """
-        js = self._jetstream()
+        connection = self.broker.connection
+        if not isinstance(connection, NatsClient):  # TestNatsBroker: nothing to pipeline
+            return await self._publish_one_by_one(items, metadata=metadata, timeout=timeout)
+        js = connection.jetstream()
         inbound = self.broker.context.get_local(INBOUND_CONTEXT_KEY)
         shared_metadata = dict(metadata or {})
         prepared: list[_Pending | PublishResult] = []
@@ -351,6 +355,33 @@ class NatsPubsub:
         for result in results:
             if result.ok:
                 self.metrics.published.add(1, self.metrics.attributes(result.subject))
+        return results
+
+    async def _publish_one_by_one(
+        self,
+        items: Iterable[tuple[str, Any]],
+        *,
+        metadata: Mapping[str, Any] | None,
+        timeout: float,
+    ) -> list[PublishResult]:
+        results: list[PublishResult] = []
+        for topic, message in items:
+            event = message if isinstance(message, OutgoingEvent) else None
+            try:
+                results.append(
+                    await self.publish(
+                        topic,
+                        event.message if event else message,
+                        event_id=event.event_id if event else None,
+                        occurred_at=event.occurred_at if event else None,
+                        metadata={**(metadata or {}), **(event.metadata if event else {})},
+                        timeout=timeout,
+                    )
+                )
+            except NatsPubsubError as exc:
+                results.append(
+                    PublishResult(event_id="", subject=topic, stream=None, seq=None, error=exc)
+                )
         return results
 
     def _prepare(

@@ -147,13 +147,16 @@ class Topology:
         self.streams[spec.name] = spec
 
     def add_consumer(self, spec: ConsumerSpec) -> None:
-        """Remember a consumer; the same durable declared twice must be identical."""
+        """Remember a consumer; a durable may be declared once.
+
+        Two subscribers on one durable would silently split its events between them.
+        """
         key = (spec.stream, spec.durable)
-        known = self.consumers.get(key)
-        if known is not None and known != spec:
+        if key in self.consumers:
             raise TopologyError(
-                f"consumer {spec.durable!r} declared twice with different settings; "
-                "pass a distinct durable name"
+                f"durable consumer {spec.durable!r} is already used by another subscriber of "
+                f"{spec.filter_subject!r}; pass durable=... to give this one its own, or add "
+                "several handlers to one subscriber with filters"
             )
         self.consumers[key] = spec
 

@@ -8,7 +8,13 @@ import pytest
 from faststream.nats import NatsBroker, TestNatsBroker
 from pydantic import BaseModel
 
-from faststream_natspubsub import EventMetadata, MessageTooLargeError, NatsPubsub
+from faststream_natspubsub import (
+    EventMetadata,
+    FailureMiddleware,
+    MessageTooLargeError,
+    NatsPubsub,
+    TopologyError,
+)
 from faststream_natspubsub.envelope import EnvelopeCodec
 
 
@@ -52,3 +58,35 @@ async def test_typed_errors_are_raised_in_memory_too() -> None:
         with pytest.raises(MessageTooLargeError):
             await pubsub.publish("order.created", {"blob": "x" * 100})
         handle.mock.assert_not_called()  # type: ignore[attr-defined]
+
+
+async def test_publish_many_works_under_the_plain_test_broker() -> None:
+    broker = NatsBroker()
+    pubsub = NatsPubsub(broker, env="test", app="orders")
+
+    @pubsub.subscriber("order.created")
+    async def handle(body: dict[str, Any]) -> None: ...
+
+    async with TestNatsBroker(broker):
+        results = await pubsub.publish_many([("order.created", {"n": 1}), ("bad..x", {})])
+        handle.mock.assert_called_once_with({"n": 1})  # type: ignore[attr-defined]
+    assert [r.ok for r in results] == [True, False]
+
+
+def test_two_subscribers_cannot_share_a_durable_by_accident() -> None:
+    pubsub = NatsPubsub(NatsBroker(), env="test", app="orders")
+
+    @pubsub.subscriber("order.created")
+    async def first(body: dict[str, Any]) -> None: ...
+
+    with pytest.raises(TopologyError, match="durable"):
+
+        @pubsub.subscriber("order.created")
+        async def second(body: dict[str, Any]) -> None: ...
+
+    @pubsub.subscriber("order.created", durable="orders-audit")
+    async def third(body: dict[str, Any]) -> None: ...
+
+
+def test_a_hand_built_failure_middleware_normalises_its_env() -> None:
+    assert FailureMiddleware(env=" Prod ").subject_prefix == "prod."

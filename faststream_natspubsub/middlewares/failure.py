@@ -7,12 +7,15 @@ FastStream's default for JetStream terminates a message on the first exception. 
 - a permanent failure (validation, :class:`PermanentError`, malformed envelope) or the last
   attempt: a record in the DLQ stream, then TERM with the reason;
 - a DLQ write that fails: NAK with a delay, never ACK or TERM, so nothing is lost.
+
+The decisions live on :class:`FailureMiddleware` so batch mode makes the same ones per item.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
@@ -26,24 +29,33 @@ from ..envelope import MalformedEnvelopeError
 from ..errors import PermanentError, PublishError, RetryLater
 from ..metrics import PubsubMetrics
 from ..retry import RetryPolicy
+from ..subjects import normalize_env
 from ..tracing import record_span_event
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Mapping
 
     from faststream import ContextRepo
     from faststream.message import StreamMessage
 
-__all__ = ("FailureMiddleware",)
+__all__ = ("Delivery", "FailureMiddleware", "Outcome", "terminate_raw")
 
 logger = logging.getLogger("faststream_natspubsub.failure")
 
 # First-failure times are remembered per message in this process, for the DLQ record.
 _FIRST_FAILURES_LIMIT: Final = 10_000
-_UNFINISHED: Final = (
+UNFINISHED: Final = (
     "delivered more often than max_attempts: an earlier attempt did not finish (the process "
     "crashed or the handler outlived ack_wait) or its dead-lettering failed"
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A failed delivery's fate: dead-letter it for ``reason``, or retry after ``delay``."""
+
+    reason: DeadLetterReason | None = None
+    delay: float = 0.0
 
 
 class FailureMiddleware:
@@ -61,7 +73,7 @@ class FailureMiddleware:
         dlq: DeadLetterWriter | None = None,
         metrics: PubsubMetrics | None = None,
     ) -> None:
-        self.subject_prefix = f"{env}."
+        self.subject_prefix = f"{normalize_env(env)}."
         self.retry = retry or RetryPolicy()
         self.dlq = dlq
         self.metrics = metrics or PubsubMetrics()
@@ -78,6 +90,124 @@ class FailureMiddleware:
         return isinstance(exc, ValidationError | PermanentError | MalformedEnvelopeError) or bool(
             policy.dead_letter_on and isinstance(exc, policy.dead_letter_on)
         )
+
+    def decide(self, delivery: Delivery, exc: BaseException) -> Outcome:
+        """Classify a failure of ``delivery``: dead-letter (with a reason) or retry (a delay)."""
+        if isinstance(exc, MalformedEnvelopeError):
+            return Outcome(DeadLetterReason.MALFORMED)
+        if self.is_permanent(exc):
+            return Outcome(DeadLetterReason.PERMANENT_ERROR)
+        if delivery.deliveries >= self.retry.max_attempts:
+            return Outcome(DeadLetterReason.MAX_ATTEMPTS_EXCEEDED)
+        delay = exc.delay if isinstance(exc, RetryLater) else None
+        return Outcome(delay=self.retry.delay_for(delivery.deliveries) if delay is None else delay)
+
+    def record_retry(self, delivery: Delivery, delay: float, exc: BaseException) -> None:
+        """Log, count and trace one retry decision."""
+        self.remember_failure(delivery.key, delivery.received_at)
+        self.metrics.retried.add(1, self.metrics.attributes(delivery.subject))
+        record_span_event(
+            "natspubsub.retry",
+            {
+                "natspubsub.attempt": delivery.deliveries,
+                "natspubsub.delay_s": delay,
+                "exception.type": type(exc).__qualname__,
+                "exception.message": str(exc)[:500],
+            },
+        )
+        logger.warning(
+            "handler failed on attempt %d/%d of event %s on %s; retrying in %.3fs",
+            delivery.deliveries,
+            self.retry.max_attempts,
+            delivery.event_id,
+            delivery.subject,
+            delay,
+            exc_info=exc,
+            extra=delivery.log_fields(delay=delay),
+        )
+
+    def record_success(self, delivery: Delivery) -> None:
+        """Count an acknowledged delivery and forget its failures."""
+        self.metrics.acked.add(1, self.metrics.attributes(delivery.subject))
+        if delivery.deliveries > 1:
+            self.forget_failure(delivery.key)
+
+    async def dead_letter(
+        self,
+        delivery: Delivery,
+        reason: DeadLetterReason,
+        exc: BaseException | None,
+        publish: Callable[..., Awaitable[Any]],
+        *,
+        detail: str | None = None,
+    ) -> bool:
+        """Write the DLQ record; False (logged) when it could not be stored, or no DLQ."""
+        first = self.remember_failure(delivery.key, delivery.received_at)
+        fields = delivery.log_fields(reason=reason.value)
+        if self.dlq is None:
+            logger.error(
+                "event %s on %s terminated (%s); the DLQ is disabled",
+                delivery.event_id,
+                delivery.subject,
+                reason.value,
+                exc_info=exc,
+                extra=fields,
+            )
+            self.forget_failure(delivery.key)
+            return True
+        failure = FailedDelivery(
+            subject=delivery.subject,
+            body=delivery.body,
+            headers=delivery.headers,
+            stream=delivery.stream,
+            stream_seq=delivery.stream_seq,
+            consumer=delivery.consumer,
+            deliveries=delivery.deliveries,
+            reason=reason,
+            error=exc,
+            detail=detail,
+            first_failure_at=first,
+            last_failure_at=delivery.received_at,
+        )
+        try:
+            await self.dlq.write(failure, publish)
+        except (PublishError, NatsError) as dlq_error:
+            logger.error(
+                "event %s on %s could not be dead-lettered (%s: %s); it will be retried",
+                delivery.event_id,
+                delivery.subject,
+                reason.value,
+                dlq_error,
+                exc_info=exc,
+                extra=fields,
+            )
+            return False
+        self.forget_failure(delivery.key)
+        self.metrics.dead_lettered.add(
+            1, {**self.metrics.attributes(delivery.subject), "natspubsub.reason": reason.value}
+        )
+        record_span_event(
+            "natspubsub.dead_letter",
+            {
+                "natspubsub.reason": reason.value,
+                "natspubsub.attempt": delivery.deliveries,
+                "exception.type": type(exc).__qualname__ if exc is not None else None,
+            },
+        )
+        logger.error(
+            "event %s on %s dead-lettered after %d deliveries: %s",
+            delivery.event_id,
+            delivery.subject,
+            delivery.deliveries,
+            reason.value,
+            exc_info=exc,
+            extra=fields,
+        )
+        return True
+
+    def dlq_retry_delay(self, delivery: Delivery) -> float:
+        """How long to wait before trying a failed dead-letter write again."""
+        return self.retry.delay_for(min(delivery.deliveries, self.retry.max_attempts))
 
     def remember_failure(self, key: tuple[str, int] | None, now: datetime) -> datetime:
         """When this message first failed here (``now`` for the first time)."""
@@ -104,151 +234,63 @@ class _FailureMiddleware(BaseMiddleware):
         self, call_next: Callable[[Any], Awaitable[Any]], msg: StreamMessage[Any]
     ) -> Any:
         config = self._config
-        subject: str = getattr(msg.raw_message, "subject", "")
-        if not subject.startswith(config.subject_prefix):
-            return await call_next(msg)
-        delivery = _Delivery.of(msg)
+        raw = msg.raw_message
+        subject = getattr(raw, "subject", "")
+        if not isinstance(subject, str) or not subject.startswith(config.subject_prefix):
+            return await call_next(msg)  # not ours, or a batch (handled by batch mode)
+        delivery = Delivery.of(raw, msg.body)
         if delivery.deliveries > config.retry.max_attempts:
             # Its last attempt did not finish (a crash, a hang past ack_wait) or could not
             # dead-letter: do not run the handler again.
-            await self._dead_letter(
-                msg, delivery, DeadLetterReason.MAX_ATTEMPTS_EXCEEDED, None, _UNFINISHED
-            )
+            await self._dead_letter(delivery, DeadLetterReason.MAX_ATTEMPTS_EXCEEDED, None)
         try:
             result = await call_next(msg)
         except AckMessage:  # the handler (or the inbox, for a duplicate) acknowledged it
-            config.metrics.acked.add(1, config.metrics.attributes(subject))
+            config.record_success(delivery)
             raise
         except HandlerException:
             raise  # the handler chose NAK / TERM itself
-        except Exception as exc:  # noqa: BLE001 - every failure is classified below
-            await self._on_failure(msg, delivery, exc)
-        config.metrics.acked.add(1, config.metrics.attributes(subject))
-        if delivery.deliveries > 1:
-            config.forget_failure(delivery.key)
+        except Exception as exc:
+            outcome = config.decide(delivery, exc)
+            if outcome.reason is not None:
+                await self._dead_letter(delivery, outcome.reason, exc)
+            config.record_retry(delivery, outcome.delay, exc)
+            raise NackMessage(delay=outcome.delay) from exc
+        config.record_success(delivery)
         return result
 
-    async def _on_failure(
-        self, msg: StreamMessage[Any], delivery: _Delivery, exc: Exception
-    ) -> NoReturn:
-        config, policy = self._config, self._config.retry
-        if isinstance(exc, MalformedEnvelopeError):
-            await self._dead_letter(msg, delivery, DeadLetterReason.MALFORMED, exc)
-        if config.is_permanent(exc):
-            await self._dead_letter(msg, delivery, DeadLetterReason.PERMANENT_ERROR, exc)
-        if delivery.deliveries >= policy.max_attempts:
-            await self._dead_letter(msg, delivery, DeadLetterReason.MAX_ATTEMPTS_EXCEEDED, exc)
-        delay = exc.delay if isinstance(exc, RetryLater) else None
-        if delay is None:
-            delay = policy.delay_for(delivery.deliveries)
-        config.remember_failure(delivery.key, delivery.received_at)
-        config.metrics.retried.add(1, config.metrics.attributes(delivery.subject))
-        record_span_event(
-            "natspubsub.retry",
-            {
-                "natspubsub.attempt": delivery.deliveries,
-                "natspubsub.delay_s": delay,
-                "exception.type": type(exc).__qualname__,
-                "exception.message": str(exc)[:500],
-            },
-        )
-        logger.warning(
-            "handler failed on attempt %d/%d of event %s on %s; retrying in %.3fs",
-            delivery.deliveries,
-            policy.max_attempts,
-            delivery.event_id(msg),
-            delivery.subject,
-            delay,
-            exc_info=exc,
-            extra=delivery.log_fields(msg, delay=delay),
-        )
-        raise NackMessage(delay=delay)
-
     async def _dead_letter(
-        self,
-        msg: StreamMessage[Any],
-        delivery: _Delivery,
-        reason: DeadLetterReason,
-        exc: BaseException | None,
-        detail: str | None = None,
+        self, delivery: Delivery, reason: DeadLetterReason, exc: BaseException | None
     ) -> NoReturn:
         config = self._config
-        first = config.remember_failure(delivery.key, delivery.received_at)
-        fields = delivery.log_fields(msg, reason=reason.value)
-        if config.dlq is None:
-            logger.error(
-                "event %s on %s terminated (%s); the DLQ is disabled",
-                delivery.event_id(msg),
-                delivery.subject,
-                reason.value,
-                exc_info=exc,
-                extra=fields,
-            )
-            config.forget_failure(delivery.key)
-            await _terminate(msg, reason.value)
-        failure = FailedDelivery(
-            subject=delivery.subject,
-            body=msg.body,
-            headers=msg.headers,
-            stream=delivery.stream,
-            stream_seq=delivery.stream_seq,
-            consumer=delivery.consumer,
-            deliveries=delivery.deliveries,
-            reason=reason,
-            error=exc,
-            detail=detail,
-            first_failure_at=first,
-            last_failure_at=delivery.received_at,
-        )
-        broker = self.context.get("broker")
-        try:
-            await config.dlq.write(failure, broker.publish)
-        except (PublishError, NatsError) as dlq_error:
-            delay = config.retry.delay_for(min(delivery.deliveries, config.retry.max_attempts))
-            logger.error(
-                "event %s on %s could not be dead-lettered (%s: %s); NAK, retry in %.3fs",
-                delivery.event_id(msg),
-                delivery.subject,
-                reason.value,
-                dlq_error,
-                delay,
-                exc_info=exc,
-                extra={**fields, "natspubsub_delay": delay},
-            )
-            raise NackMessage(delay=delay) from dlq_error
-        config.forget_failure(delivery.key)
-        attributes = {
-            **config.metrics.attributes(delivery.subject),
-            "natspubsub.reason": reason.value,
-        }
-        config.metrics.dead_lettered.add(1, attributes)
-        record_span_event(
-            "natspubsub.dead_letter",
-            {
-                "natspubsub.reason": reason.value,
-                "natspubsub.attempt": delivery.deliveries,
-                "exception.type": type(exc).__qualname__ if exc is not None else None,
-            },
-        )
-        logger.error(
-            "event %s on %s dead-lettered after %d deliveries: %s",
-            delivery.event_id(msg),
-            delivery.subject,
-            delivery.deliveries,
-            reason.value,
-            exc_info=exc,
-            extra=fields,
-        )
-        await _terminate(msg, reason.value)
+        detail = UNFINISHED if exc is None else None
+        publish = self.context.get("broker").publish
+        if not await config.dead_letter(delivery, reason, exc, publish, detail=detail):
+            raise NackMessage(delay=config.dlq_retry_delay(delivery))
+        await terminate_raw(delivery.raw, reason.value)
+        raise RejectMessage
 
 
-class _Delivery:
-    """JetStream facts of the current delivery; neutral values for in-memory messages."""
+class Delivery:
+    """JetStream facts of one delivery; neutral values for in-memory messages."""
 
-    __slots__ = ("consumer", "deliveries", "received_at", "stream", "stream_seq", "subject")
+    __slots__ = (
+        "body",
+        "consumer",
+        "deliveries",
+        "headers",
+        "raw",
+        "received_at",
+        "stream",
+        "stream_seq",
+        "subject",
+    )
 
-    def __init__(self, subject: str) -> None:
+    def __init__(self, raw: Any, subject: str, body: bytes, headers: Mapping[str, str]) -> None:
+        self.raw = raw
         self.subject = subject
+        self.body = body
+        self.headers = headers
         self.received_at = datetime.now(timezone.utc)
         self.deliveries = 1
         self.stream: str | None = None
@@ -256,12 +298,12 @@ class _Delivery:
         self.consumer: str | None = None
 
     @classmethod
-    def of(cls, msg: StreamMessage[Any]) -> _Delivery:
-        raw = msg.raw_message
-        delivery = cls(raw.subject)
+    def of(cls, raw: Any, body: bytes | None = None) -> Delivery:
+        """Read the delivery facts of a nats-py message."""
+        delivery = cls(raw, raw.subject, raw.data if body is None else body, raw.headers or {})
         try:
             js = raw.metadata
-        except (NatsError, AttributeError):  # core NATS or in-memory message
+        except (NatsError, AttributeError, ValueError, IndexError):  # not a JetStream delivery
             return delivery
         delivery.deliveries = js.num_delivered or 1
         delivery.stream, delivery.stream_seq = js.stream, js.sequence.stream
@@ -274,14 +316,15 @@ class _Delivery:
             return None
         return (self.stream, self.stream_seq)
 
-    @staticmethod
-    def event_id(msg: StreamMessage[Any]) -> str:
-        return str(msg.headers.get("Nats-Msg-Id", "?"))
+    @property
+    def event_id(self) -> str:
+        return str(self.headers.get("Nats-Msg-Id", "?"))
 
-    def log_fields(self, msg: StreamMessage[Any], **more: Any) -> dict[str, Any]:
+    def log_fields(self, **more: Any) -> dict[str, Any]:
         fields = {
-            "natspubsub_event_id": self.event_id(msg),
+            "natspubsub_event_id": self.event_id,
             "natspubsub_subject": self.subject,
+            "natspubsub_topic": self.subject.split(".", 2)[-1],
             "natspubsub_attempt": self.deliveries,
             "natspubsub_stream_seq": self.stream_seq,
         }
@@ -289,17 +332,14 @@ class _Delivery:
         return fields
 
 
-async def _terminate(msg: StreamMessage[Any], reason: str) -> NoReturn:
-    """TERM with a reason, then tell FastStream the message is rejected.
+async def terminate_raw(raw: Any, reason: str) -> None:
+    """TERM with a reason (it appears in the server's MSG_TERMINATED advisory).
 
-    nats-py's ``term()`` sends no reason; ``+TERM <reason>`` puts it in the server's
-    MSG_TERMINATED advisory. ``_ackd`` is set as nats-py's own ``term()`` does, so FastStream's
-    reject does not send a second TERM.
+    nats-py's ``term()`` sends no reason, so ``+TERM <reason>`` is published by hand, and
+    ``_ackd`` is set as ``term()`` would, so FastStream's reject does not TERM again.
     """
-    raw = msg.raw_message
     reply = getattr(raw, "reply", "")
     client = getattr(raw, "_client", None)  # None for TestNatsBroker's in-memory messages
     if client is not None and reply.startswith("$JS.ACK.") and not getattr(raw, "_ackd", True):
         await client.publish(reply, b"+TERM " + reason.encode())
         raw._ackd = True
-    raise RejectMessage

@@ -22,10 +22,8 @@ from faststream import BaseMiddleware
 from faststream.exceptions import NackMessage
 from faststream.nats import TestNatsBroker
 
-from ..publishing import PublishResult
-
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterable
+    from collections.abc import Awaitable, Callable
     from types import TracebackType
 
     from faststream import ContextRepo
@@ -93,8 +91,6 @@ class TestNatsPubsub:
 
             writer.write = capture  # type: ignore[method-assign]
             self._restore.append(lambda: delattr(writer, "write"))
-        self.pubsub.publish_many = self._publish_many  # type: ignore[method-assign]
-        self._restore.append(lambda: delattr(self.pubsub, "publish_many"))
         await self._test_broker.__aenter__()
         return self
 
@@ -113,20 +109,6 @@ class TestNatsPubsub:
     def next_sequence(self) -> int:
         """A stream sequence for a message entering the fake stream."""
         return next(self._sequences)
-
-    async def _publish_many(
-        self, items: Iterable[tuple[str, Any]], *, timeout: float = 5.0, **kwargs: Any
-    ) -> list[PublishResult]:
-        """In memory there is nothing to pipeline: publish one by one, keep per-item errors."""
-        results: list[PublishResult] = []
-        for topic, message in items:
-            try:
-                results.append(await self.pubsub.publish(topic, message, timeout=timeout, **kwargs))
-            except Exception as exc:  # noqa: BLE001 - reported per item, like the real one
-                results.append(
-                    PublishResult(event_id="", subject=topic, stream=None, seq=None, error=exc)
-                )
-        return results
 
 
 class _RedeliveryMiddleware:
