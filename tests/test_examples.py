@@ -1,0 +1,193 @@
+"""The examples the docs include run and do what the docs say; the docs build cleanly."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from faststream import TestApp
+from faststream.nats import TestNatsBroker
+
+from faststream_natspubsub import SubjectError
+from faststream_natspubsub.testing import EmbeddedNatsServer
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+
+
+def load(name: str) -> ModuleType:
+    """Import ``examples/<name>.py`` (the folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"examples_{name}", EXAMPLES / f"{name}.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their annotations through it
+    spec.loader.exec_module(module)
+    return module
+
+
+async def test_quickstart_publishes_on_startup_and_handles_the_order(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Given the quick start app, in memory
+    quickstart = load("quickstart")
+
+    # When it starts
+    async with TestNatsBroker(quickstart.broker), TestApp(quickstart.app):
+        # Then its startup hook published the order and the handler got it
+        quickstart.on_created.mock.assert_called_once_with({"order_id": "ORD-1", "total": 25.0})
+    assert "order ORD-1: event " in capsys.readouterr().out
+
+
+@pytest.mark.nats
+async def test_e01_handles_an_event_with_its_metadata_and_detects_the_duplicate(
+    server: EmbeddedNatsServer,
+) -> None:
+    outcome = await load("e01_basic_pubsub").main(server.url)
+
+    published, meta = outcome.published, outcome.meta
+    assert (outcome.order.order_id, outcome.order.total) == ("ORD-1", 25.0)
+    assert published.subject == meta.subject == "dev.orders.order.created"
+    assert published.stream == meta.stream == "DEV_ORDERS"
+    assert meta.event_id == published.event_id
+    assert meta.stream_seq == published.seq
+    assert meta.topic == "order.created"
+    assert meta.deliveries == 1
+    assert meta.correlation_id == "checkout-1"
+    assert meta.app_name == "orders"
+    assert outcome.envelope.event_id == published.event_id
+    assert outcome.envelope.metadata["environment"] == "dev"
+    assert outcome.duplicate.duplicate is True
+    assert outcome.duplicate.seq == published.seq
+
+
+@pytest.mark.nats
+async def test_e02_retries_dead_letters_and_replays(server: EmbeddedNatsServer) -> None:
+    outcome = await load("e02_retries_and_dlq").main(server.url)
+
+    # PAY-2 succeeded on its second delivery, PAY-4 used all three attempts
+    assert outcome.attempts["PAY-1"] == [1]
+    assert outcome.attempts["PAY-2"] == [1, 2]
+    assert outcome.attempts["PAY-4"] == [1, 2, 3]
+    # PAY-3 failed once (permanent), then ran again once replayed
+    assert outcome.attempts["PAY-3"] == [1, 1]
+    assert sorted(outcome.charged) == ["PAY-1", "PAY-2", "PAY-3"]
+
+    by_reason = {record.reason: record for record in outcome.dead_letters}
+    assert set(by_reason) == {"permanent_error", "max_attempts_exceeded"}
+    permanent = by_reason["permanent_error"]
+    assert permanent.error_type == "PermanentError"
+    assert permanent.attempts == 1
+    assert permanent.envelope is not None
+    assert permanent.envelope["message"]["payment_id"] == "PAY-3"
+    exhausted = by_reason["max_attempts_exceeded"]
+    assert exhausted.error_type == "TimeoutError"
+    assert exhausted.attempts == 3
+    assert exhausted.original_subject == "dev.payments.payment.requested"
+
+    assert outcome.replayed.event_id == permanent.event_id
+    assert outcome.replayed.subject == "dev.payments.payment.requested"
+    assert [r.reason for r in outcome.left_after_replay] == ["max_attempts_exceeded"]
+
+
+@pytest.mark.nats
+async def test_e03_billing_answers_each_order_with_an_invoice(server: EmbeddedNatsServer) -> None:
+    outcome = await load("e03_two_services_routers").main(server.url)
+
+    invoices = {invoice.order_id: (invoice, meta) for invoice, meta in outcome.invoices}
+    assert set(invoices) == {"ORD-1", "ORD-2"}
+    german, german_meta = invoices["ORD-1"]
+    assert (german.net, german.tax, german.total) == (100.0, 19.0, 119.0)  # Depends(TaxTable)
+    assert invoices["ORD-2"][0].tax == 0.0
+    for placed, order_id, request_id in zip(
+        outcome.placed, ("ORD-1", "ORD-2"), ("req-1", "req-2"), strict=True
+    ):
+        meta = invoices[order_id][1]
+        assert meta.subject == "dev.billing.invoice.created"
+        assert meta.app_name == "billing"
+        assert meta.causation_id == placed.event_id
+        assert meta.correlation_id == request_id
+    assert german_meta.event_id != outcome.placed[0].event_id
+    # Fan-out: shop's own consumer of order.placed saw both orders too
+    assert sorted(outcome.audit_log) == ["ORD-1", "ORD-2"]
+
+
+async def test_e04_in_memory_tests_pass_without_a_server() -> None:
+    names = await load("e04_in_memory_testing").main()
+
+    assert names == [
+        "test_a_paid_order_is_shipped_with_its_correlation_id",
+        "test_an_order_without_address_is_dead_lettered",
+        "test_an_invalid_order_is_dead_lettered_as_a_validation_error",
+    ]
+
+
+@pytest.mark.nats
+async def test_e05_publish_many_reports_each_item_and_publishers_wrap(
+    server: EmbeddedNatsServer,
+) -> None:
+    outcome = await load("e05_publishing").main(server.url)
+
+    first, chosen, bad = outcome.results
+    assert first.ok
+    assert chosen.ok
+    assert chosen.event_id == "imp-7:A-2"
+    assert (first.seq, chosen.seq) == (1, 2)
+    assert isinstance(bad.error, SubjectError)
+    assert not bad.ok
+    received: dict[str, list[tuple[dict[str, Any], Any]]] = {}
+    for body, meta in outcome.received:
+        received.setdefault(meta.topic, []).append((body, meta))
+    assert [body["sku"] for body, _ in received["product.created"]] == ["A-1", "A-2"]
+    assert {meta.correlation_id for _, meta in received["product.created"]} == {"import-7"}
+    [(price, price_meta)] = received["product.price_changed"]
+    assert price == {"sku": "A-1", "price": 9.5}
+    assert price_meta.user_id == "u-42"
+
+
+@pytest.mark.nats
+async def test_e06_main_round_trips_a_greeting(server: EmbeddedNatsServer) -> None:
+    assert await load("e06_pytest_fixtures").main(server.url) == {"text": "hello"}
+
+
+@pytest.mark.nats
+def test_the_example_test_files_pass_under_pytest_with_the_plugin_fixtures() -> None:
+    # e04 as a user runs it, and e06 with the nats_url fixture the package registers
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            str(EXAMPLES / "e04_in_memory_testing.py"),
+            str(EXAMPLES / "e06_pytest_fixtures.py"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert "4 passed" in completed.stdout
+
+
+def test_the_docs_build_without_warnings(tmp_path: Path) -> None:
+    pytest.importorskip("mkdocs")
+    completed = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(tmp_path / "site")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert (tmp_path / "site" / "index.html").exists()
