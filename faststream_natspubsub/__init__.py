@@ -6,6 +6,7 @@ metadata for handlers, installed on a FastStream ``NatsBroker`` by :class:`NatsP
 
 from .annotations import CurrentEnvelope, EventMetadata
 from .asyncapi import AsyncAPI
+from .batch import BatchFailure, BatchMetadata, BatchSettings
 from .dlq import DeadLetterReason, DeadLetterRecord
 from .dlq_admin import DeadLetterNotFoundError, DeadLetterQueue
 from .envelope import Envelope, EnvelopeCodec, MalformedEnvelopeError
@@ -35,6 +36,9 @@ from .topology import StreamSettings
 __all__ = (
     "AckHeartbeatMiddleware",
     "AsyncAPI",
+    "BatchFailure",
+    "BatchMetadata",
+    "BatchSettings",
     "ClaimResult",
     "CurrentEnvelope",
     "DeadLetterNotFoundError",

@@ -24,6 +24,7 @@ from .errors import NatsPubsubError, PublishError, SubjectError
 from .inbox import DEFAULT_INBOX_TTL, InboxStore, KvInboxStore, MemoryInboxStore, inbox_bucket_name
 from .metadata import INBOUND_CONTEXT_KEY
 from .metrics import PubsubMetrics
+from .middlewares.batch import BatchMiddleware
 from .middlewares.envelope import EnvelopeMiddleware
 from .middlewares.failure import FailureMiddleware
 from .middlewares.heartbeat import AckHeartbeatMiddleware
@@ -54,6 +55,8 @@ if TYPE_CHECKING:
     from faststream.nats.subscriber.usecases.basic import LogicSubscriber
     from nats.js import JetStreamContext
     from opentelemetry.metrics import MeterProvider
+
+    from .batch import BatchSettings
 
 __all__ = ("DLQ_MAX_AGE", "NatsPubsub", "PubsubRouter")
 
@@ -163,6 +166,15 @@ class NatsPubsub:
         broker.add_middleware(self.envelope)
         if self.inbox is not None:
             broker.add_middleware(self.inbox)
+        # Batches pass through the others untouched; this one gives each item its outcome.
+        broker.add_middleware(
+            BatchMiddleware(
+                failure=self.failure,
+                envelope=self.envelope,
+                heartbeat=self.heartbeat,
+                inbox=self.inbox,
+            )
+        )
         self._watcher: MaxDeliveriesWatcher | None = None
         asyncapi.register(self)
         self._subjects: dict[str, str] = {}
@@ -178,15 +190,23 @@ class NatsPubsub:
         ack_wait: float = 30.0,
         max_workers: int = 1,
         inbox: bool = True,
+        batch: BatchSettings | None = None,
         **faststream_kwargs: Any,
     ) -> LogicSubscriber[Any]:
         """A durable pull subscriber for ``topic`` of this app, or of ``app`` if given.
 
-        ``ack_wait`` is in seconds; ``inbox=False`` opts this subscriber out of the inbox.
-        Other keyword arguments go to ``broker.subscriber``.
+        ``ack_wait`` is in seconds; ``inbox=False`` opts this subscriber out of the inbox;
+        ``batch`` calls the handler once per fetched batch (``list[Item]``), each item
+        keeping its own retry, DLQ and inbox outcome. Other keyword arguments go to
+        ``broker.subscriber``.
         """
         subject, kwargs = self._subscriber_kwargs(
-            topic, app=app, ack_wait=ack_wait, max_workers=max_workers, extra=faststream_kwargs
+            topic,
+            app=app,
+            ack_wait=ack_wait,
+            max_workers=max_workers,
+            batch=batch,
+            extra=faststream_kwargs,
         )
         return self._registered(self.broker.subscriber(subject, **kwargs), inbox=inbox)
 
@@ -232,8 +252,11 @@ class NatsPubsub:
         app: str | None,
         ack_wait: float,
         max_workers: int,
+        batch: BatchSettings | None,
         extra: dict[str, Any],
     ) -> tuple[str, dict[str, Any]]:
+        if batch is not None and max_workers != 1:
+            raise ValueError("batch subscribers handle one batch at a time: max_workers=1")
         source_app = normalize_app(app) if app is not None else self.app
         subject = build_subject(self.env, source_app, topic)
         stream = self._declare_stream(source_app)
@@ -254,7 +277,11 @@ class NatsPubsub:
                 ack_wait=ack_wait,
                 max_deliver=spec.max_deliver,
             ),
-            "pull_sub": PullSub(batch_size=max_workers, timeout=_DEFAULT_FETCH_TIMEOUT),
+            "pull_sub": (
+                PullSub(batch_size=batch.max_messages, timeout=batch.max_wait, batch=True)
+                if batch is not None
+                else PullSub(batch_size=max_workers, timeout=_DEFAULT_FETCH_TIMEOUT)
+            ),
             "max_workers": max_workers,
             # A safety net only: the failure middleware decides ack, NAK or DLQ itself.
             "ack_policy": AckPolicy.NACK_ON_ERROR,
@@ -472,11 +499,17 @@ class PubsubRouter(NatsRouter):
         ack_wait: float = 30.0,
         max_workers: int = 1,
         inbox: bool = True,
+        batch: BatchSettings | None = None,
         **faststream_kwargs: Any,
     ) -> LogicSubscriber[Any]:
         """Like :meth:`NatsPubsub.subscriber`, registered on this router."""
         subject, kwargs = self._pubsub._subscriber_kwargs(
-            topic, app=app, ack_wait=ack_wait, max_workers=max_workers, extra=faststream_kwargs
+            topic,
+            app=app,
+            ack_wait=ack_wait,
+            max_workers=max_workers,
+            batch=batch,
+            extra=faststream_kwargs,
         )
         return self._pubsub._registered(super().subscriber(subject, **kwargs), inbox=inbox)
 

@@ -124,13 +124,23 @@ class InboundEvent:
     do not pay for it.
     """
 
-    __slots__ = ("_metadata", "envelope", "message", "received_at", "subject")
+    __slots__ = ("_metadata", "envelope", "message", "raw", "received_at", "subject")
 
-    def __init__(self, message: StreamMessage[Any], envelope: Envelope, subject: str) -> None:
+    def __init__(
+        self,
+        message: StreamMessage[Any],
+        envelope: Envelope,
+        subject: str,
+        *,
+        raw: Any = None,
+        received_at: datetime | None = None,
+    ) -> None:
         self.message = message
         self.envelope = envelope
         self.subject = subject
-        self.received_at = datetime.now(timezone.utc)
+        # The nats-py message of this event: the batch's item, or the message itself.
+        self.raw = message.raw_message if raw is None else raw
+        self.received_at = received_at or datetime.now(timezone.utc)
         self._metadata: EventMetadata | None = None
 
     @property
@@ -150,12 +160,14 @@ class InboundEvent:
         stream = stream_seq = consumer_seq = pending = None
         deliveries = 1
         try:
-            js = self.message.raw_message.metadata
+            js = self.raw.metadata
         except (NatsError, AttributeError):  # core NATS or in-memory message
             pass
         else:
             stream, deliveries, pending = js.stream, js.num_delivered, js.num_pending
             stream_seq, consumer_seq = js.sequence.stream, js.sequence.consumer
+        own_message = self.raw is self.message.raw_message
+        headers = self.message.headers if own_message else (self.raw.headers or {})
         topic = envelope.topic
         if topic is None:
             try:
@@ -173,6 +185,6 @@ class InboundEvent:
             consumer_seq=consumer_seq,
             deliveries=deliveries,
             pending=pending,
-            headers=self.message.headers,
+            headers=headers,
             metadata=envelope.metadata,
         )

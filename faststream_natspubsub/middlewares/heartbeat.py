@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from faststream import ContextRepo
     from faststream.message import StreamMessage
 
-__all__ = ("AckHeartbeatMiddleware",)
+__all__ = ("AckHeartbeatMiddleware", "Beat")
 
 logger = logging.getLogger("faststream_natspubsub.heartbeat")
 
@@ -55,15 +55,18 @@ class _AckHeartbeat(BaseMiddleware):
             return await call_next(msg)
         subscriber = self.context.get_local("handler_")
         ack_wait = getattr(getattr(subscriber, "config", None), "ack_wait", None)
-        beat = _Beat(raw, (ack_wait or DEFAULT_ACK_WAIT) * self._config.fraction, self._config)
+        beat = Beat(raw, (ack_wait or DEFAULT_ACK_WAIT) * self._config.fraction, self._config)
         try:
             return await call_next(msg)
         finally:
             beat.stop()
 
 
-class _Beat:
-    """A timer callback, not a task per message: cheap when handlers are fast."""
+class Beat:
+    """A timer callback, not a task per message: cheap when handlers are fast.
+
+    ``raw`` is anything with an async ``in_progress()``: a message, or a whole batch.
+    """
 
     __slots__ = ("_config", "_handle", "_interval", "_loop", "_raw", "_tasks")
 

@@ -1,0 +1,72 @@
+"""Batch consumption: one handler call per fetched batch, per-event outcomes kept.
+
+FastStream's per-message pipeline costs most of a pull consumer's CPU; its batch pull
+subscriber calls the handler once per fetch. In batch mode each event still gets its own
+ACK, delayed NAK or dead-letter record, and the inbox still skips processed ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated
+
+from faststream import Context
+
+from .metadata import EventMetadata
+
+if TYPE_CHECKING:
+    from .metadata import InboundEvent
+
+__all__ = ("BATCH_CONTEXT_KEY", "BatchFailure", "BatchMetadata", "BatchSettings", "InboundBatch")
+
+BATCH_CONTEXT_KEY = "natspubsub_batch"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchSettings:
+    """How a batch subscriber fetches."""
+
+    max_messages: int = 256
+    """Largest batch handed to the handler."""
+    max_wait: float = 0.5
+    """Seconds to wait for a batch to fill before handling what arrived."""
+
+    def __post_init__(self) -> None:
+        if self.max_messages < 1:
+            raise ValueError("max_messages must be at least 1")
+        if self.max_wait <= 0:
+            raise ValueError("max_wait must be positive")
+
+
+class BatchFailure(Exception):  # noqa: N818 - reads as what the handler reports
+    """Raise from a batch handler to say which items failed; the others are acknowledged.
+
+    Keys are positions in the list the handler received, or event ids. Each failed item
+    follows the retry policy on its own (delayed NAK, or the DLQ when permanent or out of
+    attempts), exactly as in per-message mode::
+
+        raise BatchFailure({3: ValueError("bad sku"), "evt-9": ConnectionError()})
+    """
+
+    def __init__(self, failures: Mapping[int | str, BaseException]) -> None:
+        self.failures = dict(failures)
+        super().__init__(f"{len(self.failures)} item(s) of the batch failed")
+
+
+class InboundBatch:
+    """The events of the batch being handled, kept in FastStream's context."""
+
+    __slots__ = ("events",)
+
+    def __init__(self, events: list[InboundEvent]) -> None:
+        self.events = events
+
+    @property
+    def metadata(self) -> list[EventMetadata]:
+        """One :class:`EventMetadata` per item, in the handler's order."""
+        return [event.metadata for event in self.events]
+
+
+BatchMetadata = Annotated[list[EventMetadata], Context(f"{BATCH_CONTEXT_KEY}.metadata")]
+"""Handler annotation: the metadata of each item of the batch, in order."""

@@ -1,0 +1,289 @@
+"""Per-event outcomes for batch subscribers: one handler call, one decision per item.
+
+Before the handler: malformed items and items past ``max_attempts`` go to the DLQ, the inbox
+acknowledges duplicates, and each item is validated on its own (an invalid item is
+dead-lettered, not the whole batch). After it: successes are ACKed, failures follow the
+retry policy item by item. The other middlewares pass batches through untouched.
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+import weakref
+from typing import TYPE_CHECKING, Any, get_args, get_origin
+
+from faststream import BaseMiddleware
+from faststream.exceptions import AckMessage, HandlerException
+from pydantic import TypeAdapter, ValidationError
+
+from ..batch import BATCH_CONTEXT_KEY, BatchFailure, InboundBatch
+from ..dlq import DeadLetterReason
+from ..envelope import MalformedEnvelopeError
+from ..inbox import ClaimResult
+from ..metadata import InboundEvent
+from .failure import UNFINISHED, Delivery, FailureMiddleware, terminate_raw
+from .heartbeat import DEFAULT_ACK_WAIT, Beat
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from faststream import ContextRepo
+    from faststream.message import StreamMessage
+
+    from ..envelope import Envelope
+    from .envelope import EnvelopeMiddleware
+    from .heartbeat import AckHeartbeatMiddleware
+    from .inbox import InboxMiddleware
+
+__all__ = ("BatchMiddleware",)
+
+# In-progress retries of an item another consumer holds (as in per-message mode).
+_IN_PROGRESS_DELAY = 2.0
+_NO_ADAPTER: Any = object()
+
+
+class BatchMiddleware:
+    """Retry, DLQ, inbox and validation per item of a batch; installed by the facade."""
+
+    def __init__(
+        self,
+        *,
+        failure: FailureMiddleware,
+        envelope: EnvelopeMiddleware,
+        heartbeat: AckHeartbeatMiddleware,
+        inbox: InboxMiddleware | None = None,
+    ) -> None:
+        self.failure = failure
+        self.envelope = envelope
+        self.heartbeat = heartbeat
+        self.inbox = inbox
+        # Per subscriber: a validator for one item of its handler's ``list[Item]``.
+        self._adapters: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+    def __call__(self, msg: Any, /, *, context: ContextRepo) -> _BatchMiddleware:
+        return _BatchMiddleware(msg, context=context, config=self)
+
+    def item_adapter(self, subscriber: Any) -> TypeAdapter[Any] | None:
+        """Validator of one item, from the handler's first parameter (``list[Order]``)."""
+        adapter = self._adapters.get(subscriber, None)
+        if adapter is None:
+            adapter = _adapter_for(subscriber)
+            self._adapters[subscriber] = adapter
+        return None if adapter is _NO_ADAPTER else adapter
+
+
+class _Item:
+    __slots__ = ("delivery", "envelope", "raw", "value")
+
+    def __init__(self, raw: Any, delivery: Delivery, envelope: Envelope) -> None:
+        self.raw = raw
+        self.delivery = delivery
+        self.envelope = envelope
+        self.value: Any = envelope.message
+
+
+class _BatchMiddleware(BaseMiddleware):
+    __slots__ = ("_config",)
+
+    def __init__(self, msg: Any, /, *, context: ContextRepo, config: BatchMiddleware) -> None:
+        super().__init__(msg, context=context)
+        self._config = config
+
+    async def consume_scope(
+        self, call_next: Callable[[Any], Awaitable[Any]], msg: StreamMessage[Any]
+    ) -> Any:
+        raws = msg.raw_message
+        config = self._config
+        if not isinstance(raws, list) or not raws:
+            return await call_next(msg)
+        if not getattr(raws[0], "subject", "").startswith(config.failure.subject_prefix):
+            return await call_next(msg)
+        subscriber = self.context.get_local("handler_")
+        items = await self._admit(raws, subscriber)
+        if not items:
+            raise AckMessage  # every item is settled already; nothing for the handler
+        inbound = InboundBatch(
+            [InboundEvent(msg, i.envelope, i.delivery.subject, raw=i.raw) for i in items]
+        )
+        msg.set_decoder(_Constant([item.value for item in items]))
+        ack_wait = getattr(getattr(subscriber, "config", None), "ack_wait", None)
+        interval = (ack_wait or DEFAULT_ACK_WAIT) * config.heartbeat.fraction
+        beat = Beat(_Unsettled(items), interval, config.heartbeat)
+        failures: dict[_Item, BaseException] = {}
+        try:
+            with self.context.scope(BATCH_CONTEXT_KEY, inbound):
+                result = await call_next(msg)
+        except BatchFailure as reported:
+            failures = _resolve(reported, items)
+            result = None
+        except AckMessage:
+            result = None  # the handler acknowledged the whole batch itself
+        except HandlerException:
+            await self._release_all(items)
+            raise
+        except Exception as exc:  # noqa: BLE001 - no item named: the whole batch failed
+            failures = dict.fromkeys(items, exc)
+            result = None
+        finally:
+            beat.stop()
+        await self._settle(items, failures)
+        return result
+
+    async def _admit(self, raws: list[Any], subscriber: Any) -> list[_Item]:
+        """Decode, de-duplicate and validate each item; settle those that cannot go on."""
+        config = self._config
+        policy = config.failure.retry
+        admitted: list[_Item] = []
+        for raw in raws:
+            delivery = Delivery.of(raw)
+            if delivery.deliveries > policy.max_attempts:
+                await self._dead_letter(delivery, DeadLetterReason.MAX_ATTEMPTS_EXCEEDED, None)
+                continue
+            try:
+                envelope = config.envelope.codec.decode(delivery.body)
+            except MalformedEnvelopeError as exc:
+                await self._dead_letter(delivery, DeadLetterReason.MALFORMED, exc)
+                continue
+            config.envelope.metrics.consumed.add(
+                1, config.envelope.metrics.attributes(delivery.subject)
+            )
+            admitted.append(_Item(raw, delivery, envelope))
+        admitted = await self._claim(admitted, subscriber)
+        adapter = config.item_adapter(subscriber)
+        if adapter is None:
+            return admitted
+        valid: list[_Item] = []
+        for item in admitted:
+            try:
+                item.value = adapter.validate_python(item.envelope.message)
+            except ValidationError as exc:
+                await self._fail(item, exc)
+            else:
+                valid.append(item)
+        return valid
+
+    async def _claim(self, items: list[_Item], subscriber: Any) -> list[_Item]:
+        inbox = self._config.inbox
+        if inbox is None or subscriber in inbox._excluded:
+            return items
+        claimed: list[_Item] = []
+        for item in items:
+            lease = max(float(getattr(subscriber.config, "ack_wait", 0) or 0) * 2, 30.0)
+            outcome = await inbox.store.claim(item.envelope.event_id, lease=lease)
+            if outcome is ClaimResult.PROCESSED:
+                inbox.duplicates += 1
+                inbox.metrics.duplicates_skipped.add(
+                    1, inbox.metrics.attributes(item.delivery.subject)
+                )
+                await item.raw.ack()
+            elif outcome is ClaimResult.IN_PROGRESS:
+                await item.raw.nak(delay=_IN_PROGRESS_DELAY)
+            else:
+                claimed.append(item)
+        return claimed
+
+    async def _settle(self, items: list[_Item], failures: dict[_Item, BaseException]) -> None:
+        failure = self._config.failure
+        inbox = self._config.inbox
+        for item in items:
+            error = failures.get(item)
+            if error is not None:
+                await self._fail(item, error)
+                continue
+            if inbox is not None:
+                await inbox.store.mark_processed(item.envelope.event_id)
+            await item.raw.ack()  # a buffered write: the acks go out without a round trip each
+            failure.record_success(item.delivery)
+
+    async def _fail(self, item: _Item, error: BaseException) -> None:
+        """One item failed: release its inbox claim, then retry it or dead-letter it."""
+        failure = self._config.failure
+        inbox = self._config.inbox
+        if inbox is not None:
+            await inbox.store.release(item.envelope.event_id)
+        outcome = failure.decide(item.delivery, error)
+        if outcome.reason is not None:
+            await self._dead_letter(item.delivery, outcome.reason, error)
+            return
+        failure.record_retry(item.delivery, outcome.delay, error)
+        await item.raw.nak(delay=outcome.delay)
+
+    async def _dead_letter(
+        self, delivery: Delivery, reason: DeadLetterReason, error: BaseException | None
+    ) -> None:
+        failure = self._config.failure
+        publish = self.context.get("broker").publish
+        detail = UNFINISHED if error is None else None
+        if await failure.dead_letter(delivery, reason, error, publish, detail=detail):
+            await terminate_raw(delivery.raw, reason.value)
+            if not getattr(delivery.raw, "_ackd", True):  # in memory: no reply subject to use
+                await delivery.raw.term()
+        else:
+            await delivery.raw.nak(delay=failure.dlq_retry_delay(delivery))
+
+    async def _release_all(self, items: list[_Item]) -> None:
+        inbox = self._config.inbox
+        if inbox is not None:
+            for item in items:
+                await inbox.store.release(item.envelope.event_id)
+
+
+class _Constant:
+    """Stands in for FastStream's batch decoder: the validated items."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: Any) -> None:
+        self._value = value
+
+    async def __call__(self, _msg: Any) -> Any:
+        return self._value
+
+
+class _Unsettled:
+    """The heartbeat's target: every item of the batch still waiting for its outcome."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: list[_Item]) -> None:
+        self._items = items
+
+    async def in_progress(self) -> None:
+        for item in self._items:
+            if not getattr(item.raw, "_ackd", False):
+                await item.raw.in_progress()
+
+
+def _resolve(reported: BatchFailure, items: list[_Item]) -> dict[_Item, BaseException]:
+    by_event = {item.envelope.event_id: item for item in items}
+    resolved: dict[_Item, BaseException] = {}
+    for key, error in reported.failures.items():
+        if isinstance(key, int) and 0 <= key < len(items):
+            resolved[items[key]] = error
+        elif isinstance(key, str) and key in by_event:
+            resolved[by_event[key]] = error
+        else:
+            raise ValueError(f"BatchFailure names an item that is not in the batch: {key!r}")
+    return resolved
+
+
+def _adapter_for(subscriber: Any) -> Any:
+    """``TypeAdapter(Item)`` for a handler declared as ``handler(items: list[Item], ...)``."""
+    calls = getattr(subscriber, "calls", None)
+    if not calls:
+        return _NO_ADAPTER
+    func = calls[0].handler._declared_call
+    try:
+        hints = typing.get_type_hints(func, include_extras=True)
+    except (NameError, TypeError):
+        return _NO_ADAPTER
+    for name in inspect.signature(func).parameters:
+        hint = hints.get(name)
+        if hint is None or get_origin(hint) is typing.Annotated:
+            continue  # unannotated, or injected from the context
+        if get_origin(hint) in (list, typing.List, tuple) and get_args(hint):  # noqa: UP006
+            item_type = get_args(hint)[0]
+            return _NO_ADAPTER if item_type is Any else TypeAdapter(item_type)
+        return _NO_ADAPTER
+    return _NO_ADAPTER
