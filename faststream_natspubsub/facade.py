@@ -9,18 +9,23 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Final
 
 from faststream import AckPolicy
+from faststream.asgi import AsgiResponse, get
+from faststream.asgi.types import Scope  # noqa: TC002 - FastDepends resolves it at runtime
+from faststream.exceptions import IncorrectState
 from faststream.nats import JStream, NatsRouter, PullSub
 from faststream.opentelemetry.middleware import TelemetryMiddleware
 from nats.aio.client import Client as NatsClient
 from nats.js.api import AckPolicy as ServerAckPolicy
 from nats.js.api import ConsumerConfig
 from opentelemetry import propagate
+from pydantic_core import to_json
 
 from . import asyncapi
 from .advisories import MaxDeliveriesWatcher
 from .dlq import DeadLetterWriter
 from .envelope import CONTENT_ENCODING_HEADER, EnvelopeCodec, format_timestamp, new_event_id
 from .errors import NatsPubsubError, PublishError, SubjectError
+from .health import DEFAULT_MAX_PENDING, HealthReport, HealthStatus, check_health
 from .inbox import DEFAULT_INBOX_TTL, InboxStore, KvInboxStore, MemoryInboxStore, inbox_bucket_name
 from .metadata import INBOUND_CONTEXT_KEY
 from .metrics import PubsubMetrics
@@ -50,6 +55,7 @@ from .topology import ConsumerSpec, StreamSettings, StreamSpec, Topology
 from .tracing import TraceContextMiddleware
 
 if TYPE_CHECKING:
+    from faststream.asgi.handlers import GetHandler
     from faststream.nats import NatsBroker
     from faststream.nats.publisher.usecase import LogicPublisher
     from faststream.nats.subscriber.usecases.basic import LogicSubscriber
@@ -436,6 +442,39 @@ class NatsPubsub:
         return _Pending(
             event_id=data["event_id"], subject=subject, payload=payload, headers=headers
         )
+
+    # -- health ----------------------------------------------------------------------------
+
+    async def health(self, *, max_pending: int = DEFAULT_MAX_PENDING) -> HealthReport:
+        """Connection, JetStream, this app's streams and consumers: healthy/degraded/unhealthy."""
+        try:
+            connection: NatsClient | None = self.broker.connection
+        except IncorrectState:  # not connected (yet, or any more)
+            connection = None
+        return await check_health(
+            connection,
+            streams=list(self.topology.streams),
+            consumers=list(self.topology.consumers),
+            max_pending=max_pending,
+        )
+
+    def health_route(self, *, max_pending: int = DEFAULT_MAX_PENDING) -> GetHandler:
+        """An ASGI route for FastStream's ``AsgiFastStream``: 200, or 503 when unhealthy.
+
+        ``AsgiFastStream(broker, asgi_routes=[("/health", pubsub.health_route())])``
+        """
+
+        @get(description="NatsPubsub health: connection, JetStream, streams, consumer lag")
+        async def health(scope: Scope) -> AsgiResponse:
+            report = await self.health(max_pending=max_pending)
+            status = 503 if report.status is HealthStatus.UNHEALTHY else 200
+            return AsgiResponse(
+                to_json(report.to_dict()),
+                status_code=status,
+                headers={"content-type": "application/json"},
+            )
+
+        return health
 
     # -- lifecycle -----------------------------------------------------------------------
 
