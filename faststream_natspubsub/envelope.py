@@ -13,7 +13,7 @@ and a top-level ``trace_id`` are mapped into ``metadata``, an older ``payload`` 
 from __future__ import annotations
 
 import dataclasses
-import uuid
+import os
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -220,8 +220,11 @@ def message_to_payload(message: Any) -> Any:
 
 
 def new_event_id() -> str:
-    """A fresh UUIDv4 string."""
-    return str(uuid.uuid4())
+    """A fresh UUIDv4 string (random bits from ``os.urandom``, as ``uuid.uuid4`` uses)."""
+    value = int.from_bytes(os.urandom(16), "big")
+    value = (value & ~(0xF000 << 64) & ~(0xC000 << 48)) | (0x4000 << 64) | (0x8000 << 48)
+    text = f"{value:032x}"
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 def format_timestamp(moment: datetime) -> str:

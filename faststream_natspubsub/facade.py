@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Final
 
@@ -34,6 +35,7 @@ from .middlewares.envelope import EnvelopeMiddleware
 from .middlewares.failure import FailureMiddleware
 from .middlewares.heartbeat import AckHeartbeatMiddleware
 from .middlewares.inbox import InboxMiddleware
+from .middlewares.pubsub import PubsubMiddleware
 from .publishing import (
     PUBLISH_RETRY_DELAYS,
     RETRIABLE_PUBLISH_ERRORS,
@@ -49,10 +51,9 @@ from .subjects import (
     normalize_app,
     normalize_env,
     stream_name,
-    validate_topic,
 )
 from .topology import ConsumerSpec, StreamSettings, StreamSpec, Topology
-from .tracing import TraceContextMiddleware
+from .tracing import TraceContextMiddleware, current_trace_metadata
 
 if TYPE_CHECKING:
     from faststream.asgi.handlers import GetHandler
@@ -70,6 +71,8 @@ logger = logging.getLogger("faststream_natspubsub")
 
 # How long dead letters are kept unless configured otherwise.
 DLQ_MAX_AGE: Final = 30 * 24 * 3600.0
+# Topics whose checked subject is remembered (per facade; topics are few in practice).
+_SUBJECT_CACHE_LIMIT: Final = 10_000
 # Default pull settings: one message at a time keeps events in order for a single worker.
 _DEFAULT_FETCH_TIMEOUT: Final = 5.0
 
@@ -165,25 +168,27 @@ class NatsPubsub:
         if tracing:
             # First of all: its on_receive must fill traceparent before telemetry reads it.
             broker.insert_middleware(TraceContextMiddleware(subject_prefix=f"{self.env}."))
-        # Order matters: failure is outermost, so it also sees malformed envelopes; the
-        # heartbeat covers everything the handler does; the inbox needs the decoded envelope.
-        broker.add_middleware(self.failure)
-        broker.add_middleware(self.heartbeat)
-        broker.add_middleware(self.envelope)
-        if self.inbox is not None:
-            broker.add_middleware(self.inbox)
-        # Batches pass through the others untouched; this one gives each item its outcome.
+        self.batch = BatchMiddleware(
+            failure=self.failure,
+            envelope=self.envelope,
+            heartbeat=self.heartbeat,
+            inbox=self.inbox,
+        )
+        # One layer for all of it (each FastStream layer costs per message). Inside it the
+        # order is: failure (sees decode errors too), heartbeat, envelope, inbox.
         broker.add_middleware(
-            BatchMiddleware(
+            PubsubMiddleware(
                 failure=self.failure,
-                envelope=self.envelope,
                 heartbeat=self.heartbeat,
+                envelope=self.envelope,
                 inbox=self.inbox,
+                batch=self.batch,
             )
         )
         self._watcher: MaxDeliveriesWatcher | None = None
         asyncapi.register(self)
         self._subjects: dict[str, str] = {}
+        self._js: tuple[NatsClient, JetStreamContext] | None = None
         self._install_start_hook()
 
     # -- declaring -----------------------------------------------------------------------
@@ -310,7 +315,8 @@ class NatsPubsub:
             subject = build_subject(self.env, self.app, topic)
             if "*" in subject or ">" in subject:
                 raise SubjectError(f"cannot publish to wildcard topic {topic!r}")
-            self._subjects[topic] = subject
+            if len(self._subjects) < _SUBJECT_CACHE_LIMIT:
+                self._subjects[topic] = subject
         return subject
 
     async def publish(
@@ -366,20 +372,32 @@ class NatsPubsub:
         connection = self.broker.connection
         if not isinstance(connection, NatsClient):  # TestNatsBroker: nothing to pipeline
             return await self._publish_one_by_one(items, metadata=metadata, timeout=timeout)
-        js = connection.jetstream()
+        js = self._jetstream_for(connection)
         inbound = self.broker.context.get_local(INBOUND_CONTEXT_KEY)
-        shared_metadata = dict(metadata or {})
+        # Computed once per call, not per item: the time, the trace and its header.
+        trace_headers: dict[str, str] = {}
+        propagate.inject(trace_headers)  # traceparent of the current span, as FastStream does
+        shared = _SharedFields(
+            now=format_timestamp(datetime.now(timezone.utc)),
+            trace=current_trace_metadata(),
+            metadata=dict(metadata or {}),
+            headers={
+                **trace_headers,
+                "content-type": "application/json",
+                "Nats-Expected-Stream": self.stream,
+            },
+        )
         prepared: list[_Pending | PublishResult] = []
         for topic, message in items:
             try:
-                prepared.append(self._prepare(topic, message, inbound, shared_metadata))
+                prepared.append(self._prepare(topic, message, inbound, shared))
             except NatsPubsubError as exc:
                 prepared.append(
                     PublishResult(event_id="", subject=topic, stream=None, seq=None, error=exc)
                 )
         pending = [p for p in prepared if isinstance(p, _Pending)]
         for delay in (*PUBLISH_RETRY_DELAYS, None):
-            await _send_round(js, pending, self.stream, timeout)
+            await _send_round(js, pending, timeout)
             pending = [p for p in pending if p.retriable and p.error is not None]
             if not pending or delay is None:
                 break
@@ -417,28 +435,27 @@ class NatsPubsub:
                 )
         return results
 
-    def _prepare(
-        self, topic: str, message: Any, inbound: Any, shared_metadata: dict[str, Any]
-    ) -> _Pending:
+    def _prepare(self, topic: str, message: Any, inbound: Any, shared: _SharedFields) -> _Pending:
         subject = self.subject_for(topic)
         event = message if isinstance(message, OutgoingEvent) else OutgoingEvent(message=message)
-        if shared_metadata:
-            event = OutgoingEvent(
-                message=event.message,
-                event_id=event.event_id,
-                occurred_at=event.occurred_at,
-                metadata={**shared_metadata, **event.metadata},
-            )
-        data = self.envelope.build_envelope(validate_topic(topic), event, inbound)
+        metadata = {**shared.trace, **shared.metadata, **event.metadata}
+        event = OutgoingEvent(
+            message=event.message,
+            event_id=event.event_id,
+            occurred_at=event.occurred_at,
+            metadata=metadata,
+        )
+        data = self.envelope.build_envelope(
+            subject.split(".", 2)[2], event, inbound, now=shared.now, trace=False
+        )
         payload, compressed = self.envelope.codec.encode(data)
         headers = {
+            **shared.headers,
             "Nats-Msg-Id": data["event_id"],
-            "Nats-Published-At": format_timestamp(datetime.now(timezone.utc)),
-            "content-type": "application/json",
+            "Nats-Published-At": shared.now,
         }
         if compressed:
             headers[CONTENT_ENCODING_HEADER] = "gzip"
-        propagate.inject(headers)  # traceparent of the current span, as FastStream would
         return _Pending(
             event_id=data["event_id"], subject=subject, payload=payload, headers=headers
         )
@@ -483,7 +500,13 @@ class NatsPubsub:
         await self.topology.declare(self._jetstream())
 
     def _jetstream(self) -> JetStreamContext:
-        return self.broker.connection.jetstream()
+        return self._jetstream_for(self.broker.connection)
+
+    def _jetstream_for(self, connection: NatsClient) -> JetStreamContext:
+        """One JetStream context per connection: each new one subscribes a reply inbox."""
+        if self._js is None or self._js[0] is not connection:
+            self._js = (connection, connection.jetstream())
+        return self._js[1]
 
     def _install_start_hook(self) -> None:
         """Declare topology between the broker's connect and its subscribers' start.
@@ -558,6 +581,16 @@ class PubsubRouter(NatsRouter):
         return super().publisher(subject, **kwargs)
 
 
+@dataclass(frozen=True, slots=True)
+class _SharedFields:
+    """What every item of one ``publish_many`` call shares."""
+
+    now: str
+    trace: dict[str, str]
+    metadata: dict[str, Any]
+    headers: dict[str, str]
+
+
 class _Pending:
     """One item of ``publish_many`` on its way to the server."""
 
@@ -584,15 +617,11 @@ class _Pending:
         )
 
 
-async def _send_round(
-    js: JetStreamContext, items: list[_Pending], stream: str, timeout: float
-) -> None:
+async def _send_round(js: JetStreamContext, items: list[_Pending], timeout: float) -> None:
     """Send every item without waiting in between, then collect the acks by one deadline."""
+    # The expected-stream header is already in each item's headers (set once, no copies).
     futures = [
-        await js.publish_async(
-            item.subject, item.payload, headers=dict(item.headers), stream=stream
-        )
-        for item in items
+        await js.publish_async(item.subject, item.payload, headers=item.headers) for item in items
     ]
     if futures:
         await asyncio.wait(futures, timeout=timeout)

@@ -83,19 +83,25 @@ async def retry_publish(
     *,
     subject: str,
     delays: tuple[float, ...] = PUBLISH_RETRY_DELAYS,
+    already_failed: int = 0,
 ) -> T:
-    """Run ``attempt`` and retry it after a timeout or "no responders", a bounded number of times.
+    """Run ``attempt``, retrying after a timeout or "no responders" a bounded number of times.
 
-    Raises :class:`PublishError` (with the last failure as its cause) when every try failed.
+    ``already_failed`` counts tries the caller made itself (so the common, successful path
+    pays for no retry machinery). Raises :class:`PublishError`, caused by the last failure,
+    when every try failed.
     """
-    for delay in (*delays, None):
+    waits = (0.0, *delays)  # before each attempt
+    last: BaseException | None = None
+    for number, wait in enumerate(waits, start=1):
+        if number <= already_failed:
+            continue
+        if wait:
+            await asyncio.sleep(wait)
         try:
             return await attempt()
         except RETRIABLE_PUBLISH_ERRORS as exc:
-            if delay is None:
-                raise PublishError(
-                    f"publish to {subject!r} failed after {len(delays) + 1} attempts: "
-                    f"{type(exc).__name__}: {exc}"
-                ) from exc
-            await asyncio.sleep(delay)
-    raise AssertionError("unreachable")  # pragma: no cover
+            last = exc
+    raise PublishError(
+        f"publish to {subject!r} failed after {len(waits)} attempts: {type(last).__name__}: {last}"
+    ) from last

@@ -131,3 +131,24 @@ def test_errors_are_classified_with_user_additions(error: Exception, permanent: 
 
 def test_validation_errors_are_permanent() -> None:
     assert FailureMiddleware(env="test").is_permanent(validation_error())
+
+
+class _Raw:
+    def __init__(self, reply: str) -> None:
+        self.reply = reply
+
+
+@pytest.mark.parametrize(
+    ("reply", "count"),
+    [
+        ("$JS.ACK.ORDERS.payments.3.17.20.1700000000000000000.4", 3),
+        ("$JS.ACK.hub.ACCHASH.ORDERS.payments.7.17.20.1700000000000000000.4.abc", 7),
+        ("", 1),
+        ("_INBOX.abc", 1),
+        ("$JS.ACK.broken", 1),
+    ],
+)
+def test_the_delivery_count_is_read_from_the_reply_subject(reply: str, count: int) -> None:
+    from faststream_natspubsub.middlewares.failure import delivery_count
+
+    assert delivery_count(_Raw(reply)) == count

@@ -5,6 +5,7 @@ from .envelope import EnvelopeMiddleware
 from .failure import FailureMiddleware
 from .heartbeat import AckHeartbeatMiddleware
 from .inbox import InboxMiddleware
+from .pubsub import PubsubMiddleware
 
 __all__ = (
     "AckHeartbeatMiddleware",
@@ -12,4 +13,5 @@ __all__ = (
     "EnvelopeMiddleware",
     "FailureMiddleware",
     "InboxMiddleware",
+    "PubsubMiddleware",
 )

@@ -64,6 +64,17 @@ class BatchMiddleware:
     def __call__(self, msg: Any, /, *, context: ContextRepo) -> _BatchMiddleware:
         return _BatchMiddleware(msg, context=context, config=self)
 
+    async def consume(
+        self,
+        context: ContextRepo,
+        msg: StreamMessage[Any],
+        call_next: Callable[[Any], Awaitable[Any]],
+    ) -> Any:
+        """Handle a batch message item by item (other messages pass through)."""
+        return await _BatchMiddleware(msg.raw_message, context=context, config=self).consume_scope(
+            call_next, msg
+        )
+
     def item_adapter(self, subscriber: Any) -> TypeAdapter[Any] | None:
         """Validator of one item, from the handler's first parameter (``list[Order]``)."""
         adapter = self._adapters.get(subscriber, None)

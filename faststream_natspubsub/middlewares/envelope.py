@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from faststream import BaseMiddleware
 from pydantic_core import from_json
@@ -23,7 +23,7 @@ from ..envelope import (
 from ..errors import EnvelopeError
 from ..metadata import INBOUND_CONTEXT_KEY, InboundEvent
 from ..metrics import PubsubMetrics
-from ..publishing import OutgoingEvent, retry_publish
+from ..publishing import RETRIABLE_PUBLISH_ERRORS, OutgoingEvent, retry_publish
 from ..subjects import normalize_app, normalize_env
 from ..tracing import current_trace_metadata
 
@@ -35,6 +35,13 @@ if TYPE_CHECKING:
     from faststream.nats.response import NatsPublishCommand
 
 __all__ = ("EnvelopeMiddleware",)
+
+
+class _InboundHolder(Protocol):
+    """The per-message object that remembers the event being handled."""
+
+    inbound: InboundEvent | None
+
 
 # Metadata an event passes on to the events its handler publishes.
 _INHERITED_METADATA = ("correlation_id", "trace_id", "user_id", "tenant_id", "session_id")
@@ -69,9 +76,19 @@ class EnvelopeMiddleware:
         return _EnvelopeMiddleware(msg, context=context, config=self)
 
     def build_envelope(
-        self, topic: str, event: OutgoingEvent, inbound: InboundEvent | None
+        self,
+        topic: str,
+        event: OutgoingEvent,
+        inbound: InboundEvent | None,
+        *,
+        now: str | None = None,
+        trace: bool = True,
     ) -> dict[str, Any]:
-        """The envelope dict for ``event``, inheriting correlation from ``inbound``."""
+        """The envelope dict for ``event``, inheriting correlation from ``inbound``.
+
+        ``now`` is the formatted current time, when the caller has it already; ``trace=False``
+        when the caller put the current trace ids into ``event.metadata`` itself.
+        """
         message = message_to_payload(event.message)
         metadata: dict[str, Any] = {}
         if inbound is not None:
@@ -82,7 +99,8 @@ class EnvelopeMiddleware:
             metadata["causation_id"] = inbound.envelope.event_id
         # The current span (FastStream's publish span, or the handler's) wins over the
         # trace inherited from the incoming envelope.
-        metadata.update(current_trace_metadata())
+        if trace:
+            metadata.update(current_trace_metadata())
         metadata.update(event.metadata)
         metadata.setdefault("app_name", self.app)
         metadata.setdefault("environment", self.env)
@@ -92,60 +110,68 @@ class EnvelopeMiddleware:
             "event_id": event.event_id or new_event_id(),
             "schema_version": 1,
             "topic": topic,
-            "occurred_at": format_timestamp(event.occurred_at or datetime.now(timezone.utc)),
+            "occurred_at": (
+                format_timestamp(event.occurred_at)
+                if event.occurred_at is not None
+                else now or format_timestamp(datetime.now(timezone.utc))
+            ),
             "message": message,
             "metadata": metadata,
         }
 
-
-class _EnvelopeMiddleware(BaseMiddleware["NatsPublishCommand", Any]):
-    __slots__ = ("_config", "_inbound")
-
-    def __init__(self, msg: Any, /, *, context: ContextRepo, config: EnvelopeMiddleware) -> None:
-        super().__init__(msg, context=context)
-        self._config = config
-        # Kept on the instance: a handler's return value is published after the context
-        # scope below has closed, but through this same middleware instance.
-        self._inbound: InboundEvent | None = None
-
-    async def consume_scope(
-        self, call_next: Callable[[Any], Awaitable[Any]], msg: StreamMessage[Any]
+    async def consume(
+        self,
+        context: ContextRepo,
+        msg: StreamMessage[Any],
+        call_next: Callable[[Any], Awaitable[Any]],
+        holder: _InboundHolder,
     ) -> Any:
-        subject: str = getattr(msg.raw_message, "subject", "")
-        if not subject.startswith(self._config.subject_prefix):
+        """Decode the envelope, expose it to the handler, then run ``call_next``."""
+        subject = getattr(msg.raw_message, "subject", "")
+        if not isinstance(subject, str) or not subject.startswith(self.subject_prefix):
             return await call_next(msg)
-        envelope = self._config.codec.decode(msg.body)
-        inbound = self._inbound = InboundEvent(msg, envelope, subject)
-        metrics = self._config.metrics
+        envelope = self.codec.decode(msg.body)
+        # Kept on the per-message holder: a handler's return value is published after the
+        # context scope below has closed, but through this same middleware instance.
+        inbound = holder.inbound = InboundEvent(msg, envelope, subject)
+        # The handler gets the envelope's message, already decoded, not the raw JSON.
+        msg.set_decoder(_MessageDecoder(envelope.message))
+        metrics = self.metrics
+        if not metrics.enabled:
+            with context.scope(INBOUND_CONTEXT_KEY, inbound):
+                return await call_next(msg)
         attributes = metrics.attributes(subject)
         metrics.consumed.add(1, attributes)
         if envelope.occurred_at is not None:
             latency = (inbound.received_at - envelope.occurred_at).total_seconds()
             metrics.end_to_end_latency.record(max(latency, 0.0), attributes)
-        # The handler gets the envelope's message, already decoded, not the raw JSON.
-        msg.set_decoder(_MessageDecoder(envelope.message))
         started = time.perf_counter()
         try:
-            with self.context.scope(INBOUND_CONTEXT_KEY, inbound):
+            with context.scope(INBOUND_CONTEXT_KEY, inbound):
                 return await call_next(msg)
         finally:
             metrics.handler_duration.record(time.perf_counter() - started, attributes)
 
-    async def publish_scope(
-        self, call_next: Callable[[Any], Awaitable[Any]], cmd: NatsPublishCommand
+    async def publish(
+        self,
+        context: ContextRepo,
+        call_next: Callable[[Any], Awaitable[Any]],
+        cmd: NatsPublishCommand,
+        holder: _InboundHolder,
     ) -> Any:
-        config = self._config
+        """Wrap ``cmd.body`` in the envelope and publish, retrying with the same id."""
         subject = cmd.destination
-        if not subject.startswith(config.subject_prefix):
+        if not subject.startswith(self.subject_prefix):
             return await call_next(cmd)
         event = cmd.body if isinstance(cmd.body, OutgoingEvent) else _as_event(cmd.body)
-        inbound = self.context.get_local(INBOUND_CONTEXT_KEY) or self._inbound
+        inbound = context.get_local(INBOUND_CONTEXT_KEY) or holder.inbound
         topic = subject.split(".", 2)[2] if subject.count(".") >= 2 else subject
-        data = config.build_envelope(topic, event, inbound)
-        payload, compressed = config.codec.encode(data)
+        now = format_timestamp(datetime.now(timezone.utc))
+        data = self.build_envelope(topic, event, inbound, now=now)
+        payload, compressed = self.codec.encode(data)
         headers = cmd.headers = dict(cmd.headers)  # never mutate a dict the caller owns
         headers["Nats-Msg-Id"] = data["event_id"]
-        headers["Nats-Published-At"] = format_timestamp(datetime.now(timezone.utc))
+        headers["Nats-Published-At"] = now
         headers["content-type"] = "application/json"
         if compressed:
             headers[CONTENT_ENCODING_HEADER] = "gzip"
@@ -153,9 +179,34 @@ class _EnvelopeMiddleware(BaseMiddleware["NatsPublishCommand", Any]):
         if not cmd.stream:
             result = await call_next(cmd)
         else:
-            result = await retry_publish(lambda: call_next(cmd), subject=subject)
-        config.metrics.published.add(1, config.metrics.attributes(subject))
+            try:
+                result = await call_next(cmd)
+            except RETRIABLE_PUBLISH_ERRORS:  # retried with the same Nats-Msg-Id
+                result = await retry_publish(
+                    lambda: call_next(cmd), subject=subject, already_failed=1
+                )
+        if self.metrics.enabled:
+            self.metrics.published.add(1, self.metrics.attributes(subject))
         return result
+
+
+class _EnvelopeMiddleware(BaseMiddleware["NatsPublishCommand", Any]):
+    __slots__ = ("_config", "inbound")
+
+    def __init__(self, msg: Any, /, *, context: ContextRepo, config: EnvelopeMiddleware) -> None:
+        super().__init__(msg, context=context)
+        self._config = config
+        self.inbound: InboundEvent | None = None
+
+    async def consume_scope(
+        self, call_next: Callable[[Any], Awaitable[Any]], msg: StreamMessage[Any]
+    ) -> Any:
+        return await self._config.consume(self.context, msg, call_next, self)
+
+    async def publish_scope(
+        self, call_next: Callable[[Any], Awaitable[Any]], cmd: NatsPublishCommand
+    ) -> Any:
+        return await self._config.publish(self.context, call_next, cmd, self)
 
 
 class _MessageDecoder:

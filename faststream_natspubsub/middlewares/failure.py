@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from faststream import ContextRepo
     from faststream.message import StreamMessage
 
-__all__ = ("Delivery", "FailureMiddleware", "Outcome", "terminate_raw")
+__all__ = ("Delivery", "FailureMiddleware", "Outcome", "delivery_count", "terminate_raw")
 
 logger = logging.getLogger("faststream_natspubsub.failure")
 
@@ -128,7 +128,8 @@ class FailureMiddleware:
 
     def record_success(self, delivery: Delivery) -> None:
         """Count an acknowledged delivery and forget its failures."""
-        self.metrics.acked.add(1, self.metrics.attributes(delivery.subject))
+        if self.metrics.enabled:
+            self.metrics.acked.add(1, self.metrics.attributes(delivery.subject))
         if delivery.deliveries > 1:
             self.forget_failure(delivery.key)
 
@@ -205,6 +206,64 @@ class FailureMiddleware:
         )
         return True
 
+    async def consume(
+        self,
+        context: ContextRepo,
+        msg: StreamMessage[Any],
+        call_next: Callable[[Any], Awaitable[Any]],
+    ) -> Any:
+        """Run ``call_next`` and turn its failure into a delayed NAK or a dead letter."""
+        raw = msg.raw_message
+        subject = getattr(raw, "subject", "")
+        if not isinstance(subject, str) or not subject.startswith(self.subject_prefix):
+            return await call_next(msg)  # not ours, or a batch (handled by batch mode)
+        # Only the delivery count on the success path: the full JetStream metadata costs
+        # several microseconds per message and is needed only when something fails.
+        deliveries = delivery_count(raw)
+        if deliveries > self.retry.max_attempts:
+            # Its last attempt did not finish (a crash, a hang past ack_wait) or could not
+            # dead-letter: do not run the handler again.
+            await self._settle_dead_letter(
+                context, Delivery.of(raw, msg.body), DeadLetterReason.MAX_ATTEMPTS_EXCEEDED, None
+            )
+        try:
+            result = await call_next(msg)
+        except AckMessage:  # the handler (or the inbox, for a duplicate) acknowledged it
+            self._succeeded(raw, subject, deliveries)
+            raise
+        except HandlerException:
+            raise  # the handler chose NAK / TERM itself
+        except Exception as exc:
+            delivery = Delivery.of(raw, msg.body)
+            outcome = self.decide(delivery, exc)
+            if outcome.reason is not None:
+                await self._settle_dead_letter(context, delivery, outcome.reason, exc)
+            self.record_retry(delivery, outcome.delay, exc)
+            raise NackMessage(delay=outcome.delay) from exc
+        self._succeeded(raw, subject, deliveries)
+        return result
+
+    def _succeeded(self, raw: Any, subject: str, deliveries: int) -> None:
+        if self.metrics.enabled:
+            self.metrics.acked.add(1, self.metrics.attributes(subject))
+        if deliveries > 1 and self._first_failures:
+            self.forget_failure(Delivery.of(raw).key)
+
+    async def _settle_dead_letter(
+        self,
+        context: ContextRepo,
+        delivery: Delivery,
+        reason: DeadLetterReason,
+        exc: BaseException | None,
+    ) -> NoReturn:
+        """Dead-letter, then TERM; NAK with a delay if the DLQ did not take it."""
+        detail = UNFINISHED if exc is None else None
+        publish = context.get("broker").publish
+        if not await self.dead_letter(delivery, reason, exc, publish, detail=detail):
+            raise NackMessage(delay=self.dlq_retry_delay(delivery))
+        await terminate_raw(delivery.raw, reason.value)
+        raise RejectMessage
+
     def dlq_retry_delay(self, delivery: Delivery) -> float:
         """How long to wait before trying a failed dead-letter write again."""
         return self.retry.delay_for(min(delivery.deliveries, self.retry.max_attempts))
@@ -233,42 +292,7 @@ class _FailureMiddleware(BaseMiddleware):
     async def consume_scope(
         self, call_next: Callable[[Any], Awaitable[Any]], msg: StreamMessage[Any]
     ) -> Any:
-        config = self._config
-        raw = msg.raw_message
-        subject = getattr(raw, "subject", "")
-        if not isinstance(subject, str) or not subject.startswith(config.subject_prefix):
-            return await call_next(msg)  # not ours, or a batch (handled by batch mode)
-        delivery = Delivery.of(raw, msg.body)
-        if delivery.deliveries > config.retry.max_attempts:
-            # Its last attempt did not finish (a crash, a hang past ack_wait) or could not
-            # dead-letter: do not run the handler again.
-            await self._dead_letter(delivery, DeadLetterReason.MAX_ATTEMPTS_EXCEEDED, None)
-        try:
-            result = await call_next(msg)
-        except AckMessage:  # the handler (or the inbox, for a duplicate) acknowledged it
-            config.record_success(delivery)
-            raise
-        except HandlerException:
-            raise  # the handler chose NAK / TERM itself
-        except Exception as exc:
-            outcome = config.decide(delivery, exc)
-            if outcome.reason is not None:
-                await self._dead_letter(delivery, outcome.reason, exc)
-            config.record_retry(delivery, outcome.delay, exc)
-            raise NackMessage(delay=outcome.delay) from exc
-        config.record_success(delivery)
-        return result
-
-    async def _dead_letter(
-        self, delivery: Delivery, reason: DeadLetterReason, exc: BaseException | None
-    ) -> NoReturn:
-        config = self._config
-        detail = UNFINISHED if exc is None else None
-        publish = self.context.get("broker").publish
-        if not await config.dead_letter(delivery, reason, exc, publish, detail=detail):
-            raise NackMessage(delay=config.dlq_retry_delay(delivery))
-        await terminate_raw(delivery.raw, reason.value)
-        raise RejectMessage
+        return await self._config.consume(self.context, msg, call_next)
 
 
 class Delivery:
@@ -343,3 +367,20 @@ async def terminate_raw(raw: Any, reason: str) -> None:
     if client is not None and reply.startswith("$JS.ACK.") and not getattr(raw, "_ackd", True):
         await client.publish(reply, b"+TERM " + reason.encode())
         raw._ackd = True
+
+
+def delivery_count(raw: Any) -> int:
+    """The delivery count from a JetStream reply subject, without parsing the rest.
+
+    ``$JS.ACK.<stream>.<consumer>.<delivered>...`` (9 tokens) or, with a domain and account
+    hash, ``$JS.ACK.<domain>.<hash>.<stream>.<consumer>.<delivered>...`` (12 tokens).
+    """
+    reply = getattr(raw, "reply", None)
+    if not isinstance(reply, str) or not reply.startswith("$JS.ACK."):
+        return 1
+    tokens = reply.split(".")
+    index = 4 if len(tokens) == 9 else 6
+    try:
+        return int(tokens[index])
+    except (IndexError, ValueError):
+        return 1

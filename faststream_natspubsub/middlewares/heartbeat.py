@@ -8,7 +8,9 @@ timer, every third of ``ack_wait``: well inside the 2/3 bound, even on a loaded 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import weakref
 from typing import TYPE_CHECKING, Any, Final
 
 from faststream import BaseMiddleware
@@ -27,16 +29,91 @@ DEFAULT_ACK_WAIT: Final = 30.0  # the server's default, used when a subscriber s
 
 
 class AckHeartbeatMiddleware:
-    """Marks JetStream messages in progress while their handler runs."""
+    """Marks JetStream messages in progress while their handler runs.
+
+    One timer serves every message in flight (a timer per message costs more than a fast
+    handler): it wakes every half interval and beats the messages that are due, so a beat
+    is at most half an interval late, still within 2/3 of ``ack_wait``.
+    """
 
     def __init__(self, *, fraction: float = 1 / 3, on_beat: Callable[[], None] | None = None):
         if not 0 < fraction <= 2 / 3:
             raise ValueError("fraction must be in (0, 2/3]")
         self.fraction = fraction
         self.on_beat = on_beat
+        # id(raw message) -> [message, when its next beat is due, interval]
+        self._inflight: dict[int, list[Any]] = {}
+        self._intervals: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+        self._timer: asyncio.TimerHandle | None = None
+        self._tick = float("inf")
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def __call__(self, msg: Any, /, *, context: ContextRepo) -> _AckHeartbeat:
         return _AckHeartbeat(msg, context=context, config=self)
+
+    async def consume(
+        self,
+        context: ContextRepo,
+        msg: StreamMessage[Any],
+        call_next: Callable[[Any], Awaitable[Any]],
+    ) -> Any:
+        """Run ``call_next`` with ``msg`` registered for in-progress signals."""
+        raw = msg.raw_message
+        reply = getattr(raw, "reply", "")
+        if not (isinstance(reply, str) and reply.startswith("$JS.ACK.")):
+            return await call_next(msg)
+        interval = self._interval(context.get_local("handler_"))
+        loop = asyncio.get_running_loop()
+        key = id(raw)
+        self._inflight[key] = [raw, loop.time() + interval, interval]
+        if interval / 2 < self._tick or self._timer is None:
+            self._arm(loop, min(self._tick, interval / 2))
+        try:
+            return await call_next(msg)
+        finally:
+            del self._inflight[key]
+
+    def _interval(self, subscriber: Any) -> float:
+        try:
+            return self._intervals[subscriber]
+        except (KeyError, TypeError):
+            pass
+        ack_wait = getattr(getattr(subscriber, "config", None), "ack_wait", None)
+        interval = (ack_wait or DEFAULT_ACK_WAIT) * self.fraction
+        with contextlib.suppress(TypeError):  # not weak-referenceable: computed each time
+            self._intervals[subscriber] = interval
+        return interval
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, tick: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._tick = tick
+        self._timer = loop.call_later(tick, self._sweep, loop)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        now = loop.time()
+        for entry in self._inflight.values():
+            if entry[1] <= now:
+                entry[1] = now + entry[2]
+                task = loop.create_task(self._beat(entry[0]))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        if self._inflight:
+            self._timer = loop.call_later(self._tick, self._sweep, loop)
+        else:
+            self._tick = float("inf")
+
+    async def _beat(self, raw: Any) -> None:
+        if getattr(raw, "_ackd", False):
+            return
+        try:
+            await raw.in_progress()
+        except Exception as exc:  # noqa: BLE001 - a missed beat must not fail the handler
+            logger.debug("in-progress signal failed: %r", exc)
+        else:
+            if self.on_beat is not None:
+                self.on_beat()
 
 
 class _AckHeartbeat(BaseMiddleware):
@@ -49,17 +126,7 @@ class _AckHeartbeat(BaseMiddleware):
     async def consume_scope(
         self, call_next: Callable[[Any], Awaitable[Any]], msg: StreamMessage[Any]
     ) -> Any:
-        raw = msg.raw_message
-        reply = getattr(raw, "reply", "")
-        if not (isinstance(reply, str) and reply.startswith("$JS.ACK.")):
-            return await call_next(msg)
-        subscriber = self.context.get_local("handler_")
-        ack_wait = getattr(getattr(subscriber, "config", None), "ack_wait", None)
-        beat = Beat(raw, (ack_wait or DEFAULT_ACK_WAIT) * self._config.fraction, self._config)
-        try:
-            return await call_next(msg)
-        finally:
-            beat.stop()
+        return await self._config.consume(self.context, msg, call_next)
 
 
 class Beat:

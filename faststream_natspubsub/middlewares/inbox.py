@@ -61,32 +61,28 @@ class InboxMiddleware:
     def __call__(self, msg: Any, /, *, context: ContextRepo) -> _InboxMiddleware:
         return _InboxMiddleware(msg, context=context, config=self)
 
-
-class _InboxMiddleware(BaseMiddleware):
-    __slots__ = ("_config",)
-
-    def __init__(self, msg: Any, /, *, context: ContextRepo, config: InboxMiddleware) -> None:
-        super().__init__(msg, context=context)
-        self._config = config
-
-    async def consume_scope(
-        self, call_next: Callable[[Any], Awaitable[Any]], msg: StreamMessage[Any]
+    async def consume(
+        self,
+        context: ContextRepo,
+        msg: StreamMessage[Any],
+        call_next: Callable[[Any], Awaitable[Any]],
     ) -> Any:
-        inbound: InboundEvent | None = self.context.get_local(INBOUND_CONTEXT_KEY)
-        config = self._config
-        subscriber = self.context.get_local("handler_")
-        if inbound is None or subscriber in config._excluded:
+        """Skip a processed event, hold one another consumer handles, else claim and run."""
+        inbound: InboundEvent | None = context.get_local(INBOUND_CONTEXT_KEY)
+        subscriber = context.get_local("handler_")
+        if inbound is None or subscriber in self._excluded:
             return await call_next(msg)
         event_id = inbound.envelope.event_id
-        store = config.store
+        store = self.store
         ack_wait = getattr(getattr(subscriber, "config", None), "ack_wait", None) or 0.0
         outcome = await store.claim(event_id, lease=max(ack_wait * 2, _MIN_LEASE))
         if outcome is ClaimResult.PROCESSED:
-            config.duplicates += 1
-            config.metrics.duplicates_skipped.add(1, config.metrics.attributes(inbound.subject))
+            self.duplicates += 1
+            if self.metrics.enabled:
+                self.metrics.duplicates_skipped.add(1, self.metrics.attributes(inbound.subject))
             record_span_event("natspubsub.duplicate_skipped", {"natspubsub.event_id": event_id})
-            if config.on_duplicate is not None:
-                config.on_duplicate(inbound)
+            if self.on_duplicate is not None:
+                self.on_duplicate(inbound)
             logger.debug(
                 "event %s on %s already processed: acknowledged, handler skipped",
                 event_id,
@@ -107,6 +103,19 @@ class _InboxMiddleware(BaseMiddleware):
             raise
         await store.mark_processed(event_id)
         return result
+
+
+class _InboxMiddleware(BaseMiddleware):
+    __slots__ = ("_config",)
+
+    def __init__(self, msg: Any, /, *, context: ContextRepo, config: InboxMiddleware) -> None:
+        super().__init__(msg, context=context)
+        self._config = config
+
+    async def consume_scope(
+        self, call_next: Callable[[Any], Awaitable[Any]], msg: StreamMessage[Any]
+    ) -> Any:
+        return await self._config.consume(self.context, msg, call_next)
 
 
 async def _release(store: InboxStore, event_id: str) -> None:
