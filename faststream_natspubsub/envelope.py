@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ __all__ = (
     "message_to_payload",
     "new_event_id",
     "parse_timestamp",
+    "utc_now_text",
 )
 
 SCHEMA_VERSION: Final = 1
@@ -117,7 +119,12 @@ class Envelope:
         else:
             raise MalformedEnvelopeError("envelope 'metadata' is not an object")
 
-        extra = {k: v for k, v in data.items() if k not in _CORE_FIELDS}
+        # Our own envelopes have no unknown fields: skip building the dict for them.
+        extra = (
+            {}
+            if data.keys() <= _CORE_FIELDS
+            else {k: v for k, v in data.items() if k not in _CORE_FIELDS}
+        )
         if extra:
             # NatsPubsub 1.0 puts these at the top level.
             producer = extra.get("producer")
@@ -234,6 +241,19 @@ def format_timestamp(moment: datetime) -> str:
     elif moment.utcoffset():
         moment = moment.astimezone(timezone.utc)
     return moment.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
+
+
+_second_cache: list[Any] = [-1, ""]
+
+
+def utc_now_text() -> str:
+    """``format_timestamp(now)``, fast: the seconds part is formatted once per second."""
+    now = time.time()
+    seconds = int(now)
+    if seconds != _second_cache[0]:
+        _second_cache[0] = seconds
+        _second_cache[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    return f"{_second_cache[1]}.{int((now - seconds) * 1000):03d}Z"
 
 
 def parse_timestamp(value: str) -> datetime:

@@ -53,7 +53,7 @@ from .subjects import (
     stream_name,
 )
 from .topology import ConsumerSpec, StreamSettings, StreamSpec, Topology
-from .tracing import TraceContextMiddleware, current_trace_metadata
+from .tracing import TraceContextMiddleware, current_trace_metadata, tracing_configured
 
 if TYPE_CHECKING:
     from faststream.asgi.handlers import GetHandler
@@ -134,12 +134,15 @@ class NatsPubsub:
 
         self.codec = codec or EnvelopeCodec()
         self.metrics = PubsubMetrics(meter_provider)
+        if tracing is None:
+            tracing = any(isinstance(m, TelemetryMiddleware) for m in broker.middlewares)
         self.envelope = EnvelopeMiddleware(
             env=self.env,
             app=self.app,
             app_version=app_version,
             codec=self.codec,
             metrics=self.metrics,
+            collect_trace=tracing or tracing_configured(),
         )
         self.dead_letters = (
             DeadLetterWriter(
@@ -163,8 +166,6 @@ class NatsPubsub:
             if self.inbox_store is not None
             else None
         )
-        if tracing is None:
-            tracing = any(isinstance(m, TelemetryMiddleware) for m in broker.middlewares)
         if tracing:
             # First of all: its on_receive must fill traceparent before telemetry reads it.
             broker.insert_middleware(TraceContextMiddleware(subject_prefix=f"{self.env}."))

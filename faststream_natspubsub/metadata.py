@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -124,7 +125,7 @@ class InboundEvent:
     do not pay for it.
     """
 
-    __slots__ = ("_metadata", "envelope", "message", "raw", "received_at", "subject")
+    __slots__ = ("_metadata", "_received", "envelope", "message", "raw", "subject")
 
     def __init__(
         self,
@@ -140,8 +141,16 @@ class InboundEvent:
         self.subject = subject
         # The nats-py message of this event: the batch's item, or the message itself.
         self.raw = message.raw_message if raw is None else raw
-        self.received_at = received_at or datetime.now(timezone.utc)
+        # A float now, a datetime only if someone asks: most handlers never do.
+        self._received: float | datetime = received_at or time.time()
         self._metadata: EventMetadata | None = None
+
+    @property
+    def received_at(self) -> datetime:
+        """When this process received the delivery (UTC)."""
+        if isinstance(self._received, float):
+            self._received = datetime.fromtimestamp(self._received, timezone.utc)
+        return self._received
 
     @property
     def metadata(self) -> EventMetadata:

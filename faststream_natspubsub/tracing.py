@@ -21,12 +21,24 @@ from pydantic_core import from_json
 if TYPE_CHECKING:
     from faststream import ContextRepo
 
-__all__ = ("TraceContextMiddleware", "current_trace_metadata", "record_span_event")
+__all__ = (
+    "TraceContextMiddleware",
+    "current_trace_metadata",
+    "record_span_event",
+    "tracing_configured",
+)
 
 TRACEPARENT: Final = "traceparent"
 _TRACE_ID = re.compile(r"[0-9a-f]{32}")
 _SPAN_ID = re.compile(r"[0-9a-f]{16}")
 _INVALID_TRACE: Final = "0" * 32
+
+
+def tracing_configured() -> bool:
+    """True when an OpenTelemetry SDK tracer provider is installed globally."""
+    return not isinstance(
+        trace.get_tracer_provider(), trace.ProxyTracerProvider | trace.NoOpTracerProvider
+    )
 
 
 def current_trace_metadata() -> dict[str, str]:

@@ -7,7 +7,6 @@ FastStream, so the middleware can share a broker with ordinary subscribers.
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Protocol
 
 from faststream import BaseMiddleware
@@ -19,13 +18,14 @@ from ..envelope import (
     format_timestamp,
     message_to_payload,
     new_event_id,
+    utc_now_text,
 )
 from ..errors import EnvelopeError
 from ..metadata import INBOUND_CONTEXT_KEY, InboundEvent
 from ..metrics import PubsubMetrics
 from ..publishing import RETRIABLE_PUBLISH_ERRORS, OutgoingEvent, retry_publish
 from ..subjects import normalize_app, normalize_env
-from ..tracing import current_trace_metadata
+from ..tracing import current_trace_metadata, tracing_configured
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -64,8 +64,12 @@ class EnvelopeMiddleware:
         app_version: str | None = None,
         codec: EnvelopeCodec | None = None,
         metrics: PubsubMetrics | None = None,
+        collect_trace: bool | None = None,
     ) -> None:
         self.env = normalize_env(env)
+        # Trace ids go into the metadata when something makes spans: FastStream's telemetry
+        # middleware or an OpenTelemetry SDK. Otherwise there is no current span to read.
+        self.collect_trace = tracing_configured() if collect_trace is None else collect_trace
         self.app = normalize_app(app)
         self.app_version = app_version
         self.codec = codec or EnvelopeCodec()
@@ -113,7 +117,7 @@ class EnvelopeMiddleware:
             "occurred_at": (
                 format_timestamp(event.occurred_at)
                 if event.occurred_at is not None
-                else now or format_timestamp(datetime.now(timezone.utc))
+                else now or utc_now_text()
             ),
             "message": message,
             "metadata": metadata,
@@ -166,8 +170,8 @@ class EnvelopeMiddleware:
         event = cmd.body if isinstance(cmd.body, OutgoingEvent) else _as_event(cmd.body)
         inbound = context.get_local(INBOUND_CONTEXT_KEY) or holder.inbound
         topic = subject.split(".", 2)[2] if subject.count(".") >= 2 else subject
-        now = format_timestamp(datetime.now(timezone.utc))
-        data = self.build_envelope(topic, event, inbound, now=now)
+        now = utc_now_text()
+        data = self.build_envelope(topic, event, inbound, now=now, trace=self.collect_trace)
         payload, compressed = self.codec.encode(data)
         headers = cmd.headers = dict(cmd.headers)  # never mutate a dict the caller owns
         headers["Nats-Msg-Id"] = data["event_id"]

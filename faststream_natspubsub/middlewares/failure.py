@@ -378,9 +378,8 @@ def delivery_count(raw: Any) -> int:
     reply = getattr(raw, "reply", None)
     if not isinstance(reply, str) or not reply.startswith("$JS.ACK."):
         return 1
-    tokens = reply.split(".")
-    index = 4 if len(tokens) == 9 else 6
+    index = 4 if reply.count(".") == 8 else 6
     try:
-        return int(tokens[index])
+        return int(reply.split(".", index + 1)[index])
     except (IndexError, ValueError):
         return 1
