@@ -58,20 +58,29 @@ class AckHeartbeatMiddleware:
         call_next: Callable[[Any], Awaitable[Any]],
     ) -> Any:
         """Run ``call_next`` with ``msg`` registered for in-progress signals."""
-        raw = msg.raw_message
+        token = self.start(context, msg.raw_message)
+        try:
+            return await call_next(msg)
+        finally:
+            self.finish(token)
+
+    def start(self, context: ContextRepo, raw: Any) -> int | None:
+        """Register a JetStream message whose handler starts now; returns its token."""
         reply = getattr(raw, "reply", "")
         if not (isinstance(reply, str) and reply.startswith("$JS.ACK.")):
-            return await call_next(msg)
+            return None
         interval = self._interval(context.get_local("handler_"))
         loop = asyncio.get_running_loop()
         key = id(raw)
         self._inflight[key] = [raw, loop.time() + interval, interval]
         if interval / 2 < self._tick or self._timer is None:
             self._arm(loop, min(self._tick, interval / 2))
-        try:
-            return await call_next(msg)
-        finally:
-            del self._inflight[key]
+        return key
+
+    def finish(self, token: int | None) -> None:
+        """The handler of the message registered under ``token`` is done."""
+        if token is not None:
+            self._inflight.pop(token, None)
 
     def _interval(self, subscriber: Any) -> float:
         try:

@@ -68,20 +68,22 @@ class _Pubsub(BaseMiddleware["NatsPublishCommand", Any]):
             if config.batch is None:
                 return await call_next(msg)
             return await config.batch.consume(context, msg, call_next)
-        inbox = config.inbox
+        inbox, heartbeat, envelope = config.inbox, config.heartbeat, config.envelope
+        if inbox is None:
+            handle = call_next
+        else:
 
-        async def handle(message: StreamMessage[Any]) -> Any:
-            if inbox is None:
-                return await call_next(message)
-            return await inbox.consume(context, message, call_next)
+            async def handle(message: StreamMessage[Any]) -> Any:
+                return await inbox.consume(context, message, call_next)
 
         async def unwrap(message: StreamMessage[Any]) -> Any:
-            return await config.envelope.consume(context, message, handle, self)
+            token = heartbeat.start(context, message.raw_message)
+            try:
+                return await envelope.consume(context, message, handle, self)
+            finally:
+                heartbeat.finish(token)
 
-        async def keep_alive(message: StreamMessage[Any]) -> Any:
-            return await config.heartbeat.consume(context, message, unwrap)
-
-        return await config.failure.consume(context, msg, keep_alive)
+        return await config.failure.consume(context, msg, unwrap)
 
     async def publish_scope(
         self, call_next: Callable[[Any], Awaitable[Any]], cmd: NatsPublishCommand
