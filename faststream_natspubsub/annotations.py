@@ -14,8 +14,8 @@ from .metadata import EventMetadata as _EventMetadata
 
 __all__ = ("CurrentEnvelope", "EventMetadata")
 
-EventMetadata = Annotated[_EventMetadata, Context("natspubsub_inbound.metadata")]
+EventMetadata = Annotated[_EventMetadata, Context("message.natspubsub_inbound.metadata")]
 """Delivery facts and envelope metadata of the event being handled."""
 
-CurrentEnvelope = Annotated[Envelope, Context("natspubsub_inbound.envelope")]
+CurrentEnvelope = Annotated[Envelope, Context("message.natspubsub_inbound.envelope")]
 """The whole decoded envelope of the event being handled."""

@@ -18,9 +18,10 @@ from .metadata import EventMetadata
 if TYPE_CHECKING:
     from .metadata import InboundEvent
 
-__all__ = ("BATCH_CONTEXT_KEY", "BatchFailure", "BatchMetadata", "BatchSettings", "InboundBatch")
+__all__ = ("BATCH_ATTRIBUTE", "BatchFailure", "BatchMetadata", "BatchSettings", "InboundBatch")
 
-BATCH_CONTEXT_KEY = "natspubsub_batch"
+# Attribute of FastStream's batch message holding the batch's events (see metadata.py).
+BATCH_ATTRIBUTE = "natspubsub_batch"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -68,5 +69,5 @@ class InboundBatch:
         return [event.metadata for event in self.events]
 
 
-BatchMetadata = Annotated[list[EventMetadata], Context(f"{BATCH_CONTEXT_KEY}.metadata")]
+BatchMetadata = Annotated[list[EventMetadata], Context(f"message.{BATCH_ATTRIBUTE}.metadata")]
 """Handler annotation: the metadata of each item of the batch, in order."""

@@ -28,7 +28,7 @@ from .envelope import CONTENT_ENCODING_HEADER, EnvelopeCodec, format_timestamp, 
 from .errors import NatsPubsubError, PublishError, SubjectError
 from .health import DEFAULT_MAX_PENDING, HealthReport, HealthStatus, check_health
 from .inbox import DEFAULT_INBOX_TTL, InboxStore, KvInboxStore, MemoryInboxStore, inbox_bucket_name
-from .metadata import INBOUND_CONTEXT_KEY
+from .metadata import current_inbound
 from .metrics import PubsubMetrics
 from .middlewares.batch import BatchMiddleware
 from .middlewares.envelope import EnvelopeMiddleware
@@ -374,7 +374,7 @@ class NatsPubsub:
         if not isinstance(connection, NatsClient):  # TestNatsBroker: nothing to pipeline
             return await self._publish_one_by_one(items, metadata=metadata, timeout=timeout)
         js = self._jetstream_for(connection)
-        inbound = self.broker.context.get_local(INBOUND_CONTEXT_KEY)
+        inbound = current_inbound(self.broker.context)
         # Computed once per call, not per item: the time, the trace and its header.
         trace_headers: dict[str, str] = {}
         propagate.inject(trace_headers)  # traceparent of the current span, as FastStream does

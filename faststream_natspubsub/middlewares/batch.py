@@ -17,7 +17,7 @@ from faststream import BaseMiddleware
 from faststream.exceptions import AckMessage, HandlerException
 from pydantic import TypeAdapter, ValidationError
 
-from ..batch import BATCH_CONTEXT_KEY, BatchFailure, InboundBatch
+from ..batch import BATCH_ATTRIBUTE, BatchFailure, InboundBatch
 from ..dlq import DeadLetterReason
 from ..envelope import MalformedEnvelopeError
 from ..inbox import ClaimResult
@@ -123,8 +123,8 @@ class _BatchMiddleware(BaseMiddleware):
         beat = Beat(_Unsettled(items), interval, config.heartbeat)
         failures: dict[_Item, BaseException] = {}
         try:
-            with self.context.scope(BATCH_CONTEXT_KEY, inbound):
-                result = await call_next(msg)
+            setattr(msg, BATCH_ATTRIBUTE, inbound)
+            result = await call_next(msg)
         except BatchFailure as reported:
             failures = _resolve(reported, items)
             result = None

@@ -21,7 +21,7 @@ from ..envelope import (
     utc_now_text,
 )
 from ..errors import EnvelopeError
-from ..metadata import INBOUND_CONTEXT_KEY, InboundEvent
+from ..metadata import INBOUND_ATTRIBUTE, InboundEvent, current_inbound
 from ..metrics import PubsubMetrics
 from ..publishing import RETRIABLE_PUBLISH_ERRORS, OutgoingEvent, retry_publish
 from ..subjects import normalize_app, normalize_env
@@ -141,9 +141,9 @@ class EnvelopeMiddleware:
         # The handler gets the envelope's message, already decoded, not the raw JSON.
         msg.set_decoder(_MessageDecoder(envelope.message))
         metrics = self.metrics
+        setattr(msg, INBOUND_ATTRIBUTE, inbound)
         if not metrics.enabled:
-            with context.scope(INBOUND_CONTEXT_KEY, inbound):
-                return await call_next(msg)
+            return await call_next(msg)
         attributes = metrics.attributes(subject)
         metrics.consumed.add(1, attributes)
         if envelope.occurred_at is not None:
@@ -151,8 +151,7 @@ class EnvelopeMiddleware:
             metrics.end_to_end_latency.record(max(latency, 0.0), attributes)
         started = time.perf_counter()
         try:
-            with context.scope(INBOUND_CONTEXT_KEY, inbound):
-                return await call_next(msg)
+            return await call_next(msg)
         finally:
             metrics.handler_duration.record(time.perf_counter() - started, attributes)
 
@@ -168,7 +167,7 @@ class EnvelopeMiddleware:
         if not subject.startswith(self.subject_prefix):
             return await call_next(cmd)
         event = cmd.body if isinstance(cmd.body, OutgoingEvent) else _as_event(cmd.body)
-        inbound = context.get_local(INBOUND_CONTEXT_KEY) or holder.inbound
+        inbound = current_inbound(context) or holder.inbound
         topic = subject.split(".", 2)[2] if subject.count(".") >= 2 else subject
         now = utc_now_text()
         data = self.build_envelope(topic, event, inbound, now=now, trace=self.collect_trace)

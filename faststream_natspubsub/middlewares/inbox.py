@@ -15,7 +15,7 @@ from faststream import BaseMiddleware
 from faststream.exceptions import AckMessage, NackMessage
 
 from ..inbox import ClaimResult, InboxStore
-from ..metadata import INBOUND_CONTEXT_KEY
+from ..metadata import INBOUND_ATTRIBUTE
 from ..metrics import PubsubMetrics
 from ..tracing import record_span_event
 
@@ -68,7 +68,7 @@ class InboxMiddleware:
         call_next: Callable[[Any], Awaitable[Any]],
     ) -> Any:
         """Skip a processed event, hold one another consumer handles, else claim and run."""
-        inbound: InboundEvent | None = context.get_local(INBOUND_CONTEXT_KEY)
+        inbound: InboundEvent | None = getattr(msg, INBOUND_ATTRIBUTE, None)
         subscriber = context.get_local("handler_")
         if inbound is None or subscriber in self._excluded:
             return await call_next(msg)
