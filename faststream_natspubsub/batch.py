@@ -16,6 +16,8 @@ from faststream import Context
 from .metadata import EventMetadata
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .metadata import InboundEvent
 
 __all__ = ("BATCH_ATTRIBUTE", "BatchFailure", "BatchMetadata", "BatchSettings", "InboundBatch")
@@ -30,8 +32,8 @@ class BatchSettings:
 
     max_messages: int = 256
     """Largest batch handed to the handler."""
-    max_wait: float = 0.5
-    """Seconds to wait for a batch to fill before handling what arrived."""
+    max_wait: float = 0.1
+    """Seconds to wait for a batch to fill before handling what arrived (added latency)."""
 
     def __post_init__(self) -> None:
         if self.max_messages < 1:
@@ -56,12 +58,20 @@ class BatchFailure(Exception):  # noqa: N818 - reads as what the handler reports
 
 
 class InboundBatch:
-    """The events of the batch being handled, kept in FastStream's context."""
+    """The events of the batch being handled; built only if the handler asks for them."""
 
-    __slots__ = ("events",)
+    __slots__ = ("_events", "_make")
 
-    def __init__(self, events: list[InboundEvent]) -> None:
-        self.events = events
+    def __init__(self, make: Callable[[], list[InboundEvent]]) -> None:
+        self._make = make
+        self._events: list[InboundEvent] | None = None
+
+    @property
+    def events(self) -> list[InboundEvent]:
+        """One :class:`InboundEvent` per item, in the handler's order."""
+        if self._events is None:
+            self._events = self._make()
+        return self._events
 
     @property
     def metadata(self) -> list[EventMetadata]:

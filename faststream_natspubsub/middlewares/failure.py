@@ -229,7 +229,7 @@ class FailureMiddleware:
         try:
             result = await call_next(msg)
         except AckMessage:  # the handler (or the inbox, for a duplicate) acknowledged it
-            self._succeeded(raw, subject, deliveries)
+            self.succeeded(raw, subject, deliveries)
             raise
         except HandlerException:
             raise  # the handler chose NAK / TERM itself
@@ -240,10 +240,11 @@ class FailureMiddleware:
                 await self._settle_dead_letter(context, delivery, outcome.reason, exc)
             self.record_retry(delivery, outcome.delay, exc)
             raise NackMessage(delay=outcome.delay) from exc
-        self._succeeded(raw, subject, deliveries)
+        self.succeeded(raw, subject, deliveries)
         return result
 
-    def _succeeded(self, raw: Any, subject: str, deliveries: int) -> None:
+    def succeeded(self, raw: Any, subject: str, deliveries: int) -> None:
+        """Count an acknowledged delivery; forget its failures if it had some."""
         if self.metrics.enabled:
             self.metrics.acked.add(1, self.metrics.attributes(subject))
         if deliveries > 1 and self._first_failures:

@@ -1,0 +1,44 @@
+"""The benchmark's quick mode runs end to end and reports its ratios (no speed is asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RATIO_KEYS = (
+    "consume_vs_faststream",
+    "publish_vs_faststream",
+    "publish_many_vs_faststream",
+    "publish_many_vs_raw",
+)
+
+
+@pytest.mark.nats
+@pytest.mark.slow
+def test_quick_benchmark_writes_positive_ratios_to_json(tmp_path: Path) -> None:
+    # Given a place for the JSON report
+    report_path = tmp_path / "bench.json"
+
+    # When the quick benchmark runs in its own process
+    completed = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--json", str(report_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+    # Then it succeeds and the report holds every ratio as a positive number
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    assert "ratios" in completed.stdout
+    ratios = json.loads(report_path.read_text())["ratios"]
+    for key in RATIO_KEYS:
+        assert isinstance(ratios[key], int | float), key
+        assert ratios[key] > 0, key
+    assert isinstance(ratios["rss_delta_mb"], int | float)
