@@ -13,7 +13,6 @@ import typing
 import weakref
 from typing import TYPE_CHECKING, Any, get_args, get_origin
 
-from faststream import BaseMiddleware
 from faststream.exceptions import AckMessage, HandlerException
 from pydantic import TypeAdapter, ValidationError
 
@@ -22,6 +21,7 @@ from ..dlq import DeadLetterReason
 from ..envelope import MalformedEnvelopeError
 from ..inbox import ClaimResult
 from ..metadata import InboundEvent
+from ._delegate import ConsumeDelegate
 from .failure import UNFINISHED, Delivery, FailureMiddleware, delivery_count, terminate_raw
 from .heartbeat import DEFAULT_ACK_WAIT, Beat
 
@@ -61,8 +61,8 @@ class BatchMiddleware:
         # Per subscriber: a validator for one item of its handler's ``list[Item]``.
         self._adapters: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
-    def __call__(self, msg: Any, /, *, context: ContextRepo) -> _BatchMiddleware:
-        return _BatchMiddleware(msg, context=context, config=self)
+    def __call__(self, msg: Any, /, *, context: ContextRepo) -> ConsumeDelegate:
+        return ConsumeDelegate(msg, context=context, config=self)
 
     async def consume(
         self,
@@ -71,9 +71,7 @@ class BatchMiddleware:
         call_next: Callable[[Any], Awaitable[Any]],
     ) -> Any:
         """Handle a batch message item by item (other messages pass through)."""
-        return await _BatchMiddleware(msg.raw_message, context=context, config=self).consume_scope(
-            call_next, msg
-        )
+        return await _BatchRun(self, context).run(call_next, msg)
 
     def item_adapter(self, subscriber: Any) -> TypeAdapter[Any] | None:
         """Validator of one item, from the handler's first parameter (``list[Order]``)."""
@@ -94,16 +92,16 @@ class _Item:
         self.value: Any = envelope.message
 
 
-class _BatchMiddleware(BaseMiddleware):
-    __slots__ = ("_config",)
+class _BatchRun:
+    """The handling of one batch message."""
 
-    def __init__(self, msg: Any, /, *, context: ContextRepo, config: BatchMiddleware) -> None:
-        super().__init__(msg, context=context)
+    __slots__ = ("_config", "context")
+
+    def __init__(self, config: BatchMiddleware, context: ContextRepo) -> None:
         self._config = config
+        self.context = context
 
-    async def consume_scope(
-        self, call_next: Callable[[Any], Awaitable[Any]], msg: StreamMessage[Any]
-    ) -> Any:
+    async def run(self, call_next: Callable[[Any], Awaitable[Any]], msg: StreamMessage[Any]) -> Any:
         raws = msg.raw_message
         config = self._config
         if not isinstance(raws, list) or not raws:

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
-from faststream import BaseMiddleware
 from faststream.exceptions import AckMessage, HandlerException, NackMessage, RejectMessage
 from nats.errors import Error as NatsError
 from pydantic import ValidationError
@@ -31,6 +30,7 @@ from ..metrics import PubsubMetrics
 from ..retry import RetryPolicy
 from ..subjects import normalize_env
 from ..tracing import record_span_event
+from ._delegate import ConsumeDelegate
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping
@@ -79,8 +79,8 @@ class FailureMiddleware:
         self.metrics = metrics or PubsubMetrics()
         self._first_failures: OrderedDict[tuple[str, int], datetime] = OrderedDict()
 
-    def __call__(self, msg: Any, /, *, context: ContextRepo) -> _FailureMiddleware:
-        return _FailureMiddleware(msg, context=context, config=self)
+    def __call__(self, msg: Any, /, *, context: ContextRepo) -> ConsumeDelegate:
+        return ConsumeDelegate(msg, context=context, config=self)
 
     def is_permanent(self, exc: BaseException) -> bool:
         """True when retrying cannot help; ``retry_on`` wins over everything else."""
@@ -281,19 +281,6 @@ class FailureMiddleware:
     def forget_failure(self, key: tuple[str, int] | None) -> datetime | None:
         """Drop and return the first failure time of a message that is done."""
         return None if key is None else self._first_failures.pop(key, None)
-
-
-class _FailureMiddleware(BaseMiddleware):
-    __slots__ = ("_config",)
-
-    def __init__(self, msg: Any, /, *, context: ContextRepo, config: FailureMiddleware) -> None:
-        super().__init__(msg, context=context)
-        self._config = config
-
-    async def consume_scope(
-        self, call_next: Callable[[Any], Awaitable[Any]], msg: StreamMessage[Any]
-    ) -> Any:
-        return await self._config.consume(self.context, msg, call_next)
 
 
 class Delivery:

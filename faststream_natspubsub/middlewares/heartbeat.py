@@ -13,7 +13,7 @@ import logging
 import weakref
 from typing import TYPE_CHECKING, Any, Final
 
-from faststream import BaseMiddleware
+from ._delegate import ConsumeDelegate
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -48,8 +48,8 @@ class AckHeartbeatMiddleware:
         self._tick = float("inf")
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def __call__(self, msg: Any, /, *, context: ContextRepo) -> _AckHeartbeat:
-        return _AckHeartbeat(msg, context=context, config=self)
+    def __call__(self, msg: Any, /, *, context: ContextRepo) -> ConsumeDelegate:
+        return ConsumeDelegate(msg, context=context, config=self)
 
     async def consume(
         self,
@@ -123,19 +123,6 @@ class AckHeartbeatMiddleware:
         else:
             if self.on_beat is not None:
                 self.on_beat()
-
-
-class _AckHeartbeat(BaseMiddleware):
-    __slots__ = ("_config",)
-
-    def __init__(self, msg: Any, /, *, context: ContextRepo, config: AckHeartbeatMiddleware):
-        super().__init__(msg, context=context)
-        self._config = config
-
-    async def consume_scope(
-        self, call_next: Callable[[Any], Awaitable[Any]], msg: StreamMessage[Any]
-    ) -> Any:
-        return await self._config.consume(self.context, msg, call_next)
 
 
 class Beat:

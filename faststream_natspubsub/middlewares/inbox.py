@@ -11,13 +11,13 @@ import logging
 import weakref
 from typing import TYPE_CHECKING, Any, Final
 
-from faststream import BaseMiddleware
 from faststream.exceptions import AckMessage, NackMessage
 
 from ..inbox import ClaimResult, InboxStore
 from ..metadata import INBOUND_ATTRIBUTE
 from ..metrics import PubsubMetrics
 from ..tracing import record_span_event
+from ._delegate import ConsumeDelegate
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -58,8 +58,8 @@ class InboxMiddleware:
         """Opt one subscriber out of the inbox."""
         self._excluded.add(subscriber)
 
-    def __call__(self, msg: Any, /, *, context: ContextRepo) -> _InboxMiddleware:
-        return _InboxMiddleware(msg, context=context, config=self)
+    def __call__(self, msg: Any, /, *, context: ContextRepo) -> ConsumeDelegate:
+        return ConsumeDelegate(msg, context=context, config=self)
 
     async def consume(
         self,
@@ -103,19 +103,6 @@ class InboxMiddleware:
             raise
         await store.mark_processed(event_id)
         return result
-
-
-class _InboxMiddleware(BaseMiddleware):
-    __slots__ = ("_config",)
-
-    def __init__(self, msg: Any, /, *, context: ContextRepo, config: InboxMiddleware) -> None:
-        super().__init__(msg, context=context)
-        self._config = config
-
-    async def consume_scope(
-        self, call_next: Callable[[Any], Awaitable[Any]], msg: StreamMessage[Any]
-    ) -> Any:
-        return await self._config.consume(self.context, msg, call_next)
 
 
 async def _release(store: InboxStore, event_id: str) -> None:
