@@ -1,0 +1,5 @@
+"""``python -m faststream_natspubsub.cli``."""
+
+from . import main
+
+main()
