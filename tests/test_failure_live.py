@@ -456,3 +456,24 @@ async def test_purge_removes_old_records(server: EmbeddedNatsServer) -> None:
 
 async def _count_is(pubsub: NatsPubsub, expected: int) -> bool:
     return await dlq_count(pubsub) == expected
+
+
+async def test_a_foreign_message_in_the_dlq_does_not_hide_the_records(
+    server: EmbeddedNatsServer,
+) -> None:
+    pubsub = NatsPubsub(new_broker(server), env="test", app="orders")
+
+    @pubsub.subscriber("order.created")
+    async def handle(body: dict[str, Any]) -> None:
+        raise PermanentError("no")
+
+    async with running(pubsub.broker):
+        js = pubsub.broker.connection.jetstream()
+        await js.publish("dlq.test.orders.stray", b"not a record")
+        published = await pubsub.publish("order.created", {"id": 1})
+        await wait_until(lambda: dlq_count(pubsub), message="the real record")
+        dlq = dlq_of(pubsub)
+        records = await dlq.list()
+        by_seq = await dlq.get_by_seq(records[0].dlq_seq or 0)
+    assert [r.event_id for r in records] == [published.event_id]
+    assert by_seq.event_id == published.event_id
