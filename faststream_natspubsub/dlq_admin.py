@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -13,12 +14,20 @@ from .dlq import DeadLetterRecord
 from .envelope import CONTENT_ENCODING_HEADER, format_timestamp
 from .errors import NatsPubsubError
 from .publishing import PublishResult, retry_publish
-from .subjects import dlq_stream_name, dlq_subject_prefix, normalize_app, normalize_env
+from .subjects import (
+    dlq_stream_name,
+    dlq_subject_prefix,
+    normalize_app,
+    normalize_env,
+    validate_topic,
+)
 
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
 
 __all__ = ("DeadLetterNotFoundError", "DeadLetterQueue")
+
+logger = logging.getLogger("faststream_natspubsub.dlq")
 
 # Headers JetStream or the original publish set that a replay must not copy.
 _NOT_REPLAYED = frozenset(
@@ -47,7 +56,11 @@ class DeadLetterQueue:
         self, *, topic: str | None = None, since: datetime | None = None
     ) -> AsyncIterator[DeadLetterRecord]:
         """Every record, oldest first; ``topic`` matches the original topic (wildcards ok)."""
-        filter_subject = f"{self.subject_prefix}.*.{topic}" if topic else f"{self.subject_prefix}.>"
+        filter_subject = (
+            f"{self.subject_prefix}.*.{validate_topic(topic)}"
+            if topic
+            else f"{self.subject_prefix}.>"
+        )
         try:
             info = await self.js.stream_info(self.stream)
         except NotFoundError:
@@ -61,7 +74,14 @@ class DeadLetterQueue:
             if raw.seq is None or raw.data is None:
                 return
             seq = raw.seq + 1
-            record = DeadLetterRecord.from_json(raw.data, dlq_seq=raw.seq)
+            try:
+                record = DeadLetterRecord.from_json(raw.data, dlq_seq=raw.seq)
+            except (ValueError, TypeError) as exc:
+                # Someone else published on a dlq.* subject; one bad entry must not hide the rest.
+                logger.warning(
+                    "DLQ %s seq %d is not a dead-letter record: %s", self.stream, seq - 1, exc
+                )
+                continue
             if since is not None and record.dead_lettered_time < since:
                 continue
             yield record
@@ -77,8 +97,24 @@ class DeadLetterQueue:
                 break
         return found
 
+    async def get_by_seq(self, seq: int) -> DeadLetterRecord:
+        """The record stored at ``seq`` in the DLQ stream (malformed records have no event id)."""
+        try:
+            raw = await self.js.get_msg(self.stream, seq=seq)
+        except NotFoundError as exc:
+            raise DeadLetterNotFoundError(
+                f"no dead-letter record at {self.stream} seq {seq}"
+            ) from exc
+        try:
+            return DeadLetterRecord.from_json(raw.data or b"", dlq_seq=seq)
+        except (ValueError, TypeError) as exc:
+            raise DeadLetterNotFoundError(f"{self.stream} seq {seq} is not a record") from exc
+
     async def get(self, event_id: str) -> DeadLetterRecord:
-        """The newest record of ``event_id``; raises :class:`DeadLetterNotFoundError`."""
+        """The newest record of ``event_id``; raises :class:`DeadLetterNotFoundError`.
+
+        Reads the records one by one (JetStream cannot look messages up by content).
+        """
         match: DeadLetterRecord | None = None
         async for record in self.records():
             if record.event_id == event_id:
