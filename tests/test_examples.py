@@ -191,3 +191,111 @@ def test_the_docs_build_without_warnings(tmp_path: Path) -> None:
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
     assert (tmp_path / "site" / "index.html").exists()
+
+
+@pytest.mark.nats
+async def test_e07_the_kv_inbox_runs_the_handler_once_for_a_republished_event(
+    server: EmbeddedNatsServer,
+) -> None:
+    outcome = await load("e07_inbox").main(server.url)
+
+    # The stream stored both copies (different Nats-Msg-Ids)...
+    assert (outcome.first.seq, outcome.copy_seq) == (1, 2)
+    # ...and the handler ran once, for the event id both carry
+    assert outcome.posted == [outcome.first.event_id]
+    assert outcome.duplicates == 1
+    assert outcome.bucket == "natspubsub_inbox_dev_ledger"
+    assert outcome.inbox == {outcome.first.event_id: b"processed"}
+
+
+@pytest.mark.nats
+async def test_e08_one_trace_across_publish_consume_retry_and_reply(
+    server: EmbeddedNatsServer,
+) -> None:
+    outcome = await load("e08_tracing").main(server.url)
+
+    # Both deliveries of order.created and the order.confirmed handler saw one trace id
+    assert len(outcome.trace_ids) == 3
+    trace_id = outcome.trace_ids[0]
+    assert trace_id is not None
+    assert len(trace_id) == 32
+    assert set(outcome.trace_ids) == {trace_id}
+    # Every span the console exporter wrote is in that trace
+    spans = outcome.spans
+    assert {span["context"]["trace_id"] for span in spans} == {f"0x{trace_id}"}
+    consume = [s for s in spans if s["kind"] == "SpanKind.CONSUMER"]
+    assert sorted(s["name"] for s in consume) == [
+        "dev.orders.order.confirmed process",
+        "dev.orders.order.created process",
+        "dev.orders.order.created process",
+    ]
+    retries = [e for s in consume for e in s["events"] if e["name"] == "natspubsub.retry"]
+    assert len(retries) == 1
+    assert retries[0]["attributes"]["natspubsub.attempt"] == 1
+    assert retries[0]["attributes"]["natspubsub.delay_s"] == 0.1
+    assert retries[0]["attributes"]["exception.type"] == "ConnectionError"
+    # The reply's publish span is a child of the consume span that made it
+    reply = next(s for s in spans if s["name"] == "dev.orders.order.confirmed publish")
+    parents = {s["context"]["span_id"] for s in consume if "order.created" in s["name"]}
+    assert reply["parent_id"] in parents
+    # The metrics counted the same story
+    counters = outcome.counters
+    assert counters["natspubsub.messages.published"] == 2
+    assert counters["natspubsub.messages.consumed"] == 3
+    assert counters["natspubsub.messages.retried"] == 1
+    assert counters["natspubsub.messages.acked"] == 2
+    assert counters["natspubsub.handler.duration"] == 3  # one sample per delivery
+
+
+@pytest.mark.nats
+async def test_e09_a_batch_gives_each_item_its_own_outcome(server: EmbeddedNatsServer) -> None:
+    outcome = await load("e09_batch").main(server.url)
+
+    # One call for the backlog (the invalid item never reaches the handler), then B-2 alone
+    assert outcome.batches == [
+        [("A-1", 1), ("B-2", 1), ("C-3", 1), ("D-4", 1)],
+        [("B-2", 2)],
+    ]
+    assert outcome.saved == ["A-1", "D-4", "B-2"]
+    by_error = {record.error_type: record for record in outcome.dead_letters}
+    assert set(by_error) == {"PermanentError", "ValidationError"}
+    assert {record.reason for record in outcome.dead_letters} == {"permanent_error"}
+    assert by_error["PermanentError"].envelope is not None
+    assert by_error["PermanentError"].envelope["message"]["sku"] == "C-3"
+    assert by_error["ValidationError"].envelope is not None
+    assert by_error["ValidationError"].envelope["message"]["sku"] == "E-5"
+
+
+async def test_e10_in_memory_an_event_is_dead_lettered_after_five_attempts() -> None:
+    outcome = await load("e10_in_memory_failures").main()
+
+    assert outcome.delays == [1, 2, 5, 10]
+    assert [r.deliveries for r in outcome.redeliveries] == [1, 2, 3, 4]
+    assert {r.subject for r in outcome.redeliveries} == {"test.payments.payment.requested"}
+    [record] = outcome.dead_letters
+    assert record.event_id == outcome.published.event_id
+    assert record.reason == "max_attempts_exceeded"
+    assert record.attempts == 5
+    assert record.error_type == "ConnectionError"
+    assert outcome.charged == []
+
+
+def test_e10_the_example_tests_pass_under_pytest() -> None:
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            str(EXAMPLES / "e10_in_memory_failures.py"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert "3 passed" in completed.stdout

@@ -1,0 +1,105 @@
+"""A consumer whose handler's effect is a line appended to a file; run as a subprocess.
+
+``python effects_consumer.py --servers URL[,URL...] --effects FILE [options]``. It prints
+``ready`` once its subscriber runs and stops gracefully on SIGTERM (FastStream's ``run``
+calls ``broker.stop()``, which waits up to ``--graceful-timeout`` for running handlers).
+
+The event body says what the handler does: ``{"kind": "normal"}`` appends the event id to
+``--effects``; ``"poison"`` raises ``PermanentError``; ``"flaky"`` fails on its first delivery;
+``"later"`` raises ``RetryLater(delay)`` on its first delivery. Every delivery is first logged
+to ``--started`` as ``<event id> <delivery> <unix time>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import time
+from typing import Any
+
+from faststream import FastStream
+from faststream.nats import NatsBroker
+
+from faststream_natspubsub import (
+    EventMetadata,
+    NatsPubsub,
+    PermanentError,
+    RetryLater,
+    RetryPolicy,
+    StreamSettings,
+)
+
+ENV, APP, TOPIC = "fault", "ledger", "entry.posted"
+# Reconnect forever, quickly (nats-py takes a float wait; FastStream's hint says int).
+FAST_RECONNECT: dict[str, Any] = {"max_reconnect_attempts": -1, "reconnect_time_wait": 0.25}
+
+
+def append_line(path: str, line: str) -> None:
+    """One ``write`` on an O_APPEND descriptor: whole lines, even with several processes."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def build(args: argparse.Namespace) -> FastStream:
+    """The FastStream app: one NatsPubsub subscriber writing effects."""
+    broker = NatsBroker(
+        args.servers.split(","),
+        logger=None,
+        graceful_timeout=args.graceful_timeout,
+        **FAST_RECONNECT,
+    )
+    pubsub = NatsPubsub(
+        broker,
+        env=ENV,
+        app=APP,
+        inbox=None if args.inbox == "none" else args.inbox,
+        retry=RetryPolicy(max_attempts=args.max_attempts, backoff=(args.backoff,)),
+        streams=StreamSettings(replicas=args.replicas),
+    )
+
+    @pubsub.subscriber(TOPIC, ack_wait=args.ack_wait, max_workers=args.workers)
+    async def handle(body: dict[str, Any], meta: EventMetadata) -> None:
+        if args.started:
+            append_line(args.started, f"{meta.event_id} {meta.deliveries} {time.time():.6f}")
+        kind = body.get("kind", "normal")
+        if kind == "poison":
+            raise PermanentError("poison event")
+        if kind == "flaky" and meta.deliveries == 1:
+            raise ConnectionError("flaky dependency failed once")
+        if kind == "later" and meta.deliveries == 1:
+            raise RetryLater(delay=float(body["delay"]))
+        if args.handle_seconds:
+            await asyncio.sleep(args.handle_seconds)
+        append_line(args.effects, meta.event_id)
+
+    app = FastStream(broker, logger=None)
+
+    @app.after_startup
+    async def announce() -> None:
+        print("ready", flush=True)
+
+    return app
+
+
+def parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--servers", required=True, help="comma-separated nats:// URLs")
+    parser.add_argument("--effects", required=True)
+    parser.add_argument("--started", default="")
+    parser.add_argument("--inbox", choices=("none", "memory", "kv"), default="kv")
+    parser.add_argument("--ack-wait", type=float, default=2.0)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--handle-seconds", type=float, default=0.0)
+    parser.add_argument("--graceful-timeout", type=float, default=10.0)
+    parser.add_argument("--replicas", type=int, default=1)
+    parser.add_argument("--max-attempts", type=int, default=5)
+    parser.add_argument("--backoff", type=float, default=0.2)
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    asyncio.run(build(parse()).run())

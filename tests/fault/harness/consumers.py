@@ -1,0 +1,152 @@
+"""Consumer apps in subprocesses: start, SIGKILL, SIGTERM, and read the effects they recorded."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+APP = Path(__file__).resolve().parent.parent / "apps" / "effects_consumer.py"
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One handler start, as the consumer logged it."""
+
+    event_id: str
+    deliveries: int
+    at: float
+
+
+class ConsumerProcess:
+    """``apps/effects_consumer.py`` as a child process writing to files under ``work_dir``.
+
+    Restarting after a kill appends to the same files, so a test reads every effect of every
+    incarnation of this consumer.
+    """
+
+    def __init__(
+        self,
+        servers: Sequence[str],
+        work_dir: Path,
+        name: str,
+        *,
+        inbox: str = "kv",
+        ack_wait: float = 2.0,
+        workers: int = 4,
+        handle_seconds: float = 0.0,
+        graceful_timeout: float = 10.0,
+        replicas: int = 1,
+        max_attempts: int = 5,
+        backoff: float = 0.2,
+    ) -> None:
+        self.servers = list(servers)
+        self.name = name
+        self.effects_path = work_dir / f"{name}.effects"
+        self.started_path = work_dir / f"{name}.started"
+        self.log_path = work_dir / f"{name}.log"
+        self.options = [
+            f"--inbox={inbox}",
+            f"--ack-wait={ack_wait}",
+            f"--workers={workers}",
+            f"--handle-seconds={handle_seconds}",
+            f"--graceful-timeout={graceful_timeout}",
+            f"--replicas={replicas}",
+            f"--max-attempts={max_attempts}",
+            f"--backoff={backoff}",
+        ]
+        self.starts = 0
+        self._proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def running(self) -> bool:
+        """Whether the child is alive."""
+        return self._proc is not None and self._proc.returncode is None
+
+    async def start(self, *, timeout: float = 60.0) -> None:
+        """Start the child and wait for its ``ready`` line."""
+        if self.running:
+            raise RuntimeError(f"consumer {self.name} is already running")
+        with self.log_path.open("ab") as log:
+            self._proc = proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                str(APP),
+                f"--servers={','.join(self.servers)}",
+                f"--effects={self.effects_path}",
+                f"--started={self.started_path}",
+                *self.options,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=log,
+            )
+        self.starts += 1
+        assert proc.stdout is not None
+        try:
+            line = await asyncio.wait_for(proc.stdout.readline(), timeout)
+        except asyncio.TimeoutError:
+            line = b""
+        if line.strip() != b"ready":
+            await self.kill()
+            raise RuntimeError(f"consumer {self.name} did not start:\n{self.log_tail()}")
+
+    async def kill(self) -> None:
+        """SIGKILL the child and reap it: no code of it runs any more."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+
+    async def terminate(self, *, timeout: float = 30.0) -> int:
+        """SIGTERM the child and wait (SIGKILL after ``timeout``); returns its exit code."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            raise RuntimeError(f"consumer {self.name} is not running")
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), timeout)
+            except asyncio.TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+        assert proc.returncode is not None
+        return proc.returncode
+
+    async def stop(self) -> None:
+        """Stop the child if it runs (SIGTERM, then SIGKILL)."""
+        if self.running:
+            await self.terminate(timeout=15.0)
+
+    def effects(self) -> list[str]:
+        """Event ids whose effect this consumer performed, in order."""
+        if not self.effects_path.exists():
+            return []
+        return self.effects_path.read_text().split()
+
+    def deliveries(self) -> list[Delivery]:
+        """Every handler start this consumer logged."""
+        if not self.started_path.exists():
+            return []
+        found = []
+        for line in self.started_path.read_text().splitlines():
+            event_id, deliveries, at = line.split()
+            found.append(Delivery(event_id, int(deliveries), float(at)))
+        return found
+
+    def log_tail(self, size: int = 4000) -> str:
+        """The end of the child's stderr."""
+        if not self.log_path.exists():
+            return "(no output)"
+        return self.log_path.read_bytes()[-size:].decode(errors="replace")
+
+
+async def stop_all(consumers: Sequence[ConsumerProcess]) -> None:
+    """Stop every consumer; used in ``finally`` blocks."""
+    await asyncio.gather(*(c.stop() for c in consumers), return_exceptions=True)
