@@ -21,7 +21,7 @@ from .errors import (
     TopologyError,
 )
 from .facade import NatsPubsub, PubsubRouter
-from .inbox import ClaimResult, InboxStore, KvInboxStore, MemoryInboxStore
+from .inbox import ClaimResult, InboxStore, KvInboxStore, LeaseReporter, MemoryInboxStore
 from .middlewares import (
     AckHeartbeatMiddleware,
     EnvelopeMiddleware,
@@ -54,6 +54,7 @@ __all__ = (
     "InboxMiddleware",
     "InboxStore",
     "KvInboxStore",
+    "LeaseReporter",
     "MalformedEnvelopeError",
     "MemoryInboxStore",
     "MessageTooLargeError",

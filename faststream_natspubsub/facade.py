@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -42,6 +43,7 @@ from .publishing import (
     OutgoingEvent,
     PublishResult,
 )
+from .pull import BatchFetcher
 from .retry import RetryPolicy
 from .subjects import (
     build_subject,
@@ -187,6 +189,7 @@ class NatsPubsub:
             )
         )
         self._watcher: MaxDeliveriesWatcher | None = None
+        self._batch_subscribers: weakref.WeakSet[Any] = weakref.WeakSet()
         asyncapi.register(self)
         self._subjects: dict[str, str] = {}
         self._js: tuple[NatsClient, JetStreamContext] | None = None
@@ -220,7 +223,8 @@ class NatsPubsub:
             batch=batch,
             extra=faststream_kwargs,
         )
-        return self._registered(self.broker.subscriber(subject, **kwargs), inbox=inbox)
+        subscriber = self.broker.subscriber(subject, **kwargs)
+        return self._registered(subscriber, inbox=inbox, batch=batch is not None)
 
     def publisher(self, topic: str, **faststream_kwargs: Any) -> LogicPublisher:
         """A FastStream publisher for ``topic``; what it sends is wrapped in the envelope."""
@@ -231,9 +235,11 @@ class NatsPubsub:
         """A ``NatsRouter`` whose ``subscriber``/``publisher`` take topics like the facade's."""
         return PubsubRouter(self, **kwargs)
 
-    def _registered(self, subscriber: Any, *, inbox: bool) -> LogicSubscriber[Any]:
+    def _registered(self, subscriber: Any, *, inbox: bool, batch: bool) -> LogicSubscriber[Any]:
         if not inbox and self.inbox is not None:
             self.inbox.exclude(subscriber)
+        if batch:
+            self._batch_subscribers.add(subscriber)
         return subscriber  # type: ignore[no-any-return]
 
     def _make_inbox_store(self, inbox: InboxStore | str | None, ttl: float) -> InboxStore | None:
@@ -536,6 +542,8 @@ class NatsPubsub:
                 await original_stop()  # do not leave a connection behind
                 raise
             await original_start()
+            for subscriber in self._batch_subscribers:
+                BatchFetcher.install(getattr(subscriber, "subscription", None))
 
         async def stop(*args: Any, **kwargs: Any) -> None:
             if self._watcher is not None:
@@ -574,7 +582,8 @@ class PubsubRouter(NatsRouter):
             batch=batch,
             extra=faststream_kwargs,
         )
-        return self._pubsub._registered(super().subscriber(subject, **kwargs), inbox=inbox)
+        subscriber = super().subscriber(subject, **kwargs)
+        return self._pubsub._registered(subscriber, inbox=inbox, batch=batch is not None)
 
     def publisher(self, topic: str, **faststream_kwargs: Any) -> LogicPublisher:  # type: ignore[override]
         """Like :meth:`NatsPubsub.publisher`, registered on this router."""

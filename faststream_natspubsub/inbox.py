@@ -29,6 +29,7 @@ __all__ = (
     "ClaimResult",
     "InboxStore",
     "KvInboxStore",
+    "LeaseReporter",
     "MemoryInboxStore",
     "inbox_bucket_name",
 )
@@ -36,7 +37,7 @@ __all__ = (
 # How long a processed event id is remembered; a redelivery later than this runs again.
 DEFAULT_INBOX_TTL: Final = 7 * 24 * 3600.0
 _PROCESSED: Final = b"processed"
-_SAFE_KEY = re.compile(r"[-_=a-zA-Z0-9]+")
+_SAFE_KEY = re.compile(r"[-_=a-zA-Z0-9]+(\.[-_=a-zA-Z0-9]+)*")
 
 
 class ClaimResult(str, Enum):
@@ -64,6 +65,19 @@ class InboxStore(Protocol):
 
     async def release(self, event_id: str) -> None:
         """The handler failed: give the claim up so a retry can run."""
+        ...
+
+
+@runtime_checkable
+class LeaseReporter(Protocol):
+    """Optional for a store: when an IN_PROGRESS claim's lease runs out.
+
+    The inbox middleware asks it to hold a redelivery back until a crashed holder's lease has
+    expired (one NAK) instead of polling (a NAK, and a used-up delivery, every few seconds).
+    """
+
+    async def lease_remaining(self, event_id: str) -> float | None:
+        """Seconds until the current claim of ``event_id`` expires; None if it is not claimed."""
         ...
 
 
@@ -96,6 +110,12 @@ class MemoryInboxStore:
     async def release(self, event_id: str) -> None:
         self._entries.pop(event_id, None)
 
+    async def lease_remaining(self, event_id: str) -> float | None:
+        entry = self._entries.get(event_id)
+        if entry is None or entry[0]:
+            return None
+        return max(entry[1] - time.monotonic(), 0.0)
+
     def _store(self, event_id: str, *, processed: bool, expires_at: float) -> None:
         self._entries[event_id] = (processed, expires_at)
         self._entries.move_to_end(event_id)
@@ -121,6 +141,10 @@ class KvInboxStore:
         self.replicas = replicas
         # Identifies this process's leases in the bucket (useful when inspecting it).
         self.owner = uuid.uuid4().hex[:12]
+        # Keys whose claim a handler in this process holds right now. A lease of this owner
+        # that is not in here was left behind by a failed release, so this process may take
+        # it over at once instead of waiting for it to expire.
+        self._held: set[str] = set()
         self._kv: KeyValue | None = None
 
     async def bind(self, js: JetStreamContext) -> None:
@@ -146,6 +170,7 @@ class KvInboxStore:
         except KeyWrongLastSequenceError:
             pass
         else:
+            self._held.add(key)
             return ClaimResult.CLAIMED
         try:
             entry = await self.kv.get(key)
@@ -154,19 +179,37 @@ class KvInboxStore:
         current = entry.value or b""
         if current == _PROCESSED:
             return ClaimResult.PROCESSED
-        if _lease_expiry(current) > time.time():
+        if _lease_expiry(current) > time.time() and not self._left_behind(key, current):
             return ClaimResult.IN_PROGRESS
         try:  # the holder's lease ran out (it crashed): take over, unless someone was faster
             await self.kv.update(key, value, last=entry.revision)
         except KeyWrongLastSequenceError:
             return ClaimResult.IN_PROGRESS
+        self._held.add(key)
         return ClaimResult.CLAIMED
 
     async def mark_processed(self, event_id: str) -> None:
-        await self.kv.put(_key(event_id), _PROCESSED)
+        key = _key(event_id)
+        await self.kv.put(key, _PROCESSED)
+        self._held.discard(key)
 
     async def release(self, event_id: str) -> None:
-        await self.kv.delete(_key(event_id))
+        key = _key(event_id)
+        self._held.discard(key)
+        await self.kv.delete(key)
+
+    async def lease_remaining(self, event_id: str) -> float | None:
+        try:
+            entry = await self.kv.get(_key(event_id))
+        except KeyNotFoundError:
+            return None
+        expiry = _lease_expiry(entry.value or b"")
+        return None if expiry == 0.0 else max(expiry - time.time(), 0.0)
+
+    def _left_behind(self, key: str, value: bytes) -> bool:
+        """A lease of this process that no handler here holds any more."""
+        parts = value.split()
+        return len(parts) >= 3 and parts[2].decode() == self.owner and key not in self._held
 
     def _lease_value(self, lease: float) -> bytes:
         return f"claimed {time.time() + lease:.3f} {self.owner}".encode()

@@ -14,6 +14,7 @@ from faststream import TestApp
 from faststream.nats import TestNatsBroker
 
 from faststream_natspubsub import SubjectError
+from faststream_natspubsub.subjects import consumer_name
 from faststream_natspubsub.testing import EmbeddedNatsServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -205,7 +206,8 @@ async def test_e07_the_kv_inbox_runs_the_handler_once_for_a_republished_event(
     assert outcome.posted == [outcome.first.event_id]
     assert outcome.duplicates == 1
     assert outcome.bucket == "natspubsub_inbox_dev_ledger"
-    assert outcome.inbox == {outcome.first.event_id: b"processed"}
+    durable = consumer_name("ledger", "dev.ledger.entry.posted")
+    assert outcome.inbox == {f"{durable}.{outcome.first.event_id}": b"processed"}
 
 
 @pytest.mark.nats

@@ -38,8 +38,6 @@ if TYPE_CHECKING:
 
 __all__ = ("BatchMiddleware",)
 
-# In-progress retries of an item another consumer holds (as in per-message mode).
-_IN_PROGRESS_DELAY = 2.0
 _NO_ADAPTER: Any = object()
 
 
@@ -83,13 +81,14 @@ class BatchMiddleware:
 
 
 class _Item:
-    __slots__ = ("deliveries", "envelope", "raw", "value")
+    __slots__ = ("deliveries", "envelope", "inbox_key", "raw", "value")
 
     def __init__(self, raw: Any, deliveries: int, envelope: Envelope) -> None:
         self.raw = raw
         self.deliveries = deliveries
         self.envelope = envelope
         self.value: Any = envelope.message
+        self.inbox_key: str | None = None  # set while this consumer holds the item's claim
 
 
 class _BatchRun:
@@ -147,13 +146,6 @@ class _BatchRun:
         decode = config.envelope.codec.decode
         admitted: list[_Item] = []
         for raw in raws:
-            # The full JetStream metadata is parsed only for items that fail.
-            deliveries = delivery_count(raw)
-            if deliveries > policy.max_attempts:
-                await self._dead_letter(
-                    Delivery.of(raw), DeadLetterReason.MAX_ATTEMPTS_EXCEEDED, None
-                )
-                continue
             try:
                 envelope = decode(raw.data)
             except MalformedEnvelopeError as exc:
@@ -161,8 +153,19 @@ class _BatchRun:
                 continue
             if metrics.enabled:
                 metrics.consumed.add(1, metrics.attributes(raw.subject))
-            admitted.append(_Item(raw, deliveries, envelope))
+            # The full JetStream metadata is parsed only for items that fail.
+            admitted.append(_Item(raw, delivery_count(raw), envelope))
         admitted = await self._claim(admitted, subscriber)
+        exhausted = [item for item in admitted if item.deliveries > policy.max_attempts]
+        if exhausted:
+            # Their last attempt did not finish (a crash, a hang past ack_wait) or could not
+            # dead-letter: they do not reach the handler again.
+            for item in exhausted:
+                await self._release(item)
+                await self._dead_letter(
+                    Delivery.of(item.raw), DeadLetterReason.MAX_ATTEMPTS_EXCEEDED, None
+                )
+            admitted = [item for item in admitted if item.deliveries <= policy.max_attempts]
         adapter = config.item_adapter(subscriber)
         if adapter is None:
             return admitted
@@ -178,23 +181,22 @@ class _BatchRun:
         return valid
 
     async def _claim(self, items: list[_Item], subscriber: Any) -> list[_Item]:
+        """Acknowledge duplicates, hold back items another consumer holds, claim the rest."""
         inbox = self._config.inbox
-        if inbox is None or subscriber in inbox._excluded:
+        if inbox is None or not inbox.covers(subscriber):
             return items
+        prefix, lease = inbox.scope(subscriber)
         claimed: list[_Item] = []
         for item in items:
-            lease = max(float(getattr(subscriber.config, "ack_wait", 0) or 0) * 2, 30.0)
-            outcome = await inbox.store.claim(item.envelope.event_id, lease=lease)
+            key = prefix + item.envelope.event_id
+            outcome = await inbox.claim(key, lease=lease)
             if outcome is ClaimResult.PROCESSED:
-                inbox.duplicates += 1
-                if inbox.metrics.enabled:
-                    inbox.metrics.duplicates_skipped.add(
-                        1, inbox.metrics.attributes(item.raw.subject)
-                    )
+                inbox.skipped(item.raw.subject, item.envelope.event_id)
                 await item.raw.ack()
             elif outcome is ClaimResult.IN_PROGRESS:
-                await item.raw.nak(delay=_IN_PROGRESS_DELAY)
+                await item.raw.nak(delay=await inbox.in_progress_delay(key, item.deliveries, lease))
             else:
+                item.inbox_key = key
                 claimed.append(item)
         return claimed
 
@@ -210,7 +212,8 @@ class _BatchRun:
                 succeeded.append(item)
         if inbox is not None:
             for item in succeeded:
-                await inbox.store.mark_processed(item.envelope.event_id)
+                if item.inbox_key is not None:
+                    await inbox.mark_processed(item.inbox_key)
         await ack_all([item.raw for item in succeeded])
         for item in succeeded:
             failure.succeeded(item.raw, item.raw.subject, item.deliveries)
@@ -218,9 +221,7 @@ class _BatchRun:
     async def _fail(self, item: _Item, error: BaseException) -> None:
         """One item failed: release its inbox claim, then retry it or dead-letter it."""
         failure = self._config.failure
-        inbox = self._config.inbox
-        if inbox is not None:
-            await inbox.store.release(item.envelope.event_id)
+        await self._release(item)
         delivery = Delivery.of(item.raw)
         outcome = failure.decide(delivery, error)
         if outcome.reason is not None:
@@ -243,10 +244,14 @@ class _BatchRun:
             await delivery.raw.nak(delay=failure.dlq_retry_delay(delivery))
 
     async def _release_all(self, items: list[_Item]) -> None:
+        for item in items:
+            await self._release(item)
+
+    async def _release(self, item: _Item) -> None:
         inbox = self._config.inbox
-        if inbox is not None:
-            for item in items:
-                await inbox.store.release(item.envelope.event_id)
+        if inbox is not None and item.inbox_key is not None:
+            await inbox.release(item.inbox_key)
+            item.inbox_key = None
 
 
 class _Constant:

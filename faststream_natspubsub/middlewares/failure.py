@@ -38,7 +38,15 @@ if TYPE_CHECKING:
     from faststream import ContextRepo
     from faststream.message import StreamMessage
 
-__all__ = ("Delivery", "FailureMiddleware", "Outcome", "delivery_count", "terminate_raw")
+__all__ = (
+    "EXHAUSTED_ATTRIBUTE",
+    "AttemptsExhausted",
+    "Delivery",
+    "FailureMiddleware",
+    "Outcome",
+    "delivery_count",
+    "terminate_raw",
+)
 
 logger = logging.getLogger("faststream_natspubsub.failure")
 
@@ -48,6 +56,14 @@ UNFINISHED: Final = (
     "delivered more often than max_attempts: an earlier attempt did not finish (the process "
     "crashed or the handler outlived ack_wait) or its dead-lettering failed"
 )
+
+# Set on a message delivered more often than max_attempts when the decision is deferred to
+# the inbox (see ``FailureMiddleware.consume``).
+EXHAUSTED_ATTRIBUTE: Final = "natspubsub_exhausted"
+
+
+class AttemptsExhausted(Exception):  # noqa: N818 - a signal, not an error a user sees
+    """Raised instead of running a handler whose attempts are used up (deferred check)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,8 +227,17 @@ class FailureMiddleware:
         context: ContextRepo,
         msg: StreamMessage[Any],
         call_next: Callable[[Any], Awaitable[Any]],
+        *,
+        defer_exhausted: bool = False,
     ) -> Any:
-        """Run ``call_next`` and turn its failure into a delayed NAK or a dead letter."""
+        """Run ``call_next`` and turn its failure into a delayed NAK or a dead letter.
+
+        A delivery past ``max_attempts`` is dead-lettered without running the handler. With
+        ``defer_exhausted`` it is only flagged, and the inbox inside decides first: a
+        duplicate is still acknowledged and an event another consumer holds is still held
+        back (those deliveries were not attempts); only a claimed one raises
+        :class:`AttemptsExhausted`, which ends here in the DLQ.
+        """
         raw = msg.raw_message
         subject = getattr(raw, "subject", "")
         if not isinstance(subject, str) or not subject.startswith(self.subject_prefix):
@@ -223,9 +248,10 @@ class FailureMiddleware:
         if deliveries > self.retry.max_attempts:
             # Its last attempt did not finish (a crash, a hang past ack_wait) or could not
             # dead-letter: do not run the handler again.
-            await self._settle_dead_letter(
-                context, Delivery.of(raw, msg.body), DeadLetterReason.MAX_ATTEMPTS_EXCEEDED, None
-            )
+            if defer_exhausted:
+                setattr(msg, EXHAUSTED_ATTRIBUTE, True)
+            else:
+                await self._settle_exhausted(context, msg)
         try:
             result = await call_next(msg)
         except AckMessage:  # the handler (or the inbox, for a duplicate) acknowledged it
@@ -233,6 +259,8 @@ class FailureMiddleware:
             raise
         except HandlerException:
             raise  # the handler chose NAK / TERM itself
+        except AttemptsExhausted:
+            await self._settle_exhausted(context, msg)
         except Exception as exc:
             delivery = Delivery.of(raw, msg.body)
             outcome = self.decide(delivery, exc)
@@ -249,6 +277,12 @@ class FailureMiddleware:
             self.metrics.acked.add(1, self.metrics.attributes(subject))
         if deliveries > 1 and self._first_failures:
             self.forget_failure(Delivery.of(raw).key)
+
+    async def _settle_exhausted(self, context: ContextRepo, msg: StreamMessage[Any]) -> NoReturn:
+        delivery = Delivery.of(msg.raw_message, msg.body)
+        await self._settle_dead_letter(
+            context, delivery, DeadLetterReason.MAX_ATTEMPTS_EXCEEDED, None
+        )
 
     async def _settle_dead_letter(
         self,

@@ -3,21 +3,30 @@
 Placed inside the envelope middleware (it needs the event id). The processed mark is written
 right after the handler returns and before the ack, so a crash between the two leaves a
 redelivery that is skipped rather than run again.
+
+An event whose claim another consumer holds is NAKed, not run. A first delivery (most likely
+a copy racing a live handler) comes back after a couple of seconds; a redelivery (most likely
+the message of a consumer that crashed holding the claim) is held back until the lease runs
+out, so a crash costs one extra delivery, not one every few seconds.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import weakref
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Final
 
 from faststream.exceptions import AckMessage, NackMessage
 
-from ..inbox import ClaimResult, InboxStore
+from ..inbox import ClaimResult, InboxStore, LeaseReporter
 from ..metadata import INBOUND_ATTRIBUTE
 from ..metrics import PubsubMetrics
 from ..tracing import record_span_event
 from ._delegate import ConsumeDelegate
+from .failure import EXHAUSTED_ATTRIBUTE, AttemptsExhausted, delivery_count
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -34,8 +43,15 @@ logger = logging.getLogger("faststream_natspubsub.inbox")
 # A claim outlives the longest expected redelivery gap: a crashed holder's lease expires
 # about when JetStream redelivers its message (after ack_wait).
 _MIN_LEASE: Final = 30.0
-# How long to wait before looking again at an event another consumer is handling.
+# How long a first delivery waits before looking again at an event another consumer holds.
 _IN_PROGRESS_DELAY: Final = 2.0
+# Margin after a lease's expiry, so the held-back redelivery finds it expired.
+_LEASE_MARGIN: Final = 0.5
+# Pauses between attempts to write a processed mark (the store may be briefly unreachable).
+_MARK_RETRY_DELAYS: Final = (0.05, 0.2, 0.5, 1.0, 2.0, 4.0)
+# Processed events whose mark could not be written, remembered here so this process still
+# skips their redeliveries; bounded, oldest forgotten first.
+_UNMARKED_LIMIT: Final = 10_000
 
 
 class InboxMiddleware:
@@ -53,10 +69,38 @@ class InboxMiddleware:
         self.on_duplicate = on_duplicate
         self.duplicates = 0
         self._excluded: weakref.WeakSet[Any] = weakref.WeakSet()
+        # Per subscriber: (the prefix of its keys, its claims' lease).
+        self._scopes: weakref.WeakKeyDictionary[Any, tuple[str, float]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._unmarked: OrderedDict[str, None] = OrderedDict()
 
     def exclude(self, subscriber: Any) -> None:
         """Opt one subscriber out of the inbox."""
         self._excluded.add(subscriber)
+
+    def covers(self, subscriber: Any) -> bool:
+        """Whether ``subscriber``'s events go through the inbox."""
+        return subscriber not in self._excluded
+
+    def scope(self, subscriber: Any) -> tuple[str, float]:
+        """The key prefix and lease of ``subscriber``'s claims.
+
+        Keys are ``<durable>.<event_id>``: each durable consumer of an event (two handlers of
+        one topic, say) has its own processed mark, so one handler's success never skips the
+        other's. A subscriber without a durable name uses the bare event id.
+        """
+        try:
+            return self._scopes[subscriber]
+        except (KeyError, TypeError):
+            pass
+        config = getattr(subscriber, "config", None)
+        durable = getattr(config, "durable_name", None)
+        ack_wait = getattr(config, "ack_wait", None) or 0.0
+        scope = (f"{durable}." if durable else "", max(float(ack_wait) * 2, _MIN_LEASE))
+        with contextlib.suppress(TypeError):  # not weak-referenceable: recomputed each time
+            self._scopes[subscriber] = scope
+        return scope
 
     def __call__(self, msg: Any, /, *, context: ContextRepo) -> ConsumeDelegate:
         return ConsumeDelegate(msg, context=context, config=self)
@@ -71,43 +115,106 @@ class InboxMiddleware:
         inbound: InboundEvent | None = getattr(msg, INBOUND_ATTRIBUTE, None)
         subscriber = context.get_local("handler_")
         if inbound is None or subscriber in self._excluded:
+            if getattr(msg, EXHAUSTED_ATTRIBUTE, False):
+                raise AttemptsExhausted
             return await call_next(msg)
-        event_id = inbound.envelope.event_id
-        store = self.store
-        ack_wait = getattr(getattr(subscriber, "config", None), "ack_wait", None) or 0.0
-        outcome = await store.claim(event_id, lease=max(ack_wait * 2, _MIN_LEASE))
+        prefix, lease = self.scope(subscriber)
+        key = prefix + inbound.envelope.event_id
+        outcome = await self.claim(key, lease=lease)
         if outcome is ClaimResult.PROCESSED:
-            self.duplicates += 1
-            if self.metrics.enabled:
-                self.metrics.duplicates_skipped.add(1, self.metrics.attributes(inbound.subject))
-            record_span_event("natspubsub.duplicate_skipped", {"natspubsub.event_id": event_id})
+            self.skipped(inbound.subject, inbound.envelope.event_id)
             if self.on_duplicate is not None:
                 self.on_duplicate(inbound)
-            logger.debug(
-                "event %s on %s already processed: acknowledged, handler skipped",
-                event_id,
-                inbound.subject,
-                extra={"natspubsub_event_id": event_id, "natspubsub_subject": inbound.subject},
-            )
             raise AckMessage
         if outcome is ClaimResult.IN_PROGRESS:
-            logger.debug("event %s is being handled elsewhere; NAK", event_id)
-            raise NackMessage(delay=_IN_PROGRESS_DELAY)
+            raw = msg.raw_message
+            raise NackMessage(delay=await self.in_progress_delay(key, delivery_count(raw), lease))
+        if getattr(msg, EXHAUSTED_ATTRIBUTE, False):
+            await self.release(key)  # a replay from the DLQ must be able to run it
+            raise AttemptsExhausted
         try:
             result = await call_next(msg)
         except AckMessage:  # the handler acknowledged it itself: that is processed too
-            await store.mark_processed(event_id)
+            await self.mark_processed(key)
             raise
         except BaseException:
-            await _release(store, event_id)
+            await self.release(key)
             raise
-        await store.mark_processed(event_id)
+        await self.mark_processed(key)
         return result
 
+    async def claim(self, key: str, *, lease: float) -> ClaimResult:
+        """The store's answer, or PROCESSED for an event whose mark is still unwritten here."""
+        if self._unmarked and key in self._unmarked:
+            await self.mark_processed(key, attempts=1)
+            return ClaimResult.PROCESSED
+        return await self.store.claim(key, lease=lease)
 
-async def _release(store: InboxStore, event_id: str) -> None:
-    """Give the claim up; if the store is unreachable the lease simply runs out."""
-    try:
-        await store.release(event_id)
-    except Exception:
-        logger.warning("could not release the inbox claim of %s", event_id, exc_info=True)
+    def skipped(self, subject: str, event_id: str) -> None:
+        """Count, trace and log one duplicate that is acknowledged without the handler."""
+        self.duplicates += 1
+        if self.metrics.enabled:
+            self.metrics.duplicates_skipped.add(1, self.metrics.attributes(subject))
+        record_span_event("natspubsub.duplicate_skipped", {"natspubsub.event_id": event_id})
+        logger.debug(
+            "event %s on %s already processed: acknowledged, handler skipped",
+            event_id,
+            subject,
+            extra={"natspubsub_event_id": event_id, "natspubsub_subject": subject},
+        )
+
+    async def in_progress_delay(self, key: str, deliveries: int, lease: float) -> float:
+        """How long to NAK an event another consumer holds (see the module docstring)."""
+        if deliveries <= 1:
+            delay = _IN_PROGRESS_DELAY
+        else:
+            remaining: float | None = lease
+            if isinstance(self.store, LeaseReporter):
+                try:
+                    remaining = await self.store.lease_remaining(key)
+                except Exception:  # noqa: BLE001 - the store is unreachable: assume a full lease
+                    remaining = lease
+            delay = min(max((remaining or 0.0) + _LEASE_MARGIN, _IN_PROGRESS_DELAY), lease)
+        logger.debug(
+            "inbox key %s is being handled elsewhere; NAK for %.1fs",
+            key,
+            delay,
+            extra={"natspubsub_inbox_key": key, "natspubsub_delay": delay},
+        )
+        return delay
+
+    async def mark_processed(self, key: str, *, attempts: int | None = None) -> None:
+        """Write the processed mark, retrying briefly; if the store stays unreachable,
+        remember the event here (so this process still skips it) and log an error."""
+        delays = _MARK_RETRY_DELAYS if attempts is None else _MARK_RETRY_DELAYS[: attempts - 1]
+        error: Exception | None = None
+        for delay in (*delays, None):
+            try:
+                await self.store.mark_processed(key)
+            except Exception as exc:  # noqa: BLE001 - any store failure: retry, then remember
+                error = exc
+                if delay is None:
+                    break
+                await asyncio.sleep(delay)
+            else:
+                self._unmarked.pop(key, None)
+                return
+        if key not in self._unmarked:
+            logger.error(
+                "could not mark inbox key %s processed in the inbox; this process will still skip "
+                "its redeliveries, others may run it again",
+                key,
+                exc_info=error,
+                extra={"natspubsub_inbox_key": key},
+            )
+        self._unmarked[key] = None
+        self._unmarked.move_to_end(key)
+        if len(self._unmarked) > _UNMARKED_LIMIT:
+            self._unmarked.popitem(last=False)
+
+    async def release(self, key: str) -> None:
+        """Give the claim up; if the store is unreachable the lease simply runs out."""
+        try:
+            await self.store.release(key)
+        except Exception:
+            logger.warning("could not release the inbox claim of %s", key, exc_info=True)

@@ -83,7 +83,7 @@ class _Pubsub(BaseMiddleware["NatsPublishCommand", Any]):
             finally:
                 heartbeat.finish(token)
 
-        return await config.failure.consume(context, msg, unwrap)
+        return await config.failure.consume(context, msg, unwrap, defer_exhausted=inbox is not None)
 
     async def publish_scope(
         self, call_next: Callable[[Any], Awaitable[Any]], cmd: NatsPublishCommand

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from harness.apps import publisher, settle
 from harness.consumers import ConsumerProcess, Delivery, stop_all
-from harness.history import STALE_CLAIM_BUG, History, Verdict, dead_letters
+from harness.history import History, Verdict, dead_letters
 from support import wait_until
 
 from faststream_natspubsub.testing import EmbeddedNatsServer
@@ -73,24 +73,10 @@ async def test_an_event_whose_consumer_is_killed_mid_handler_is_redelivered_afte
     assert again[0].at - first.at >= ACK_WAIT
 
 
-@pytest.mark.xfail(strict=True, reason=STALE_CLAIM_BUG)
 async def test_with_the_kv_inbox_a_handler_killed_mid_way_takes_effect_once_on_redelivery(
     server: EmbeddedNatsServer, tmp_path: Path
 ) -> None:
     event_id, slow, fresh, dlq = await _kill_mid_handler(server, tmp_path, inbox="kv")
-
-    assert dlq == []
-    assert slow.effects() + fresh.effects() == [event_id]
-
-
-async def test_with_the_kv_inbox_a_retry_budget_longer_than_the_claim_lease_runs_it_once(
-    server: EmbeddedNatsServer, tmp_path: Path
-) -> None:
-    # The workaround until the stale-claim bug is fixed: enough attempts (2 s in-progress
-    # NAKs) to outlast the dead process's 30 s claim lease.
-    event_id, slow, fresh, dlq = await _kill_mid_handler(
-        server, tmp_path, inbox="kv", max_attempts=25
-    )
 
     assert dlq == []
     assert slow.effects() + fresh.effects() == [event_id]

@@ -27,13 +27,6 @@ SUBJECT = f"{ENV}.{APP}.{TOPIC}"
 STREAM = f"{ENV}_{APP}".upper()
 POISON = "poison"
 
-STALE_CLAIM_BUG = (
-    "known package bug (inbox): a KV inbox claim left behind by a crash (or a processed mark "
-    "lost with the server) answers IN_PROGRESS to every redelivery for its whole lease "
-    "(>= 30 s); each of those NAKs uses up a delivery, so after max_attempts the event is "
-    "dead-lettered as max_attempts_exceeded without the handler running again"
-)
-
 
 @dataclass
 class History:
@@ -139,50 +132,15 @@ class Verdict:
         """Poison events that produced an effect (they never should)."""
         return sorted(e for e in set(self.effects) if self.history.kinds.get(e) == POISON)
 
-    def _is_casualty(self, record: DeadLetterRecord) -> bool:
-        """A normal event dead-lettered because a delivery beyond max_attempts found the
-        handler's earlier attempt unfinished: the signature of :data:`STALE_CLAIM_BUG`."""
-        return (
-            record.event_id is not None
-            and self.history.kinds.get(record.event_id, POISON) != POISON
-            and record.reason == "max_attempts_exceeded"
-            and record.error_type is None
-        )
-
-    @property
-    def stale_claim_casualties(self) -> list[str]:
-        """Event ids of the records that carry the stale-claim bug's signature."""
-        return sorted(r.event_id or "?" for r in self.records if self._is_casualty(r))
-
-    @property
-    def only_stale_claim_bug(self) -> bool:
-        """Invalid, and every violation is an event the stale-claim bug dead-lettered."""
-        casualties = set(self.stale_claim_casualties)
-        other_records = [
-            r
-            for r in self.records
-            if not self._is_casualty(r) and self.history.kinds.get(r.event_id or "?") != POISON
-        ]
-        return (
-            not self.valid
-            and set(self.lost) <= casualties
-            and not other_records
-            and not (self.unexpected or self.duplicated or self.dlq_duplicated)
-            and not (self.poison_handled or self.poison_not_once)
-        )
-
     def check_at_least_once(self, title: str = "natspubsub fault check") -> None:
         """Like :meth:`check`, for consumers without an inbox: duplicates are allowed."""
         if self.lost or self.unexpected or self.records:
             pytest.fail(self.render(title), pytrace=False)
 
     def check(self, title: str = "natspubsub fault check") -> None:
-        """Pass if valid; xfail if only the known stale-claim bug struck; fail otherwise."""
-        if self.valid:
-            return
-        if self.only_stale_claim_bug:
-            pytest.xfail(f"{STALE_CLAIM_BUG}\n{self.render(title)}")
-        pytest.fail(self.render(title), pytrace=False)
+        """Pass if valid; fail with the report otherwise."""
+        if not self.valid:
+            pytest.fail(self.render(title), pytrace=False)
 
     @property
     def valid(self) -> bool:
@@ -223,7 +181,6 @@ class Verdict:
             ("dlq-same-event-twice", _sample(self.dlq_same_event_twice)),
             ("dlq-not-poison-count", len(self.wrongly_dead_lettered)),
             ("poison-handled-count", len(self.poison_handled)),
-            ("stale-claim-casualties", len(self.stale_claim_casualties)),
             ("faults", dict(sorted(self.faults.items()))),
         ]
         width = max(len(key) for key, _ in rows) + 2

@@ -1,0 +1,227 @@
+"""A faster ``fetch`` for the pull subscriptions of batch subscribers.
+
+nats-py's ``PullSubscription.fetch(n)`` waits for each of the ``n`` messages with its own
+``next_msg`` call, and each of those creates a task and a timer (``asyncio.wait_for``): about
+20 µs per message on these machines, more than the rest of batch mode together. This fetch
+sends the same pull request, waits once for the first message, and then takes whatever has
+arrived from the subscription's queue without waiting per message.
+
+When FastStream asks for the rest of a batch it has begun and the last message said the
+consumer has nothing more pending on the server, the fetch ends at once instead of waiting out
+``max_wait``, as nats-py's ``no_wait`` request would: a batch is handled as soon as the stream
+is drained, not ``max_wait`` later.
+
+It keeps nats-py's accounting (pending bytes, ``task_done``) and treats the server's status
+messages as nats-py does (heartbeats and the 404/408/409 ends of a request are skipped, any
+other status raises). Messages of an earlier request that arrive after their fetch returned
+stay queued for the next one, as with nats-py; when the subscription is closed (the subscriber
+stops) those left over are NAKed, so the server redelivers them at once instead of after
+``ack_wait``.
+
+:meth:`BatchFetcher.install` replaces the ``fetch`` and ``unsubscribe`` of one subscription
+object; it leaves the subscription alone when nats-py's internals are not what it expects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Final
+
+from nats.errors import ConnectionClosedError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.errors import APIError
+
+if TYPE_CHECKING:
+    from nats.aio.msg import Msg
+
+__all__ = ("BatchFetcher",)
+
+logger = logging.getLogger("faststream_natspubsub.pull")
+
+_STATUS: Final = "Status"
+_HEARTBEAT: Final = "100"
+# The server ends a pull request with one of these; nats-py skips them too.
+_REQUEST_ENDED: Final = frozenset({"404", "408", "409"})
+_PENDING_MESSAGES: Final = "Nats-Pending-Messages"
+# Expiry of a pull request when the caller gives no timeout.
+_DEFAULT_EXPIRES: Final = 5.0
+# Below this, the server refuses or immediately ends a request's expiry: use no expiry limit
+# shorter than it.
+_MIN_EXPIRES: Final = 0.01
+
+
+class BatchFetcher:
+    """``fetch(batch, timeout)`` for one nats-py ``PullSubscription``, without per-message
+    tasks; a drop-in replacement for what FastStream's batch pull subscriber calls."""
+
+    def __init__(self, subscription: Any) -> None:
+        self._subscription = subscription
+        self._sub = subscription._sub
+        self._queue: asyncio.Queue[Msg] = subscription._sub._pending_queue
+        self._nc = subscription._nc
+        self._next_subject: str = subscription._nms
+        self._deliver: str = subscription._deliver
+        self._original_fetch = subscription.fetch
+        self._original_unsubscribe = subscription.unsubscribe
+        # Messages asked for by requests that have not ended, and when the last one ends.
+        self._outstanding = 0
+        self._expires_at = 0.0
+        # The largest batch asked for (the subscriber's batch size), and whether the last
+        # message handed out said the consumer had nothing more pending on the server.
+        self._batch_size = 0
+        self._caught_up = False
+
+    @staticmethod
+    def installed(subscription: Any) -> BatchFetcher | None:
+        """The fetcher installed on ``subscription``, if any."""
+        fetch = getattr(subscription, "fetch", None)
+        return fetch.fetcher if isinstance(fetch, _Fetch) else None
+
+    @classmethod
+    def install(cls, subscription: Any) -> BatchFetcher | None:
+        """Use a fetcher for ``subscription``; None (and nothing changed) when the
+        subscription is not a nats-py pull subscription as this module knows it."""
+        existing = cls.installed(subscription)
+        if existing is not None:
+            return existing
+        sub = getattr(subscription, "_sub", None)
+        known = (
+            isinstance(getattr(sub, "_pending_queue", None), asyncio.Queue)
+            and isinstance(getattr(sub, "_pending_size", None), int)
+            and isinstance(getattr(subscription, "_nms", None), str)
+            and isinstance(getattr(subscription, "_deliver", None), str)
+            and getattr(subscription, "_nc", None) is not None
+        )
+        if not known:
+            logger.debug("not a known nats-py pull subscription; its own fetch stays in use")
+            return None
+        fetcher = cls(subscription)
+        subscription.fetch = _Fetch(fetcher)
+        subscription.unsubscribe = fetcher.unsubscribe
+        return fetcher
+
+    async def fetch(
+        self, batch: int = 1, timeout: float | None = 5.0, heartbeat: float | None = None
+    ) -> list[Msg]:
+        """Up to ``batch`` messages; raises nats-py's ``TimeoutError`` if none came in time."""
+        if heartbeat is not None:  # not used by FastStream; nats-py knows how
+            return await self._original_fetch(batch, timeout, heartbeat)  # type: ignore[no-any-return]
+        if self._nc.is_closed:
+            raise ConnectionClosedError
+        messages = self._take(batch)
+        if messages:
+            return self._handed_out(messages)
+        if batch < self._batch_size and self._caught_up:
+            # FastStream asks for the rest of a batch it has begun, but the server has
+            # nothing more: end the wait now (as nats-py's no_wait request does), so the
+            # batch is handled without idling for the rest of ``max_wait``.
+            raise NatsTimeoutError
+        self._batch_size = max(self._batch_size, batch)
+        started = time.monotonic()
+        await self._request(batch, timeout)
+        while True:
+            remaining = None if timeout is None else timeout - (time.monotonic() - started)
+            if remaining is not None and remaining <= 0:
+                raise NatsTimeoutError
+            try:
+                first = await asyncio.wait_for(self._queue.get(), remaining)
+            except asyncio.TimeoutError:
+                if self._nc.is_closed:
+                    raise ConnectionClosedError from None
+                raise NatsTimeoutError from None
+            self._took(first)
+            if self._is_message(first):
+                messages.append(first)
+            messages.extend(self._take(batch - len(messages)))
+            if messages:
+                return self._handed_out(messages)
+            if self._outstanding <= 0:  # the request ended empty: ask again within the time
+                await self._request(batch, remaining)
+
+    async def unsubscribe(self) -> None:
+        """Close the subscription, then NAK what arrived for it and was never handed out."""
+        await self._original_unsubscribe()
+        leftovers = self._take(self._queue.qsize())
+        for msg in leftovers:
+            try:
+                await msg.nak()
+            except Exception:  # the server redelivers it after ack_wait anyway
+                logger.debug("could not NAK a prefetched message on close", exc_info=True)
+                break
+
+    def _handed_out(self, messages: list[Msg]) -> list[Msg]:
+        try:
+            self._caught_up = messages[-1].metadata.num_pending == 0
+        except Exception:  # noqa: BLE001 - not a JetStream reply subject: keep waiting as asked
+            self._caught_up = False
+        return messages
+
+    async def _request(self, batch: int, timeout: float | None) -> None:
+        """Ask the server for what ``batch`` needs beyond the requests still running."""
+        now = time.monotonic()
+        if now >= self._expires_at:
+            self._outstanding = 0
+        needed = batch - self._outstanding
+        if needed <= 0:
+            return
+        expires = max(_DEFAULT_EXPIRES if timeout is None else timeout, _MIN_EXPIRES)
+        request = {"batch": needed, "expires": int(expires * 1_000_000_000)}
+        await self._nc.publish(self._next_subject, json.dumps(request).encode(), self._deliver)
+        self._outstanding += needed
+        self._expires_at = max(self._expires_at, now + expires)
+
+    def _take(self, limit: int) -> list[Msg]:
+        """Up to ``limit`` messages that have already arrived, without waiting."""
+        queue = self._queue
+        taken: list[Msg] = []
+        while len(taken) < limit and not queue.empty():
+            msg = queue.get_nowait()
+            self._took(msg)
+            if self._is_message(msg):
+                taken.append(msg)
+        return taken
+
+    def _took(self, msg: Msg) -> None:
+        """nats-py's bookkeeping for a message taken from the queue."""
+        self._sub._pending_size -= len(msg.data)
+        self._queue.task_done()
+
+    def _is_message(self, msg: Msg) -> bool:
+        """True for a stream message; a status message updates the request accounting."""
+        headers = msg.headers
+        status = headers.get(_STATUS) if headers else None
+        if status is None:
+            self._outstanding = max(self._outstanding - 1, 0)
+            return True
+        if status == _HEARTBEAT:
+            return False
+        if status in _REQUEST_ENDED:
+            self._request_ended(headers or {})
+            return False
+        raise APIError.from_msg(msg)
+
+    def _request_ended(self, headers: dict[str, str]) -> None:
+        # A 408 says how many of its messages the request did not deliver.
+        try:
+            undelivered = int(headers.get(_PENDING_MESSAGES, ""))
+        except ValueError:
+            self._outstanding = 0
+            return
+        self._outstanding = max(self._outstanding - undelivered, 0)
+
+
+class _Fetch:
+    """The installed ``fetch``; marks a subscription as already handled."""
+
+    __slots__ = ("fetcher",)
+
+    def __init__(self, fetcher: BatchFetcher) -> None:
+        self.fetcher = fetcher
+
+    async def __call__(
+        self, batch: int = 1, timeout: float | None = 5.0, heartbeat: float | None = None
+    ) -> list[Msg]:
+        return await self.fetcher.fetch(batch, timeout, heartbeat)

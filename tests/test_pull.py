@@ -1,0 +1,136 @@
+"""The batch subscribers' fetch: same results as nats-py's, without a task per message."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import nats
+import pytest
+from nats.js import JetStreamContext
+from pydantic import BaseModel
+from support import consumer_idle, new_broker, running, wait_until
+
+from faststream_natspubsub import BatchSettings, NatsPubsub
+from faststream_natspubsub.pull import BatchFetcher
+from faststream_natspubsub.subjects import consumer_name
+from faststream_natspubsub.testing import EmbeddedNatsServer
+
+pytestmark = pytest.mark.nats
+
+STREAM, SUBJECT = "PULL", "pull.items"
+
+
+@pytest.fixture
+async def js(server: EmbeddedNatsServer) -> AsyncIterator[JetStreamContext]:
+    nc = await nats.connect(server.url)
+    jetstream = nc.jetstream()
+    await jetstream.add_stream(name=STREAM, subjects=[SUBJECT])
+    yield jetstream
+    await nc.close()
+
+
+async def _publish(js: JetStreamContext, count: int, start: int = 0) -> None:
+    for n in range(start, start + count):
+        await js.publish(SUBJECT, str(n).encode())
+
+
+async def test_fetch_returns_what_is_there_and_times_out_when_nothing_comes(
+    js: JetStreamContext,
+) -> None:
+    subscription = await js.pull_subscribe(SUBJECT, durable="d", stream=STREAM)
+    assert BatchFetcher.installed(subscription) is None
+    fetcher = BatchFetcher.install(subscription)
+    assert fetcher is not None
+    assert BatchFetcher.install(subscription) is fetcher  # installing twice changes nothing
+
+    # Nothing stored: the fetch waits its whole timeout, then raises nats-py's TimeoutError
+    started = time.monotonic()
+    with pytest.raises(nats.errors.TimeoutError):
+        await subscription.fetch(10, timeout=0.3)
+    assert time.monotonic() - started >= 0.3
+
+    # Fewer than asked for: they come back without waiting for the batch to fill
+    await _publish(js, 5)
+    got = await subscription.fetch(10, timeout=2)
+    assert [int(m.data) for m in got] == list(range(5))
+    # Asked for the rest of that batch while the server has nothing pending: no waiting
+    started = time.monotonic()
+    with pytest.raises(nats.errors.TimeoutError):
+        await subscription.fetch(5, timeout=2)
+    assert time.monotonic() - started < 1
+
+    # More than a batch arriving: every message once, in order
+    await _publish(js, 30, start=5)
+    got += await _collect(subscription, 30)
+    assert [int(m.data) for m in got] == list(range(35))
+    assert {m.metadata.num_delivered for m in got} == {1}
+    for msg in got:
+        await msg.ack()
+    # The server's status messages (the ends of requests) never reach the caller
+    with pytest.raises(nats.errors.TimeoutError):
+        await subscription.fetch(10, timeout=0.2)
+    await _publish(js, 3, start=35)
+    assert [int(m.data) for m in await subscription.fetch(30, timeout=2)] == [35, 36, 37]
+
+
+async def _collect(subscription: Any, count: int, timeout: float = 10.0) -> list[Any]:
+    """Fetch until ``count`` messages came, as FastStream's batch loop does."""
+    got: list[Any] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < count and time.monotonic() < deadline:
+        try:
+            got += await subscription.fetch(count - len(got), timeout=1)
+        except nats.errors.TimeoutError:
+            continue
+    return got
+
+
+async def test_messages_left_over_when_the_subscription_closes_are_naked_for_redelivery(
+    js: JetStreamContext,
+) -> None:
+    subscription = await js.pull_subscribe(SUBJECT, durable="d", stream=STREAM)
+    fetcher = BatchFetcher.install(subscription)
+    assert fetcher is not None
+    await _publish(js, 10)
+    # Given ten messages that arrived for a request but were never handed out
+    await fetcher._request(10, 5.0)
+    await wait_until(lambda: subscription.pending_msgs == 10, message="the delivered batch")
+
+    # When the subscription closes (the subscriber stops)
+    await subscription.unsubscribe()
+
+    # Then they are redelivered at once (the consumer's ack_wait is 30 s)
+    again = await js.pull_subscribe(SUBJECT, durable="d", stream=STREAM)
+    got = await again.fetch(10, timeout=5)
+    assert [int(m.data) for m in got] == list(range(10))
+    assert {m.metadata.num_delivered for m in got} == {2}
+
+
+class Item(BaseModel):
+    n: int
+
+
+async def test_a_batch_subscriber_fetches_through_it_and_handles_each_event_once(
+    server: EmbeddedNatsServer,
+) -> None:
+    pubsub = NatsPubsub(new_broker(server), env="test", app="feed")
+    seen: list[int] = []
+
+    @pubsub.subscriber("item.added", batch=BatchSettings(max_messages=64, max_wait=0.05))
+    async def add(items: list[Item]) -> None:
+        seen.extend(item.n for item in items)
+
+    durable = consumer_name("feed", "test.feed.item.added")
+    async with running(pubsub.broker):
+        subscriber: Any = next(iter(pubsub._batch_subscribers))
+        assert BatchFetcher.installed(subscriber.subscription) is not None
+        js = pubsub.broker.connection.jetstream()
+        for start in range(0, 1000, 250):  # bursts, so batches fill, split and wait
+            await pubsub.publish_many([("item.added", {"n": n}) for n in range(start, start + 250)])
+        await wait_until(lambda: len(seen) >= 1000, timeout=20, message="every item")
+        await wait_until(lambda: consumer_idle(js, "TEST_FEED", durable), message="all acked")
+        info = await js.consumer_info("TEST_FEED", durable)
+    assert sorted(seen) == list(range(1000))
+    assert info.delivered.consumer_seq == 1000  # nothing delivered twice
