@@ -146,6 +146,8 @@ class KvInboxStore:
         # it over at once instead of waiting for it to expire.
         self._held: set[str] = set()
         self._kv: KeyValue | None = None
+        # Used instead of the bucket in memory tests (TestNatsBroker), where there is none.
+        self._stand_in: MemoryInboxStore | None = None
 
     async def bind(self, js: JetStreamContext) -> None:
         """Open the bucket, creating it on first use."""
@@ -157,12 +159,27 @@ class KvInboxStore:
             )
 
     @property
+    def bound(self) -> bool:
+        """Whether :meth:`bind` has opened the bucket."""
+        return self._kv is not None
+
+    def stand_in_for_tests(self) -> None:
+        """Keep the ids in memory until bound: for ``TestNatsBroker``, which has no KV.
+
+        The inbox middleware calls this when an unbound store meets an in-memory message.
+        """
+        if self._stand_in is None:
+            self._stand_in = MemoryInboxStore(ttl=self.ttl)
+
+    @property
     def kv(self) -> KeyValue:
         if self._kv is None:
             raise RuntimeError("KvInboxStore is not bound: start the broker first")
         return self._kv
 
     async def claim(self, event_id: str, *, lease: float) -> ClaimResult:
+        if self._kv is None and self._stand_in is not None:
+            return await self._stand_in.claim(event_id, lease=lease)
         key = _key(event_id)
         value = self._lease_value(lease)
         try:
@@ -189,16 +206,24 @@ class KvInboxStore:
         return ClaimResult.CLAIMED
 
     async def mark_processed(self, event_id: str) -> None:
+        if self._kv is None and self._stand_in is not None:
+            await self._stand_in.mark_processed(event_id)
+            return
         key = _key(event_id)
         await self.kv.put(key, _PROCESSED)
         self._held.discard(key)
 
     async def release(self, event_id: str) -> None:
+        if self._kv is None and self._stand_in is not None:
+            await self._stand_in.release(event_id)
+            return
         key = _key(event_id)
         self._held.discard(key)
         await self.kv.delete(key)
 
     async def lease_remaining(self, event_id: str) -> float | None:
+        if self._kv is None and self._stand_in is not None:
+            return await self._stand_in.lease_remaining(event_id)
         try:
             entry = await self.kv.get(_key(event_id))
         except KeyNotFoundError:

@@ -128,11 +128,44 @@ async def test_an_exception_naming_no_item_retries_the_whole_batch(
         if len(calls) == 1:
             raise RuntimeError("database down")
 
+    await _backlog(pubsub, 3)
     async with running(pubsub.broker):
-        await pubsub.publish_many([("entry.posted", {"n": n}) for n in range(3)])
         await wait_until(lambda: sum(len(c) for c in calls) >= 6, message="the retry")
     assert calls[0] == [1, 1, 1]
     assert sorted(d for c in calls[1:] for d in c) == [2, 2, 2]
+
+
+async def test_a_batch_failure_naming_an_unknown_item_retries_the_whole_batch(
+    server: EmbeddedNatsServer,
+) -> None:
+    pubsub = NatsPubsub(
+        new_broker(server), env="test", app="ledger", retry=RetryPolicy(backoff=(0.2,))
+    )
+    calls: list[list[int]] = []
+
+    @pubsub.subscriber("entry.posted", batch=BatchSettings(max_messages=10, max_wait=0.3))
+    async def post(entries: list[dict[str, Any]], metas: BatchMetadata) -> None:
+        calls.append([m.deliveries for m in metas])
+        if len(calls) == 1:
+            raise BatchFailure({"no-such-event": RuntimeError("bug in the handler")})
+
+    await _backlog(pubsub, 3)
+    async with running(pubsub.broker):
+        await wait_until(lambda: sum(len(c) for c in calls) >= 6, message="the retry")
+        js = pubsub.broker.connection.jetstream()
+        await wait_until(lambda: _settled(js), message="every item settled")
+        info = await js.consumer_info("TEST_LEDGER", DURABLE)
+    # Each item retried by the policy (not NAKed at once into a loop), then acknowledged
+    assert calls[0] == [1, 1, 1]
+    assert sorted(d for c in calls[1:] for d in c) == [2, 2, 2]
+    assert info.delivered.consumer_seq == 6
+
+
+async def _backlog(pubsub: NatsPubsub, count: int) -> None:
+    """Publish ``count`` entries before the subscriber starts: its first batch has them all."""
+    await pubsub.broker.connect()
+    await pubsub.declare_topology()
+    await pubsub.publish_many([("entry.posted", {"n": n}) for n in range(count)])
 
 
 def test_batch_subscribers_take_one_worker() -> None:

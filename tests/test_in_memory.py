@@ -9,6 +9,8 @@ from faststream.nats import NatsBroker, TestNatsBroker
 from pydantic import BaseModel
 
 from faststream_natspubsub import (
+    BatchMetadata,
+    BatchSettings,
     EventMetadata,
     FailureMiddleware,
     MessageTooLargeError,
@@ -90,3 +92,28 @@ def test_two_subscribers_cannot_share_a_durable_by_accident() -> None:
 
 def test_a_hand_built_failure_middleware_normalises_its_env() -> None:
     assert FailureMiddleware(env=" Prod ").subject_prefix == "prod."
+
+
+@pytest.mark.parametrize("inbox", ["memory", "kv"])
+async def test_the_inbox_skips_a_republished_event_in_memory(inbox: str) -> None:
+    # inbox="kv" has no bucket under TestNatsBroker: its ids are kept in memory there
+    broker = NatsBroker()
+    pubsub = NatsPubsub(broker, env="test", app="orders", inbox=inbox)
+    handled: list[str] = []
+
+    @pubsub.subscriber("order.created")
+    async def handle(order: Order, meta: EventMetadata) -> None:
+        handled.append(meta.event_id)
+
+    @pubsub.subscriber("order.created", durable="orders-audit", batch=BatchSettings())
+    async def audit(orders: list[Order], meta: BatchMetadata) -> None:
+        handled.extend(f"audit:{m.event_id}" for m in meta)
+
+    async with TestNatsBroker(broker):
+        await pubsub.publish("order.created", Order(order_id="A"), event_id="evt-1")
+        await pubsub.publish("order.created", Order(order_id="A"), event_id="evt-1")
+        await pubsub.publish("order.created", Order(order_id="B"), event_id="evt-2")
+
+    assert sorted(handled) == ["audit:evt-1", "audit:evt-2", "evt-1", "evt-2"]
+    assert pubsub.inbox is not None
+    assert pubsub.inbox.duplicates == 2

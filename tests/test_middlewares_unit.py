@@ -152,3 +152,15 @@ def test_the_delivery_count_is_read_from_the_reply_subject(reply: str, count: in
     from faststream_natspubsub.middlewares.failure import delivery_count
 
     assert delivery_count(_Raw(reply)) == count
+
+
+def test_a_delivery_is_logged_under_its_envelope_event_id_not_its_msg_id() -> None:
+    from types import SimpleNamespace
+
+    from faststream_natspubsub.middlewares.failure import Delivery
+
+    raw = SimpleNamespace(subject="dev.a.b", data=b"{}", headers={"Nats-Msg-Id": "copy-7"})
+    # A copy re-published under another Nats-Msg-Id: the logs name the event, not the copy
+    assert Delivery.of(raw, event_id="evt-1").log_fields()["natspubsub_event_id"] == "evt-1"
+    # Not decoded (malformed): the header is all there is
+    assert Delivery.of(raw).event_id == "copy-7"

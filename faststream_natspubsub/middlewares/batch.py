@@ -123,7 +123,11 @@ class _BatchRun:
             setattr(msg, BATCH_ATTRIBUTE, inbound)
             result = await call_next(msg)
         except BatchFailure as reported:
-            failures = _resolve(reported, items)
+            try:
+                failures = _resolve(reported, items)
+            except ValueError as wrong_key:  # a bug in the handler: the whole batch failed
+                wrong_key.__cause__ = reported
+                failures = dict.fromkeys(items, wrong_key)
             result = None
         except AckMessage:
             result = None  # the handler acknowledged the whole batch itself
@@ -162,9 +166,8 @@ class _BatchRun:
             # dead-letter: they do not reach the handler again.
             for item in exhausted:
                 await self._release(item)
-                await self._dead_letter(
-                    Delivery.of(item.raw), DeadLetterReason.MAX_ATTEMPTS_EXCEEDED, None
-                )
+                delivery = Delivery.of(item.raw, event_id=item.envelope.event_id)
+                await self._dead_letter(delivery, DeadLetterReason.MAX_ATTEMPTS_EXCEEDED, None)
             admitted = [item for item in admitted if item.deliveries <= policy.max_attempts]
         adapter = config.item_adapter(subscriber)
         if adapter is None:
@@ -185,6 +188,8 @@ class _BatchRun:
         inbox = self._config.inbox
         if inbox is None or not inbox.covers(subscriber):
             return items
+        if items:
+            inbox.stand_in_if_in_memory(items[0].raw)
         prefix, lease = inbox.scope(subscriber)
         claimed: list[_Item] = []
         for item in items:
@@ -222,7 +227,7 @@ class _BatchRun:
         """One item failed: release its inbox claim, then retry it or dead-letter it."""
         failure = self._config.failure
         await self._release(item)
-        delivery = Delivery.of(item.raw)
+        delivery = Delivery.of(item.raw, event_id=item.envelope.event_id)
         outcome = failure.decide(delivery, error)
         if outcome.reason is not None:
             await self._dead_letter(delivery, outcome.reason, error)

@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from ..dlq import DeadLetterReason, DeadLetterWriter, FailedDelivery
 from ..envelope import MalformedEnvelopeError
 from ..errors import PermanentError, PublishError, RetryLater
+from ..metadata import INBOUND_ATTRIBUTE
 from ..metrics import PubsubMetrics
 from ..retry import RetryPolicy
 from ..subjects import normalize_env
@@ -262,7 +263,7 @@ class FailureMiddleware:
         except AttemptsExhausted:
             await self._settle_exhausted(context, msg)
         except Exception as exc:
-            delivery = Delivery.of(raw, msg.body)
+            delivery = Delivery.of(raw, msg.body, event_id=_event_id_of(msg))
             outcome = self.decide(delivery, exc)
             if outcome.reason is not None:
                 await self._settle_dead_letter(context, delivery, outcome.reason, exc)
@@ -279,7 +280,7 @@ class FailureMiddleware:
             self.forget_failure(Delivery.of(raw).key)
 
     async def _settle_exhausted(self, context: ContextRepo, msg: StreamMessage[Any]) -> NoReturn:
-        delivery = Delivery.of(msg.raw_message, msg.body)
+        delivery = Delivery.of(msg.raw_message, msg.body, event_id=_event_id_of(msg))
         await self._settle_dead_letter(
             context, delivery, DeadLetterReason.MAX_ATTEMPTS_EXCEEDED, None
         )
@@ -324,6 +325,7 @@ class Delivery:
         "body",
         "consumer",
         "deliveries",
+        "envelope_event_id",
         "headers",
         "raw",
         "received_at",
@@ -342,11 +344,13 @@ class Delivery:
         self.stream: str | None = None
         self.stream_seq: int | None = None
         self.consumer: str | None = None
+        self.envelope_event_id: str | None = None
 
     @classmethod
-    def of(cls, raw: Any, body: bytes | None = None) -> Delivery:
-        """Read the delivery facts of a nats-py message."""
+    def of(cls, raw: Any, body: bytes | None = None, *, event_id: str | None = None) -> Delivery:
+        """Read the delivery facts of a nats-py message (``event_id``: its envelope's)."""
         delivery = cls(raw, raw.subject, raw.data if body is None else body, raw.headers or {})
+        delivery.envelope_event_id = event_id
         try:
             js = raw.metadata
         except (NatsError, AttributeError, ValueError, IndexError):  # not a JetStream delivery
@@ -364,6 +368,9 @@ class Delivery:
 
     @property
     def event_id(self) -> str:
+        """The envelope's event id; the ``Nats-Msg-Id`` header when it was not decoded."""
+        if self.envelope_event_id is not None:
+            return self.envelope_event_id
         return str(self.headers.get("Nats-Msg-Id", "?"))
 
     def log_fields(self, **more: Any) -> dict[str, Any]:
@@ -389,6 +396,12 @@ async def terminate_raw(raw: Any, reason: str) -> None:
     if client is not None and reply.startswith("$JS.ACK.") and not getattr(raw, "_ackd", True):
         await client.publish(reply, b"+TERM " + reason.encode())
         raw._ackd = True
+
+
+def _event_id_of(msg: StreamMessage[Any]) -> str | None:
+    """The event id of the envelope the envelope middleware decoded, if it did."""
+    inbound = getattr(msg, INBOUND_ATTRIBUTE, None)
+    return None if inbound is None else inbound.envelope.event_id
 
 
 def delivery_count(raw: Any) -> int:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from faststream.exceptions import AckMessage, NackMessage
 
-from ..inbox import ClaimResult, InboxStore, LeaseReporter
+from ..inbox import ClaimResult, InboxStore, KvInboxStore, LeaseReporter
 from ..metadata import INBOUND_ATTRIBUTE
 from ..metrics import PubsubMetrics
 from ..tracing import record_span_event
@@ -74,6 +74,18 @@ class InboxMiddleware:
             weakref.WeakKeyDictionary()
         )
         self._unmarked: OrderedDict[str, None] = OrderedDict()
+        # A KV store not bound yet: in memory tests it never is (see stand_in_if_in_memory).
+        self._unbound_kv = store if isinstance(store, KvInboxStore) else None
+
+    def stand_in_if_in_memory(self, raw: Any) -> None:
+        """Under ``TestNatsBroker`` (messages without a client) the facade never binds the
+        KV store: let it keep ids in memory, so ``inbox="kv"`` apps can be unit-tested."""
+        store = self._unbound_kv
+        if store is None or store.bound:
+            self._unbound_kv = None
+        elif getattr(raw, "_client", True) is None:
+            store.stand_in_for_tests()
+            self._unbound_kv = None
 
     def exclude(self, subscriber: Any) -> None:
         """Opt one subscriber out of the inbox."""
@@ -118,6 +130,8 @@ class InboxMiddleware:
             if getattr(msg, EXHAUSTED_ATTRIBUTE, False):
                 raise AttemptsExhausted
             return await call_next(msg)
+        if self._unbound_kv is not None:
+            self.stand_in_if_in_memory(msg.raw_message)
         prefix, lease = self.scope(subscriber)
         key = prefix + inbound.envelope.event_id
         outcome = await self.claim(key, lease=lease)
