@@ -156,6 +156,21 @@ def _redact(url: str) -> str:
     return f"{parts.scheme}://{host}:{parts.port}" if parts.port else f"{parts.scheme}://{host}"
 
 
+def _connection_option(
+    name: str, kind: type, flag: str, envvar: str, text: str
+) -> inspect.Parameter:
+    """An optional connection setting: ``--flag`` or ``$envvar``, of type ``kind``."""
+    option = typer.Option(
+        flag, envvar=envvar, help=text, rich_help_panel=_CONNECTION, show_default=False
+    )
+    return inspect.Parameter(
+        name,
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[kind | None, option],
+    )
+
+
 # Each parameter is added to every command by ``common_options``; the names match
 # ``CommonOptions`` fields.
 _OPTIONS: Final = (
@@ -205,21 +220,7 @@ _OPTIONS: Final = (
         ],
     ),
     *(
-        inspect.Parameter(
-            name,
-            inspect.Parameter.KEYWORD_ONLY,
-            default=None,
-            annotation=Annotated[
-                Path | None,
-                typer.Option(
-                    flag,
-                    envvar=envvar,
-                    help=text,
-                    rich_help_panel=_CONNECTION,
-                    show_default=False,
-                ),
-            ],
-        )
+        _connection_option(name, Path, flag, envvar, text)
         for name, flag, envvar, text in (
             ("creds", "--creds", "NATS_CREDS", "User credentials file (JWT and seed)."),
             ("nkey", "--nkey", "NATS_NKEY", "NKey seed file."),
@@ -229,21 +230,7 @@ _OPTIONS: Final = (
         )
     ),
     *(
-        inspect.Parameter(
-            name,
-            inspect.Parameter.KEYWORD_ONLY,
-            default=None,
-            annotation=Annotated[
-                str | None,
-                typer.Option(
-                    flag,
-                    envvar=envvar,
-                    help=text,
-                    rich_help_panel=_CONNECTION,
-                    show_default=False,
-                ),
-            ],
-        )
+        _connection_option(name, str, flag, envvar, text)
         for name, flag, envvar, text in (
             ("user", "--user", "NATS_USER", "User name."),
             ("password", "--password", "NATS_PASSWORD", "Password."),
