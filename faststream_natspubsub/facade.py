@@ -189,7 +189,8 @@ class NatsPubsub:
             )
         )
         self._watcher: MaxDeliveriesWatcher | None = None
-        self._batch_subscribers: weakref.WeakSet[Any] = weakref.WeakSet()
+        # Subscribers whose pull subscription gets the leaner fetch once started.
+        self._pull_subscribers: weakref.WeakSet[Any] = weakref.WeakSet()
         asyncapi.register(self)
         self._subjects: dict[str, str] = {}
         self._js: tuple[NatsClient, JetStreamContext] | None = None
@@ -223,8 +224,7 @@ class NatsPubsub:
             batch=batch,
             extra=faststream_kwargs,
         )
-        subscriber = self.broker.subscriber(subject, **kwargs)
-        return self._registered(subscriber, inbox=inbox, batch=batch is not None)
+        return self._registered(self.broker.subscriber(subject, **kwargs), inbox=inbox)
 
     def publisher(self, topic: str, **faststream_kwargs: Any) -> LogicPublisher:
         """A FastStream publisher for ``topic``; what it sends is wrapped in the envelope."""
@@ -235,11 +235,10 @@ class NatsPubsub:
         """A ``NatsRouter`` whose ``subscriber``/``publisher`` take topics like the facade's."""
         return PubsubRouter(self, **kwargs)
 
-    def _registered(self, subscriber: Any, *, inbox: bool, batch: bool) -> LogicSubscriber[Any]:
+    def _registered(self, subscriber: Any, *, inbox: bool) -> LogicSubscriber[Any]:
         if not inbox and self.inbox is not None:
             self.inbox.exclude(subscriber)
-        if batch:
-            self._batch_subscribers.add(subscriber)
+        self._pull_subscribers.add(subscriber)
         return subscriber  # type: ignore[no-any-return]
 
     def _make_inbox_store(self, inbox: InboxStore | str | None, ttl: float) -> InboxStore | None:
@@ -542,7 +541,7 @@ class NatsPubsub:
                 await original_stop()  # do not leave a connection behind
                 raise
             await original_start()
-            for subscriber in self._batch_subscribers:
+            for subscriber in self._pull_subscribers:
                 BatchFetcher.install(getattr(subscriber, "subscription", None))
 
         async def stop(*args: Any, **kwargs: Any) -> None:
@@ -582,8 +581,7 @@ class PubsubRouter(NatsRouter):
             batch=batch,
             extra=faststream_kwargs,
         )
-        subscriber = super().subscriber(subject, **kwargs)
-        return self._pubsub._registered(subscriber, inbox=inbox, batch=batch is not None)
+        return self._pubsub._registered(super().subscriber(subject, **kwargs), inbox=inbox)
 
     def publisher(self, topic: str, **faststream_kwargs: Any) -> LogicPublisher:  # type: ignore[override]
         """Like :meth:`NatsPubsub.publisher`, registered on this router."""

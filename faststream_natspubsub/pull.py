@@ -1,4 +1,4 @@
-"""A faster ``fetch`` for the pull subscriptions of batch subscribers.
+"""A faster ``fetch`` for the pull subscriptions of the facade's subscribers.
 
 nats-py's ``PullSubscription.fetch(n)`` waits for each of the ``n`` messages with its own
 ``next_msg`` call, and each of those creates a task and a timer (``asyncio.wait_for``): about
@@ -55,7 +55,7 @@ _MIN_EXPIRES: Final = 0.01
 
 class BatchFetcher:
     """``fetch(batch, timeout)`` for one nats-py ``PullSubscription``, without per-message
-    tasks; a drop-in replacement for what FastStream's batch pull subscriber calls."""
+    tasks; a drop-in replacement for what FastStream's pull subscribers call."""
 
     def __init__(self, subscription: Any) -> None:
         self._subscription = subscription

@@ -124,7 +124,7 @@ async def test_a_batch_subscriber_fetches_through_it_and_handles_each_event_once
 
     durable = consumer_name("feed", "test.feed.item.added")
     async with running(pubsub.broker):
-        subscriber: Any = next(iter(pubsub._batch_subscribers))
+        subscriber: Any = next(iter(pubsub._pull_subscribers))
         assert BatchFetcher.installed(subscriber.subscription) is not None
         js = pubsub.broker.connection.jetstream()
         for start in range(0, 1000, 250):  # bursts, so batches fill, split and wait
