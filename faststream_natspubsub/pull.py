@@ -69,6 +69,8 @@ class BatchFetcher:
         # Messages asked for by requests that have not ended, and when the last one ends.
         self._outstanding = 0
         self._expires_at = 0.0
+        # Requests do not survive a reconnect (the server may have restarted): counted here.
+        self._reconnects = self._reconnect_count()
         # The largest batch asked for (the subscriber's batch size), and whether the last
         # message handed out said the consumer had nothing more pending on the server.
         self._batch_size = 0
@@ -162,8 +164,10 @@ class BatchFetcher:
     async def _request(self, batch: int, timeout: float | None) -> None:
         """Ask the server for what ``batch`` needs beyond the requests still running."""
         now = time.monotonic()
-        if now >= self._expires_at:
+        reconnects = self._reconnect_count()
+        if now >= self._expires_at or reconnects != self._reconnects:
             self._outstanding = 0
+            self._reconnects = reconnects
         needed = batch - self._outstanding
         if needed <= 0:
             return
@@ -172,6 +176,10 @@ class BatchFetcher:
         await self._nc.publish(self._next_subject, json.dumps(request).encode(), self._deliver)
         self._outstanding += needed
         self._expires_at = max(self._expires_at, now + expires)
+
+    def _reconnect_count(self) -> int:
+        stats = getattr(self._nc, "stats", None)
+        return int(stats.get("reconnects", 0)) if isinstance(stats, dict) else 0
 
     def _take(self, limit: int) -> list[Msg]:
         """Up to ``limit`` messages that have already arrived, without waiting."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -134,3 +135,32 @@ async def test_a_batch_subscriber_fetches_through_it_and_handles_each_event_once
         info = await js.consumer_info("TEST_FEED", durable)
     assert sorted(seen) == list(range(1000))
     assert info.delivered.consumer_seq == 1000  # nothing delivered twice
+
+
+async def test_after_a_reconnect_the_fetch_asks_again_instead_of_waiting_for_lost_requests(
+    server: EmbeddedNatsServer,
+) -> None:
+    reconnected = asyncio.Event()
+
+    async def on_reconnect() -> None:
+        reconnected.set()
+
+    nc = await nats.connect(server.url, reconnected_cb=on_reconnect, reconnect_time_wait=0.1)
+    try:
+        js = nc.jetstream()
+        await js.add_stream(name=STREAM, subjects=[SUBJECT])
+        subscription = await js.pull_subscribe(SUBJECT, durable="d", stream=STREAM)
+        assert BatchFetcher.install(subscription) is not None
+        # Given a pull request that would wait 60 s on the server
+        await subscription.fetch.fetcher._request(10, 60.0)  # type: ignore[attr-defined]
+        # When the server dies (its waiting requests are gone, no status says so), comes
+        # back, and the client reconnects
+        await server.kill()
+        await server.start()
+        await asyncio.wait_for(reconnected.wait(), timeout=20)
+        await js.publish(SUBJECT, b"after")
+        # Then a fetch asks again: the message comes within its timeout, not after 60 s
+        got = await _collect(subscription, 1, timeout=5)
+        assert [m.data for m in got] == [b"after"]
+    finally:
+        await nc.close()
