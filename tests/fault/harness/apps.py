@@ -13,7 +13,7 @@ from faststream.nats import NatsBroker
 from faststream_natspubsub import DeadLetterRecord, NatsPubsub, StreamSettings
 from faststream_natspubsub.subjects import consumer_name
 
-from .consumers import ConsumerProcess
+from .consumers import ConsumerProcess, effect_mark_window
 from .history import APP, ENV, STREAM, SUBJECT, History, Verdict, dead_letters
 
 DURABLE = consumer_name(APP, SUBJECT)
@@ -70,6 +70,9 @@ async def settle(
         at_rest = history.acknowledged <= set(effects) | set(verdict.dlq)
         idle = at_rest and await _idle_or_false(pubsub)
         if (idle and idle_before) or time.monotonic() > deadline:
+            if verdict.duplicated:
+                window = effect_mark_window(consumers, set(verdict.duplicated))
+                verdict.in_effect_mark_window = window
             return verdict
         idle_before = idle  # idle twice in a row, so an ack in flight is not mistaken for rest
         await asyncio.sleep(0.25)

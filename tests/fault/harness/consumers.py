@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,8 @@ class ConsumerProcess:
             f"--backoff={backoff}",
         ]
         self.starts = 0
+        # Unix times of the SIGKILLs this consumer received.
+        self.kills: list[float] = []
         self._proc: asyncio.subprocess.Process | None = None
 
     @property
@@ -100,6 +103,7 @@ class ConsumerProcess:
             return
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
+        self.kills.append(time.time())
         await proc.wait()
 
     async def terminate(self, *, timeout: float = 30.0) -> int:
@@ -145,6 +149,38 @@ class ConsumerProcess:
         if not self.log_path.exists():
             return "(no output)"
         return self.log_path.read_bytes()[-size:].decode(errors="replace")
+
+
+# The inbox's claim lease for these consumers (ack_wait 2 s): max(2 x ack_wait, 30 s).
+CLAIM_LEASE = 30.0
+# A SIGKILL this soon after a handler started can fall between its effect and its mark.
+KILL_AFTER_START = 1.0
+
+
+def effect_mark_window(consumers: Sequence[ConsumerProcess], event_ids: set[str]) -> set[str]:
+    """The events of ``event_ids`` handled twice because a consumer was SIGKILLed between
+    the handler's effect and the inbox's processed mark: the limit the inbox documents.
+
+    The signature, all of it required: a consumer wrote the effect in a delivery that
+    started at most ``KILL_AFTER_START`` before that consumer was SIGKILLed, and the delivery
+    that wrote the second effect started once the dead process's claim had expired (a claim
+    that had been marked processed would have made it a skipped duplicate instead).
+    """
+    explained: set[str] = set()
+    starts: dict[str, list[tuple[float, ConsumerProcess]]] = {}
+    for consumer in consumers:
+        for delivery in consumer.deliveries():
+            if delivery.event_id in event_ids:
+                starts.setdefault(delivery.event_id, []).append((delivery.at, consumer))
+    for event_id, seen in starts.items():
+        seen.sort(key=lambda item: item[0])
+        for index, (at, consumer) in enumerate(seen):
+            killed = any(0 <= kill - at <= KILL_AFTER_START for kill in consumer.kills)
+            later = [t for t, _ in seen[index + 1 :] if t - at >= CLAIM_LEASE - 1]
+            if killed and event_id in consumer.effects() and later:
+                explained.add(event_id)
+                break
+    return explained
 
 
 async def stop_all(consumers: Sequence[ConsumerProcess]) -> None:
