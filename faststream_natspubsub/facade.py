@@ -26,7 +26,7 @@ from . import asyncapi
 from .advisories import MaxDeliveriesWatcher
 from .dlq import DeadLetterWriter
 from .envelope import CONTENT_ENCODING_HEADER, EnvelopeCodec, format_timestamp, new_event_id
-from .errors import NatsPubsubError, PublishError, SubjectError
+from .errors import NatsPubsubError, SubjectError
 from .health import DEFAULT_MAX_PENDING, HealthReport, HealthStatus, check_health
 from .inbox import DEFAULT_INBOX_TTL, InboxStore, KvInboxStore, MemoryInboxStore, inbox_bucket_name
 from .metadata import current_inbound
@@ -37,9 +37,9 @@ from .middlewares.failure import FailureMiddleware
 from .middlewares.heartbeat import AckHeartbeatMiddleware
 from .middlewares.inbox import InboxMiddleware
 from .middlewares.pubsub import PubsubMiddleware
+from .pipeline import PipelinedItem, PubAckRouter, header_block, header_line, header_value
 from .publishing import (
     PUBLISH_RETRY_DELAYS,
-    RETRIABLE_PUBLISH_ERRORS,
     OutgoingEvent,
     PublishResult,
 )
@@ -77,6 +77,9 @@ DLQ_MAX_AGE: Final = 30 * 24 * 3600.0
 _SUBJECT_CACHE_LIMIT: Final = 10_000
 # Default pull settings: one message at a time keeps events in order for a single worker.
 _DEFAULT_FETCH_TIMEOUT: Final = 5.0
+# The per-item header lines of publish_many, encoded once.
+_MSG_ID_LINE: Final = b"Nats-Msg-Id: "
+_GZIP_LINE: Final = header_line(CONTENT_ENCODING_HEADER, "gzip")
 
 
 class NatsPubsub:
@@ -194,6 +197,7 @@ class NatsPubsub:
         asyncapi.register(self)
         self._subjects: dict[str, str] = {}
         self._js: tuple[NatsClient, JetStreamContext] | None = None
+        self._pub_acks: PubAckRouter | None = None
         self._install_start_hook()
 
     # -- declaring -----------------------------------------------------------------------
@@ -378,22 +382,26 @@ class NatsPubsub:
         connection = self.broker.connection
         if not isinstance(connection, NatsClient):  # TestNatsBroker: nothing to pipeline
             return await self._publish_one_by_one(items, metadata=metadata, timeout=timeout)
-        js = self._jetstream_for(connection)
         inbound = current_inbound(self.broker.context)
         # Computed once per call, not per item: the time, the trace and its header.
         trace_headers: dict[str, str] = {}
         propagate.inject(trace_headers)  # traceparent of the current span, as FastStream does
+        now = format_timestamp(datetime.now(timezone.utc))
         shared = _SharedFields(
-            now=format_timestamp(datetime.now(timezone.utc)),
-            trace=current_trace_metadata(),
-            metadata=dict(metadata or {}),
-            headers={
-                **trace_headers,
-                "content-type": "application/json",
-                "Nats-Expected-Stream": self.stream,
-            },
+            now=now,
+            # The trace first: keys in ``metadata=`` (and an item's own) win over it.
+            metadata={**current_trace_metadata(), **(metadata or {})},
+            headers=header_block(
+                {
+                    **trace_headers,
+                    "content-type": "application/json",
+                    "Nats-Expected-Stream": self.stream,
+                    "Nats-Published-At": now,
+                },
+                close=False,
+            ),
         )
-        prepared: list[_Pending | PublishResult] = []
+        prepared: list[PipelinedItem | PublishResult] = []
         for topic, message in items:
             try:
                 prepared.append(self._prepare(topic, message, inbound, shared))
@@ -401,14 +409,15 @@ class NatsPubsub:
                 prepared.append(
                     PublishResult(event_id="", subject=topic, stream=None, seq=None, error=exc)
                 )
-        pending = [p for p in prepared if isinstance(p, _Pending)]
+        router = self._pub_acks_for(connection)
+        pending = [p for p in prepared if isinstance(p, PipelinedItem)]
         for delay in (*PUBLISH_RETRY_DELAYS, None):
-            await _send_round(js, pending, timeout)
+            await router.send_round(pending, timeout)
             pending = [p for p in pending if p.retriable and p.error is not None]
             if not pending or delay is None:
                 break
             await asyncio.sleep(delay)
-        results = [p.result() if isinstance(p, _Pending) else p for p in prepared]
+        results = [_result(p) if isinstance(p, PipelinedItem) else p for p in prepared]
         for result in results:
             if result.ok:
                 self.metrics.published.add(1, self.metrics.attributes(result.subject))
@@ -441,29 +450,29 @@ class NatsPubsub:
                 )
         return results
 
-    def _prepare(self, topic: str, message: Any, inbound: Any, shared: _SharedFields) -> _Pending:
+    def _prepare(
+        self, topic: str, message: Any, inbound: Any, shared: _SharedFields
+    ) -> PipelinedItem:
         subject = self.subject_for(topic)
-        event = message if isinstance(message, OutgoingEvent) else OutgoingEvent(message=message)
-        metadata = {**shared.trace, **shared.metadata, **event.metadata}
-        event = OutgoingEvent(
-            message=event.message,
-            event_id=event.event_id,
-            occurred_at=event.occurred_at,
-            metadata=metadata,
-        )
+        if isinstance(message, OutgoingEvent):
+            event = OutgoingEvent(
+                message=message.message,
+                event_id=message.event_id,
+                occurred_at=message.occurred_at,
+                metadata={**shared.metadata, **message.metadata},
+            )
+        else:
+            event = OutgoingEvent(message=message, metadata=shared.metadata)
         data = self.envelope.build_envelope(
             subject.split(".", 2)[2], event, inbound, now=shared.now, trace=False
         )
         payload, compressed = self.envelope.codec.encode(data)
-        headers = {
-            **shared.headers,
-            "Nats-Msg-Id": data["event_id"],
-            "Nats-Published-At": shared.now,
-        }
+        event_id = data["event_id"]
+        headers = shared.headers + _MSG_ID_LINE + header_value(event_id) + b"\r\n"
         if compressed:
-            headers[CONTENT_ENCODING_HEADER] = "gzip"
-        return _Pending(
-            event_id=data["event_id"], subject=subject, payload=payload, headers=headers
+            headers += _GZIP_LINE
+        return PipelinedItem(
+            event_id=event_id, subject=subject, payload=payload, headers=headers + b"\r\n"
         )
 
     # -- health ----------------------------------------------------------------------------
@@ -513,6 +522,12 @@ class NatsPubsub:
         if self._js is None or self._js[0] is not connection:
             self._js = (connection, connection.jetstream())
         return self._js[1]
+
+    def _pub_acks_for(self, connection: NatsClient) -> PubAckRouter:
+        """One PubAck router (one reply subscription) per connection."""
+        if self._pub_acks is None or self._pub_acks.connection is not connection:
+            self._pub_acks = PubAckRouter(connection)
+        return self._pub_acks
 
     def _install_start_hook(self) -> None:
         """Declare topology between the broker's connect and its subscribers' start.
@@ -594,53 +609,18 @@ class _SharedFields:
     """What every item of one ``publish_many`` call shares."""
 
     now: str
-    trace: dict[str, str]
     metadata: dict[str, Any]
-    headers: dict[str, str]
+    headers: bytes
+    """The header block's shared lines (not closed: each item adds its own)."""
 
 
-class _Pending:
-    """One item of ``publish_many`` on its way to the server."""
-
-    __slots__ = ("ack", "error", "event_id", "headers", "payload", "retriable", "subject")
-
-    def __init__(self, *, event_id: str, subject: str, payload: bytes, headers: dict[str, str]):
-        self.event_id = event_id
-        self.subject = subject
-        self.payload = payload
-        self.headers = headers
-        self.ack: Any = None
-        self.error: BaseException | None = None
-        self.retriable = True
-
-    def result(self) -> PublishResult:
-        ack = self.ack
-        return PublishResult(
-            event_id=self.event_id,
-            subject=self.subject,
-            stream=getattr(ack, "stream", None),
-            seq=getattr(ack, "seq", None),
-            duplicate=bool(getattr(ack, "duplicate", False)),
-            error=self.error,
-        )
-
-
-async def _send_round(js: JetStreamContext, items: list[_Pending], timeout: float) -> None:
-    """Send every item without waiting in between, then collect the acks by one deadline."""
-    # The expected-stream header is already in each item's headers (set once, no copies).
-    futures = [
-        await js.publish_async(item.subject, item.payload, headers=item.headers) for item in items
-    ]
-    if futures:
-        await asyncio.wait(futures, timeout=timeout)
-    for item, future in zip(items, futures, strict=True):
-        if not future.done():
-            future.cancel()
-            item.error = PublishError(f"no PubAck for {item.event_id} within {timeout}s")
-            item.retriable = True
-        elif (exc := future.exception()) is not None:
-            item.error = PublishError(f"{type(exc).__name__}: {exc}")
-            item.error.__cause__ = exc
-            item.retriable = isinstance(exc, RETRIABLE_PUBLISH_ERRORS)
-        else:
-            item.ack, item.error, item.retriable = future.result(), None, False
+def _result(item: PipelinedItem) -> PublishResult:
+    ack = item.ack
+    return PublishResult(
+        event_id=item.event_id,
+        subject=item.subject,
+        stream=getattr(ack, "stream", None),
+        seq=getattr(ack, "seq", None),
+        duplicate=bool(getattr(ack, "duplicate", False)),
+        error=item.error,
+    )

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from typing import Any
 
 import nats
 import pytest
+from nats.js.errors import NoStreamResponseError
 from pydantic import BaseModel
 from support import NATSPUBSUB_TS_ENVELOPE, consumer_idle, new_broker, running, wait_until
 
@@ -17,6 +19,7 @@ from faststream_natspubsub import (
     EventMetadata,
     MessageTooLargeError,
     NatsPubsub,
+    OutgoingEvent,
     PublishError,
     SubjectError,
 )
@@ -343,3 +346,59 @@ async def test_subscribers_keep_running_alongside_plain_faststream_subjects(
         await pubsub.broker.publish(b"raw", "legacy.subject")
         await wait_until(lambda: plain == [b"raw"], message="the plain subscriber")
     await asyncio.sleep(0)
+
+
+async def test_publish_many_stores_the_headers_a_single_publish_stores(
+    server: EmbeddedNatsServer,
+) -> None:
+    pubsub = NatsPubsub(new_broker(server), env="test", app="orders")
+    async with running(pubsub.broker):
+        one = await pubsub.publish("order.created", {"n": 1})
+        [many] = await pubsub.publish_many([("order.created", {"n": 2})])
+        js = pubsub.broker.connection.jetstream()
+        single = await js.get_msg("TEST_ORDERS", one.seq)
+        piped = await js.get_msg("TEST_ORDERS", many.seq)
+    assert piped.headers is not None and single.headers is not None
+    assert piped.headers["Nats-Msg-Id"] == many.event_id
+    assert piped.headers["content-type"] == single.headers["content-type"] == "application/json"
+    assert "Nats-Published-At" in piped.headers
+    assert EnvelopeCodec().decode(piped.data or b"").event_id == many.event_id
+
+
+async def test_publish_many_with_one_event_id_twice_stores_it_once(
+    server: EmbeddedNatsServer,
+) -> None:
+    pubsub = NatsPubsub(new_broker(server), env="test", app="orders")
+    async with running(pubsub.broker):
+        event = OutgoingEvent(message={"n": 1}, event_id="evt-twice")
+        results = await pubsub.publish_many([("order.created", event), ("order.created", event)])
+    assert [r.ok for r in results] == [True, True]
+    assert [r.duplicate for r in results] == [False, True]
+    assert results[0].seq == results[1].seq
+
+
+async def test_publish_many_without_a_stream_fails_each_item_after_its_retries(
+    server: EmbeddedNatsServer,
+) -> None:
+    pubsub = NatsPubsub(new_broker(server), env="test", app="orders")
+    async with running(pubsub.broker):
+        await pubsub.broker.connection.jetstream().delete_stream("TEST_ORDERS")
+        started = time.monotonic()
+        results = await pubsub.publish_many([("order.created", {"n": n}) for n in range(3)])
+        elapsed = time.monotonic() - started
+    assert all(isinstance(r.error, PublishError) for r in results)
+    assert all(isinstance(r.error.__cause__, NoStreamResponseError) for r in results)  # type: ignore[union-attr]
+    assert elapsed < 5  # no responders is answered at once: three quick tries, no timeouts
+
+
+async def test_publish_many_refuses_an_item_over_max_payload_and_keeps_the_connection() -> None:
+    async with EmbeddedNatsServer(config="max_payload: 4096") as small:
+        pubsub = NatsPubsub(new_broker(small), env="test", app="orders")
+        async with running(pubsub.broker):
+            results = await pubsub.publish_many(
+                [("order.created", {"n": 1}), ("order.created", {"blob": "x" * 5000})]
+            )
+            after = await pubsub.publish("order.created", {"n": 2})
+    assert results[0].ok
+    assert isinstance(results[1].error, MessageTooLargeError)
+    assert after.seq == 2  # the server did not drop the connection for a protocol violation

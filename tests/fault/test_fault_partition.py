@@ -18,7 +18,7 @@ from harness.consumers import ConsumerProcess, stop_all
 from harness.history import History, Verdict
 from harness.proxy import TcpProxy
 
-from faststream_natspubsub import NatsPubsub, PublishError
+from faststream_natspubsub import NatsPubsub, PublishError, PublishResult
 from faststream_natspubsub.testing import EmbeddedNatsServer
 
 pytestmark = [pytest.mark.fault, pytest.mark.nats]
@@ -27,6 +27,7 @@ PARTITION = 10.0
 BACKLOG = 300
 SHORT_TIMEOUT = 1.0  # three tries of 1 s end well inside the cut
 LONG_TIMEOUT = 15.0  # the first try alone outlasts the cut
+BULK = 20  # events of one publish_many made during the cut
 
 
 @dataclass
@@ -50,6 +51,8 @@ class PartitionRun:
     pending_at_cut: int
     short: list[Publish] = field(default_factory=list)
     long: list[Publish] = field(default_factory=list)
+    bulk: list[PublishResult] = field(default_factory=list)
+    bulk_ended: float = 0.0
     reconnected_at: float | None = None
 
 
@@ -57,6 +60,11 @@ async def _timed_publish(history: History, pubsub: NatsPubsub, timeout: float) -
     started = time.monotonic()
     event_id = await history.publish(pubsub, timeout=timeout)
     return Publish(event_id, history.failed.get(event_id), started, time.monotonic())
+
+
+async def _timed_bulk(history: History, pubsub: NatsPubsub) -> tuple[list[PublishResult], float]:
+    results = await history.publish_many(pubsub, BULK, timeout=LONG_TIMEOUT)
+    return results, time.monotonic()
 
 
 async def _run(work: Path) -> PartitionRun:
@@ -80,7 +88,9 @@ async def _run(work: Path) -> PartitionRun:
                 await asyncio.sleep(0.2)
                 short = [_timed_publish(history, pubsub, SHORT_TIMEOUT) for _ in range(3)]
                 long = [_timed_publish(history, pubsub, LONG_TIMEOUT)]
+                bulk = asyncio.create_task(_timed_bulk(history, pubsub))
                 results = await asyncio.gather(*short, *long)
+                bulk_results, bulk_ended = await bulk
                 await partition
                 healed_at = cut_at + PARTITION
 
@@ -103,6 +113,8 @@ async def _run(work: Path) -> PartitionRun:
         pending_at_cut=pending_at_cut,
         short=list(results[:3]),
         long=list(results[3:]),
+        bulk=bulk_results,
+        bulk_ended=bulk_ended,
         reconnected_at=reconnected_at,
     )
 
@@ -153,3 +165,13 @@ def test_a_publish_that_failed_during_the_cut_is_still_stored_and_handled_once(
     failed = {p.event_id for p in run.short}
     assert failed <= set(run.verdict.recovered)
     assert all(run.verdict.effects.count(event_id) == 1 for event_id in failed)
+
+
+def test_a_publish_many_whose_timeout_outlasts_the_cut_completes_once_it_heals(
+    run: PartitionRun,
+) -> None:
+    assert len(run.bulk) == BULK
+    assert [r.error for r in run.bulk if r.error is not None] == []
+    assert run.bulk_ended >= run.healed_at
+    # each stored and handled once
+    assert all(run.verdict.effects.count(r.event_id) == 1 for r in run.bulk)

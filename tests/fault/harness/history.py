@@ -20,7 +20,13 @@ from typing import Any
 
 import pytest
 
-from faststream_natspubsub import DeadLetterQueue, DeadLetterRecord, NatsPubsub
+from faststream_natspubsub import (
+    DeadLetterQueue,
+    DeadLetterRecord,
+    NatsPubsub,
+    OutgoingEvent,
+    PublishResult,
+)
 
 ENV, APP, TOPIC = "fault", "ledger", "entry.posted"
 SUBJECT = f"{ENV}.{APP}.{TOPIC}"
@@ -49,6 +55,25 @@ class History:
         else:
             self.acknowledged.add(event_id)
         return event_id
+
+    async def publish_many(
+        self, pubsub: NatsPubsub, count: int, *, timeout: float = 2.0
+    ) -> list[PublishResult]:
+        """Publish ``count`` normal events in one ``publish_many``; record each outcome."""
+        event_ids = [uuid.uuid4().hex for _ in range(count)]
+        for event_id in event_ids:
+            self.kinds[event_id] = "normal"
+        items = [
+            (TOPIC, OutgoingEvent(message={"kind": "normal"}, event_id=event_id))
+            for event_id in event_ids
+        ]
+        results = await pubsub.publish_many(items, timeout=timeout)
+        for result in results:
+            if result.error is None:
+                self.acknowledged.add(result.event_id)
+            else:
+                self.failed[result.event_id] = result.error
+        return results
 
     def acknowledged_of(self, *, poison: bool) -> set[str]:
         """Acknowledged events that should end in the DLQ (poison) or in an effect."""
