@@ -30,7 +30,7 @@ from faststream import AckPolicy
 from faststream.nats import JStream, NatsBroker, PullSub
 from pydantic import BaseModel
 
-from faststream_natspubsub import BatchSettings, NatsPubsub
+from faststream_natspubsub import BatchSettings, MemoryInboxStore, NatsPubsub
 
 
 class Sample(BaseModel):
@@ -141,7 +141,7 @@ async def _consume_faststream(args: argparse.Namespace, probe: Probe) -> None:
             broker,
             env=args.env,
             app=args.app,
-            inbox="memory" if args.kind == "plugin-inbox" else None,
+            inbox=_memory_inbox(args) if args.kind == "plugin-inbox" else None,
         )
         subscriber = pubsub.subscriber(
             args.topic, durable=args.durable, pull_sub=pull, max_workers=args.workers
@@ -158,6 +158,11 @@ async def _consume_faststream(args: argparse.Namespace, probe: Probe) -> None:
         await asyncio.wait_for(probe.done.wait(), args.deadline)
     finally:
         await broker.stop()
+
+
+def _memory_inbox(args: argparse.Namespace) -> Any:
+    """``inbox="memory"``, or a memory store with the bound asked for."""
+    return MemoryInboxStore(max_entries=args.inbox_entries) if args.inbox_entries else "memory"
 
 
 async def _consume_raw(args: argparse.Namespace, probe: Probe) -> None:
@@ -237,6 +242,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--warmup", type=int, default=0, help="leading messages left out of latency stats"
     )
     parser.add_argument("--rss", action="store_true", help="sample RSS at 10/50/100%%")
+    parser.add_argument(
+        "--inbox-entries", type=int, default=0, help="bound of the memory inbox (0: default)"
+    )
     parser.add_argument("--profile", help="write cProfile stats of the whole run here")
     return parser.parse_args(argv)
 

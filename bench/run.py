@@ -151,6 +151,10 @@ class Bench:
         self.url = url
         self.settings = settings
         self.notes: list[str] = []
+        # The long RSS run: the full stack with a memory inbox bounded well inside the run, so
+        # the run shows the growth up to the bound and then none.
+        self.rss_kind = "plugin-inbox"
+        self.rss_inbox_entries = 10_000
         self.pub_broker = NatsBroker(url, logger=None)
         self.pubsub = NatsPubsub(self.pub_broker, env=ENV, app=PUBLISH_APP)
         self.con_broker = NatsBroker(url, logger=None)
@@ -365,15 +369,18 @@ class Bench:
         }
 
     async def rss_flatness(self) -> dict[str, Any]:
-        """RSS of the plugin consumer at 10 %, 50 % and 100 % of a long run."""
+        """RSS of the plugin consumer (memory inbox on) at 10 %, 50 % and 100 % of a long run."""
         n = self.settings.rss_count
         topic = "rss.check"
         await self._prepublish(topic, n)
-        result = await self._consumer_run("plugin", topic, n, extra=("--rss",))
+        extra = ("--rss", "--inbox-entries", str(self.rss_inbox_entries))
+        result = await self._consumer_run(self.rss_kind, topic, n, extra=extra)
         samples = {int(k): v for k, v in result["rss_samples_mb"].items()}
         marks = sorted(samples)
         return {
             "count": n,
+            "kind": self.rss_kind,
+            "inbox_max_entries": self.rss_inbox_entries,
             "rss_mb": {f"{round(100 * k / n)}%": samples[k] for k in marks},
             "growth_10_to_100_mb": round(samples[marks[-1]] - samples[marks[0]], 2),
             "growth_50_to_100_mb": round(samples[marks[-1]] - samples[marks[1]], 2),
@@ -738,7 +745,9 @@ def render(report: dict[str, Any]) -> str:
         points = ", ".join(f"{k}: {v:.1f} MB" for k, v in rss["rss_mb"].items())
         lines.extend(
             [
-                f"plugin consumer RSS over {rss['count']:,} msgs: {points}; growth 10%->100% "
+                f"plugin + memory inbox (max_entries {rss['inbox_max_entries']:,}) consumer RSS "
+                f"over {rss['count']:,} msgs: {points}; "
+                f"growth 10%->100% "
                 f"{rss['growth_10_to_100_mb']:+.1f} MB, 50%->100% "
                 f"{rss['growth_50_to_100_mb']:+.1f} MB",
                 "",
