@@ -23,12 +23,14 @@ from faststream.nats import NatsBroker
 
 from faststream_natspubsub import (
     EventMetadata,
+    KvInboxStore,
     NatsPubsub,
     PermanentError,
     RetryLater,
     RetryPolicy,
     StreamSettings,
 )
+from faststream_natspubsub.inbox import inbox_bucket_name
 
 ENV, APP, TOPIC = "fault", "ledger", "entry.posted"
 # Reconnect forever, quickly (nats-py takes a float wait; FastStream's hint says int).
@@ -44,6 +46,20 @@ def append_line(path: str, line: str) -> None:
         os.close(fd)
 
 
+class MarkLoggingKvStore(KvInboxStore):
+    """The KV inbox, logging each processed mark once the server has stored it (``--marks``):
+    the checks tell a crash between effect and mark from a mark that did not hold."""
+
+    def __init__(self, marks: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.marks = marks
+
+    async def mark_processed(self, event_id: str) -> None:
+        await super().mark_processed(event_id)
+        if self.marks:
+            append_line(self.marks, f"{event_id} {time.time():.6f}")
+
+
 def build(args: argparse.Namespace) -> FastStream:
     """The FastStream app: one NatsPubsub subscriber writing effects."""
     broker = NatsBroker(
@@ -56,7 +72,7 @@ def build(args: argparse.Namespace) -> FastStream:
         broker,
         env=ENV,
         app=APP,
-        inbox=None if args.inbox == "none" else args.inbox,
+        inbox=_inbox(args),
         retry=RetryPolicy(max_attempts=args.max_attempts, backoff=(args.backoff,)),
         streams=StreamSettings(replicas=args.replicas),
     )
@@ -85,11 +101,20 @@ def build(args: argparse.Namespace) -> FastStream:
     return app
 
 
+def _inbox(args: argparse.Namespace) -> Any:
+    if args.inbox == "kv":
+        return MarkLoggingKvStore(
+            args.marks, bucket=inbox_bucket_name(ENV, APP), replicas=args.replicas
+        )
+    return None if args.inbox == "none" else args.inbox
+
+
 def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--servers", required=True, help="comma-separated nats:// URLs")
     parser.add_argument("--effects", required=True)
     parser.add_argument("--started", default="")
+    parser.add_argument("--marks", default="")
     parser.add_argument("--inbox", choices=("none", "memory", "kv"), default="kv")
     parser.add_argument("--ack-wait", type=float, default=2.0)
     parser.add_argument("--workers", type=int, default=4)

@@ -49,6 +49,7 @@ class ConsumerProcess:
         self.name = name
         self.effects_path = work_dir / f"{name}.effects"
         self.started_path = work_dir / f"{name}.started"
+        self.marks_path = work_dir / f"{name}.marks"
         self.log_path = work_dir / f"{name}.log"
         self.options = [
             f"--inbox={inbox}",
@@ -81,6 +82,7 @@ class ConsumerProcess:
                 f"--servers={','.join(self.servers)}",
                 f"--effects={self.effects_path}",
                 f"--started={self.started_path}",
+                f"--marks={self.marks_path}",
                 *self.options,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
@@ -144,6 +146,14 @@ class ConsumerProcess:
             found.append(Delivery(event_id, int(deliveries), float(at)))
         return found
 
+    def marked(self) -> set[str]:
+        """Event ids whose processed mark this consumer wrote to the inbox (KV inbox only)."""
+        if not self.marks_path.exists():
+            return set()
+        # Each line is "<durable>.<event_id> <time>": the key the inbox marked.
+        lines = self.marks_path.read_text().splitlines()
+        return {line.split()[0].rsplit(".", 1)[-1] for line in lines}
+
     def log_tail(self, size: int = 4000) -> str:
         """The end of the child's stderr."""
         if not self.log_path.exists():
@@ -151,20 +161,14 @@ class ConsumerProcess:
         return self.log_path.read_bytes()[-size:].decode(errors="replace")
 
 
-# The inbox's claim lease for these consumers (ack_wait 2 s): max(2 x ack_wait, 30 s).
-CLAIM_LEASE = 30.0
-# A SIGKILL this soon after a handler started can fall between its effect and its mark.
-KILL_AFTER_START = 1.0
-
-
 def effect_mark_window(consumers: Sequence[ConsumerProcess], event_ids: set[str]) -> set[str]:
     """The events of ``event_ids`` handled twice because a consumer was SIGKILLed between
     the handler's effect and the inbox's processed mark: the limit the inbox documents.
 
-    The signature, all of it required: a consumer wrote the effect in a delivery that
-    started at most ``KILL_AFTER_START`` before that consumer was SIGKILLed, and the delivery
-    that wrote the second effect started once the dead process's claim had expired (a claim
-    that had been marked processed would have made it a skipped duplicate instead).
+    Each consumer logs every processed mark it wrote (``--marks``). The signature, all of it
+    required: a consumer wrote the effect, never wrote the event's processed mark, and was
+    SIGKILLed after that delivery started; the other effect came from a delivery that
+    started after the kill.
     """
     explained: set[str] = set()
     starts: dict[str, list[tuple[float, ConsumerProcess]]] = {}
@@ -172,12 +176,14 @@ def effect_mark_window(consumers: Sequence[ConsumerProcess], event_ids: set[str]
         for delivery in consumer.deliveries():
             if delivery.event_id in event_ids:
                 starts.setdefault(delivery.event_id, []).append((delivery.at, consumer))
+    marked = {id(consumer): consumer.marked() for consumer in consumers}
     for event_id, seen in starts.items():
         seen.sort(key=lambda item: item[0])
-        for index, (at, consumer) in enumerate(seen):
-            killed = any(0 <= kill - at <= KILL_AFTER_START for kill in consumer.kills)
-            later = [t for t, _ in seen[index + 1 :] if t - at >= CLAIM_LEASE - 1]
-            if killed and event_id in consumer.effects() and later:
+        for at, consumer in seen:
+            if event_id not in consumer.effects() or event_id in marked[id(consumer)]:
+                continue
+            kill = min((k for k in consumer.kills if k >= at), default=None)
+            if kill is not None and any(later >= kill for later, _ in seen):
                 explained.add(event_id)
                 break
     return explained
