@@ -15,7 +15,6 @@ from faststream.asgi import AsgiResponse, get
 from faststream.asgi.types import Scope  # noqa: TC002 - FastDepends resolves it at runtime
 from faststream.exceptions import IncorrectState
 from faststream.nats import JStream, NatsRouter, PullSub
-from faststream.opentelemetry.middleware import TelemetryMiddleware
 from nats.aio.client import Client as NatsClient
 from nats.js.api import AckPolicy as ServerAckPolicy
 from nats.js.api import ConsumerConfig
@@ -140,7 +139,7 @@ class NatsPubsub:
         self.codec = codec or EnvelopeCodec()
         self.metrics = PubsubMetrics(meter_provider)
         if tracing is None:
-            tracing = any(isinstance(m, TelemetryMiddleware) for m in broker.middlewares)
+            tracing = _has_telemetry_middleware(broker)
         self.envelope = EnvelopeMiddleware(
             env=self.env,
             app=self.app,
@@ -612,6 +611,20 @@ class _SharedFields:
     metadata: dict[str, Any]
     headers: bytes
     """The header block's shared lines (not closed: each item adds its own)."""
+
+
+def _has_telemetry_middleware(broker: NatsBroker) -> bool:
+    """Whether FastStream's telemetry middleware is on ``broker``.
+
+    ``faststream.opentelemetry`` needs ``opentelemetry-semantic-conventions``, which comes with
+    the OpenTelemetry SDK, not with the API this package depends on: without it, the
+    middleware cannot be on the broker, and the module is not imported at all.
+    """
+    try:
+        from faststream.opentelemetry.middleware import TelemetryMiddleware
+    except ImportError:
+        return False
+    return any(isinstance(m, TelemetryMiddleware) for m in broker.middlewares)
 
 
 def _result(item: PipelinedItem) -> PublishResult:
