@@ -397,7 +397,6 @@ class NatsPubsub:
                     "Nats-Expected-Stream": self.stream,
                     "Nats-Published-At": now,
                 },
-                close=False,
             ),
         )
         prepared: list[PipelinedItem | PublishResult] = []

@@ -43,18 +43,13 @@ _HEADER_KEY: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _NEWLINES: Final = str.maketrans({"\r": " ", "\n": " "})
 
 
-def header_block(headers: Mapping[str, str], *, close: bool = True) -> bytes:
-    """NATS headers as sent on the wire (``NATS/1.0`` then ``Key: Value`` lines).
+def header_block(headers: Mapping[str, str]) -> bytes:
+    """The opening of a NATS header block: ``NATS/1.0`` then a ``Key: Value`` line each.
 
-    With ``close=False`` the closing blank line is left out, so per-item lines can follow.
-    Keys are checked as nats-py checks them; values lose CR/LF as in nats-py.
+    The closing blank line is left out, so per-item lines can follow. Keys are checked as
+    nats-py checks them; values lose CR/LF as in nats-py.
     """
-    lines = [b"NATS/1.0\r\n"]
-    for key, value in headers.items():
-        lines.append(header_line(key, value))
-    if close:
-        lines.append(b"\r\n")
-    return b"".join(lines)
+    return b"".join([b"NATS/1.0\r\n", *(header_line(k, v) for k, v in headers.items())])
 
 
 def header_line(key: str, value: str) -> bytes:
@@ -139,8 +134,10 @@ class PubAckRouter:
         await self._subscribe()
         frames: list[bytes] = []
         sent: list[PipelinedItem] = []
+        tokens: list[str] = []
         size = 0
         max_payload = nc.max_payload
+        prefix = self._prefix.encode()
         for item in items:
             body_size = len(item.headers) + len(item.payload)
             if body_size > max_payload:
@@ -150,7 +147,7 @@ class PubAckRouter:
             self._next_token += 1
             frame = b"HPUB %s %s.%s %d %d\r\n%s%s\r\n" % (
                 item.subject.encode(),
-                self._prefix.encode(),
+                prefix,
                 token.encode(),
                 len(item.headers),
                 body_size,
@@ -159,6 +156,7 @@ class PubAckRouter:
             )
             frames.append(frame)
             sent.append(item)
+            tokens.append(token)
             size += len(frame)
             item.ack, item.error = None, None
             item.retriable = True
@@ -171,9 +169,8 @@ class PubAckRouter:
                 _fail(item, OutboundBufferLimitError(), retriable=True)
             return
         window = _Round(len(sent))
-        first = self._next_token - len(sent)
-        for offset, item in enumerate(sent):
-            self._waiting[str(first + offset)] = (item, window)
+        for token, item in zip(tokens, sent, strict=True):
+            self._waiting[token] = (item, window)
         await nc._send_command(b"".join(frames))
         if nc.is_connected:
             await nc._flush_pending()
@@ -184,8 +181,8 @@ class PubAckRouter:
         except asyncio.TimeoutError:
             pass
         finally:
-            for offset, item in enumerate(sent):
-                if self._waiting.pop(str(first + offset), None) is not None:
+            for token, item in zip(tokens, sent, strict=True):
+                if self._waiting.pop(token, None) is not None:
                     _fail(
                         item,
                         PublishError(f"no PubAck for {item.event_id} within {timeout}s"),
@@ -206,16 +203,17 @@ class PubAckRouter:
         item, window = waiting
         try:
             if msg.headers and msg.headers.get("Status") == _NO_RESPONDERS:
-                _fail(item, _wrapped(NoStreamResponseError()), retriable=True)
+                _fail(item, NoStreamResponseError(), retriable=True)
             else:
                 reply = from_json(msg.data)
                 if "error" in reply:
                     api_error = APIError.from_error(reply["error"])
-                    _fail(item, _wrapped(api_error), retriable=_retriable(api_error))
+                    retriable = isinstance(api_error, RETRIABLE_PUBLISH_ERRORS)
+                    _fail(item, api_error, retriable=retriable)
                 else:
                     item.ack = PubAck(reply["stream"], reply["seq"], bool(reply.get("duplicate")))
         except Exception as exc:  # noqa: BLE001 - an unreadable reply fails its item only
-            _fail(item, _wrapped(exc), retriable=False)
+            _fail(item, exc, retriable=False)
         finally:
             window.settle()
 
@@ -229,7 +227,3 @@ def _wrapped(exc: BaseException) -> PublishError:
     error = PublishError(f"{type(exc).__name__}: {exc}")
     error.__cause__ = exc
     return error
-
-
-def _retriable(exc: BaseException) -> bool:
-    return isinstance(exc, RETRIABLE_PUBLISH_ERRORS)

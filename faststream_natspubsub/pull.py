@@ -58,7 +58,6 @@ class BatchFetcher:
     tasks; a drop-in replacement for what FastStream's pull subscribers call."""
 
     def __init__(self, subscription: Any) -> None:
-        self._subscription = subscription
         self._sub = subscription._sub
         self._queue: asyncio.Queue[Msg] = subscription._sub._pending_queue
         self._nc = subscription._nc

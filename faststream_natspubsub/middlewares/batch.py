@@ -159,16 +159,16 @@ class _BatchRun:
                 metrics.consumed.add(1, metrics.attributes(raw.subject))
             # The full JetStream metadata is parsed only for items that fail.
             admitted.append(_Item(raw, delivery_count(raw), envelope))
-        admitted = await self._claim(admitted, subscriber)
-        exhausted = [item for item in admitted if item.deliveries > policy.max_attempts]
-        if exhausted:
-            # Their last attempt did not finish (a crash, a hang past ack_wait) or could not
-            # dead-letter: they do not reach the handler again.
-            for item in exhausted:
-                await self._release(item)
-                delivery = Delivery.of(item.raw, event_id=item.envelope.event_id)
-                await self._dead_letter(delivery, DeadLetterReason.MAX_ATTEMPTS_EXCEEDED, None)
-            admitted = [item for item in admitted if item.deliveries <= policy.max_attempts]
+        claimed, admitted = await self._claim(admitted, subscriber), []
+        for item in claimed:
+            if item.deliveries <= policy.max_attempts:
+                admitted.append(item)
+                continue
+            # Its last attempt did not finish (a crash, a hang past ack_wait) or could not
+            # dead-letter: it does not reach the handler again.
+            await self._release(item)
+            delivery = Delivery.of(item.raw, event_id=item.envelope.event_id)
+            await self._dead_letter(delivery, DeadLetterReason.MAX_ATTEMPTS_EXCEEDED, None)
         adapter = config.item_adapter(subscriber)
         if adapter is None:
             return admitted

@@ -26,7 +26,8 @@ from nats.aio.client import Client
 from nats.errors import Error as NatsError
 from nats.js.errors import Error as JetStreamError
 
-from faststream_natspubsub.testing import EmbeddedNatsServer, find_nats_server_binary
+from faststream_natspubsub.testing import EmbeddedNatsServer
+from faststream_natspubsub.testing.server import _read_info, find_nats_server_binary
 
 HOST = "127.0.0.1"
 # fsync every write: without it the file store syncs every 2 min and a SIGKILL (or a power
@@ -68,16 +69,10 @@ def resume(pid: int | None) -> None:
 
 async def _server_name(port: int) -> str | None:
     """The ``server_name`` in the INFO line of the server on ``port``."""
-    reader, writer = await asyncio.open_connection(HOST, port)
     try:
-        line = await reader.readline()
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-    if not line.startswith(b"INFO "):
+        name = (await _read_info(port)).get("server_name")
+    except ValueError:  # not a NATS INFO line
         return None
-    name = json.loads(line[5:]).get("server_name")
     return name if isinstance(name, str) else None
 
 
