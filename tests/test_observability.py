@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import nats
@@ -195,3 +196,23 @@ async def test_counters_read_exactly_what_happened(server: EmbeddedNatsServer) -
     assert counters["natspubsub.messages.dead_lettered"] == 1
     assert counters["natspubsub.handler.duration"] == 6  # histogram: one sample per delivery
     assert counters["natspubsub.end_to_end.latency"] == 6
+
+
+@pytest.mark.nats
+async def test_the_success_path_logs_nothing_at_info(
+    server: EmbeddedNatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    pubsub = NatsPubsub(new_broker(server), env="test", app="orders", inbox="memory")
+    handled: list[str] = []
+
+    @pubsub.subscriber("order.created")
+    async def created(body: dict[str, Any], meta: EventMetadata) -> None:
+        handled.append(meta.event_id)
+
+    async with running(pubsub.broker):
+        caplog.clear()
+        caplog.set_level(logging.INFO, logger="faststream_natspubsub")
+        await pubsub.publish_many([("order.created", {"n": n}) for n in range(20)])
+        await pubsub.publish("order.created", {"n": 20})
+        await wait_until(lambda: len(handled) == 21, message="every event handled")
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("faststream_nats")] == []
