@@ -6,6 +6,7 @@ NatsPubsubError
 │   └── MessageTooLargeError           the encoded message exceeds the size limit
 ├── PublishError                       the server did not store the event
 ├── TopologyError                      a stream or consumer could not be declared
+├── MissingExtraError (ImportError)    an optional feature whose extra is not installed
 ├── PermanentError                     raise in a handler: no retry, straight to the DLQ
 └── RetryLater                         raise in a handler: retry after ``delay`` seconds
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 __all__ = (
     "EnvelopeError",
     "MessageTooLargeError",
+    "MissingExtraError",
     "NatsPubsubError",
     "PermanentError",
     "PublishError",
@@ -54,6 +56,18 @@ class PublishError(NatsPubsubError):
 
 class TopologyError(NatsPubsubError):
     """A stream or consumer the application needs could not be declared."""
+
+
+class MissingExtraError(NatsPubsubError, ImportError):
+    """An optional feature needs an extra that is not installed; the message names it."""
+
+    def __init__(self, extra: str, module: str) -> None:
+        self.extra = extra
+        super().__init__(
+            f"{module} is missing: install the {extra!r} extra, "
+            f"pip install 'faststream-natspubsub[{extra}]'",
+            name=module,
+        )
 
 
 class PermanentError(NatsPubsubError):

@@ -65,6 +65,7 @@ if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
 
     from .batch import BatchSettings
+    from .codecs.base import Codec
 
 __all__ = ("DLQ_MAX_AGE", "NatsPubsub", "PubsubRouter")
 
@@ -107,7 +108,7 @@ class NatsPubsub:
         app_version: str | None = None,
         streams: StreamSettings | None = None,
         dlq_max_age: float = DLQ_MAX_AGE,
-        codec: EnvelopeCodec | None = None,
+        codec: Codec | None = None,
         meter_provider: MeterProvider | None = None,
         tracing: bool | None = None,
     ) -> None:
@@ -136,7 +137,7 @@ class NatsPubsub:
                 )
             )
 
-        self.codec = codec or EnvelopeCodec()
+        self.codec: Codec = codec or EnvelopeCodec()
         self.metrics = PubsubMetrics(meter_provider)
         if tracing is None:
             tracing = _has_telemetry_middleware(broker)
@@ -393,7 +394,7 @@ class NatsPubsub:
             headers=header_block(
                 {
                     **trace_headers,
-                    "content-type": "application/json",
+                    "content-type": self.codec.content_type,
                     "Nats-Expected-Stream": self.stream,
                     "Nats-Published-At": now,
                 },
@@ -554,6 +555,8 @@ class NatsPubsub:
                 await original_stop()  # do not leave a connection behind
                 raise
             await original_start()
+            # Handlers typed with a protobuf class, known before the first message arrives.
+            self.envelope.targets.inspect(self._pull_subscribers)
             for subscriber in self._pull_subscribers:
                 BatchFetcher.install(getattr(subscriber, "subscription", None))
 

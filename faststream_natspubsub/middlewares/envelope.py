@@ -12,6 +12,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from faststream import BaseMiddleware
 from pydantic_core import from_json
 
+from ..codecs.message import EncodedMessage, message_for
+from ..codecs.reader import CodecReader
+from ..codecs.targets import HandlerTargets
 from ..envelope import (
     CONTENT_ENCODING_HEADER,
     EnvelopeCodec,
@@ -33,6 +36,8 @@ if TYPE_CHECKING:
     from faststream import ContextRepo
     from faststream.message import StreamMessage
     from faststream.nats.response import NatsPublishCommand
+
+    from ..codecs.base import Codec
 
 __all__ = ("EnvelopeMiddleware",)
 
@@ -62,7 +67,7 @@ class EnvelopeMiddleware:
         env: str,
         app: str,
         app_version: str | None = None,
-        codec: EnvelopeCodec | None = None,
+        codec: Codec | None = None,
         metrics: PubsubMetrics | None = None,
         collect_trace: bool | None = None,
     ) -> None:
@@ -72,7 +77,10 @@ class EnvelopeMiddleware:
         self.collect_trace = tracing_configured() if collect_trace is None else collect_trace
         self.app = normalize_app(app)
         self.app_version = app_version
-        self.codec = codec or EnvelopeCodec()
+        self.codec: Codec = codec or EnvelopeCodec()
+        # Received envelopes are read by their content type, whatever this app writes.
+        self.reader = CodecReader(self.codec)
+        self.targets = HandlerTargets()
         self.metrics = metrics or PubsubMetrics()
         self.subject_prefix = f"{self.env}."
 
@@ -134,12 +142,15 @@ class EnvelopeMiddleware:
         subject = getattr(msg.raw_message, "subject", "")
         if not isinstance(subject, str) or not subject.startswith(self.subject_prefix):
             return await call_next(msg)
-        envelope = self.codec.decode(msg.body)
+        envelope = self.reader.decode(msg.body, msg.content_type or msg.headers.get("Content-Type"))
         # Kept on the per-message holder: a handler's return value is published after the
         # context scope below has closed, but through this same middleware instance.
         inbound = holder.inbound = InboundEvent(msg, envelope, subject)
         # The handler gets the envelope's message, already decoded, not the raw JSON.
-        msg.set_decoder(_MessageDecoder(envelope.message))
+        message = envelope.message
+        if self.targets.any_protobuf or type(message) is EncodedMessage:
+            message = message_for(message, self.targets.target(context.get_local("handler_")))
+        msg.set_decoder(_MessageDecoder(message))
         metrics = self.metrics
         setattr(msg, INBOUND_ATTRIBUTE, inbound)
         if not metrics.enabled:
@@ -175,7 +186,7 @@ class EnvelopeMiddleware:
         headers = cmd.headers = dict(cmd.headers)  # never mutate a dict the caller owns
         headers["Nats-Msg-Id"] = data["event_id"]
         headers["Nats-Published-At"] = now
-        headers["content-type"] = "application/json"
+        headers["content-type"] = self.codec.content_type
         if compressed:
             headers[CONTENT_ENCODING_HEADER] = "gzip"
         cmd.body = payload
