@@ -7,12 +7,14 @@ metadata for handlers, installed on a FastStream ``NatsBroker`` by :class:`NatsP
 from .annotations import CurrentEnvelope, EventMetadata
 from .asyncapi import AsyncAPI
 from .batch import BatchFailure, BatchMetadata, BatchSettings
+from .codecs import Codec, EncodedMessage, JsonCodec, MsgpackCodec, ProtobufCodec
 from .dlq import DeadLetterReason, DeadLetterRecord
 from .dlq_admin import DeadLetterNotFoundError, DeadLetterQueue
 from .envelope import Envelope, EnvelopeCodec, MalformedEnvelopeError
 from .errors import (
     EnvelopeError,
     MessageTooLargeError,
+    MissingExtraError,
     NatsPubsubError,
     PermanentError,
     PublishError,
@@ -40,11 +42,13 @@ __all__ = (
     "BatchMetadata",
     "BatchSettings",
     "ClaimResult",
+    "Codec",
     "CurrentEnvelope",
     "DeadLetterNotFoundError",
     "DeadLetterQueue",
     "DeadLetterReason",
     "DeadLetterRecord",
+    "EncodedMessage",
     "Envelope",
     "EnvelopeCodec",
     "EnvelopeError",
@@ -53,15 +57,19 @@ __all__ = (
     "FailureMiddleware",
     "InboxMiddleware",
     "InboxStore",
+    "JsonCodec",
     "KvInboxStore",
     "LeaseReporter",
     "MalformedEnvelopeError",
     "MemoryInboxStore",
     "MessageTooLargeError",
+    "MissingExtraError",
+    "MsgpackCodec",
     "NatsPubsub",
     "NatsPubsubError",
     "OutgoingEvent",
     "PermanentError",
+    "ProtobufCodec",
     "PublishError",
     "PublishResult",
     "PubsubRouter",

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Final
 from faststream.specification import AsyncAPI as FastStreamAsyncAPI
 from pydantic import TypeAdapter
 
+from .codecs.asyncapi import annotate_message
 from .dlq import DeadLetterRecord
 
 if TYPE_CHECKING:
@@ -95,9 +96,9 @@ def wrap_document(document: dict[str, Any], facades: list[NatsPubsub]) -> None:
         "additionalProperties": True,
     }
     metadata_ref = f"#/components/schemas/{_METADATA_SCHEMA}"
-    prefixes = tuple(f"{pubsub.env}." for pubsub in facades)
     for channel in document.get("channels", {}).values():
-        if not _subject(channel).startswith(prefixes):
+        owner = _owner(_subject(channel), facades)
+        if owner is None:
             continue
         for ref in _message_refs(channel):
             message = messages.get(ref.rsplit("/", 1)[-1])
@@ -107,11 +108,21 @@ def wrap_document(document: dict[str, Any], facades: list[NatsPubsub]) -> None:
                 message.get("payload", {}), metadata_ref=metadata_ref
             )
             message[_ENVELOPE_MARK] = True
+            annotate_message(message, owner.codec, document)
     if any(pubsub.dlq_stream for pubsub in facades):
         _add_record_schema(schemas)
     for pubsub in facades:
         if pubsub.dlq_stream is not None:
             _add_dlq_channel(document, pubsub)
+
+
+def _owner(subject: str, facades: list[NatsPubsub]) -> NatsPubsub | None:
+    """The facade of a subject: the one of its app if there is one, else one of its env."""
+    of_env = [pubsub for pubsub in facades if subject.startswith(f"{pubsub.env}.")]
+    for pubsub in of_env:
+        if subject.startswith(f"{pubsub.env}.{pubsub.app}."):
+            return pubsub
+    return of_env[0] if of_env else None
 
 
 def _subject(channel: dict[str, Any]) -> str:
