@@ -14,8 +14,7 @@ import orders_pb2
 from faststream.nats import NatsBroker
 from pydantic import BaseModel
 
-from faststream_natspubsub import EventMetadata, NatsPubsub
-from faststream_natspubsub.codecs import ProtobufCodec
+from faststream_natspubsub import EventMetadata, NatsPubsub, ProtobufCodec, ProtobufMessage
 from faststream_natspubsub.testing import EmbeddedNatsServer
 
 
@@ -63,8 +62,8 @@ async def main(url: str) -> Outcome:
         await shipping.publish("order.shipped", Shipped(order_id=order.order_id, carrier="DHL"))
 
     @orders.subscriber("order.placed")
-    async def audit(order: orders_pb2.OrderPlaced) -> None:
-        # Annotated with the generated class: the protobuf message itself
+    async def audit(order: ProtobufMessage[orders_pb2.OrderPlaced]) -> None:
+        # Typed with the generated class: the protobuf message itself
         outcome.audited.append(order)
         audited.set()
 

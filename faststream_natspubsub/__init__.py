@@ -7,7 +7,14 @@ metadata for handlers, installed on a FastStream ``NatsBroker`` by :class:`NatsP
 from .annotations import CurrentEnvelope, EventMetadata
 from .asyncapi import AsyncAPI
 from .batch import BatchFailure, BatchMetadata, BatchSettings
-from .codecs import Codec, EncodedMessage, JsonCodec, MsgpackCodec, ProtobufCodec
+from .codecs import (
+    Codec,
+    EncodedMessage,
+    JsonCodec,
+    MsgpackCodec,
+    ProtobufCodec,
+    ProtobufMessage,
+)
 from .dlq import DeadLetterReason, DeadLetterRecord
 from .dlq_admin import DeadLetterNotFoundError, DeadLetterQueue
 from .envelope import Envelope, EnvelopeCodec, MalformedEnvelopeError
@@ -70,6 +77,7 @@ __all__ = (
     "OutgoingEvent",
     "PermanentError",
     "ProtobufCodec",
+    "ProtobufMessage",
     "PublishError",
     "PublishResult",
     "PubsubRouter",

@@ -7,6 +7,7 @@ without them and raise :class:`~faststream_natspubsub.MissingExtraError` when cr
 """
 
 from ..envelope import EnvelopeCodec
+from .annotations import ProtobufMessage
 from .base import BinaryCodec, Codec, EnvelopeSize, measure
 from .content_types import (
     JSON_CONTENT_TYPE,
@@ -35,6 +36,7 @@ __all__ = (
     "JsonCodec",
     "MsgpackCodec",
     "ProtobufCodec",
+    "ProtobufMessage",
     "WireFormat",
     "measure",
     "proto_content_type",

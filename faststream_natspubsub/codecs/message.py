@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, get_args, get_origin
 
 from ..envelope import MalformedEnvelopeError, _is_protobuf_message
 from .content_types import is_protobuf, proto_name
@@ -23,6 +23,7 @@ __all__ = (
     "EncodedMessage",
     "is_protobuf_class",
     "message_for",
+    "protobuf_class_of",
     "protobuf_to_dict",
     "to_jsonable",
 )
@@ -46,6 +47,13 @@ class EncodedMessage:
 def is_protobuf_class(annotation: Any) -> bool:
     """Whether ``annotation`` is a generated protobuf message class."""
     return isinstance(annotation, type) and _is_protobuf_class(annotation)
+
+
+def protobuf_class_of(annotation: Any) -> type | None:
+    """The generated class of ``annotation`` (``Cls`` or ``ProtobufMessage[Cls]``), if any."""
+    if get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    return annotation if is_protobuf_class(annotation) else None
 
 
 def _is_protobuf_class(cls: type) -> bool:

@@ -8,7 +8,8 @@ import weakref
 from typing import Any, get_origin
 
 from ..compat import handler_function
-from .message import is_protobuf_class
+from .annotations import ProtobufSchema
+from .message import protobuf_class_of
 
 __all__ = ("HandlerTargets", "body_annotation")
 
@@ -16,7 +17,8 @@ __all__ = ("HandlerTargets", "body_annotation")
 def body_annotation(function: Any) -> Any:
     """The annotation of the handler parameter that receives the message, if it has one.
 
-    That is the first parameter not injected from the context (``Annotated[..., Context]``).
+    That is the first parameter not injected from the context (``Annotated[..., Context]``);
+    ``ProtobufMessage[Cls]`` is an ``Annotated`` too, but names the message.
     """
     try:
         hints = typing.get_type_hints(function, include_extras=True)
@@ -26,6 +28,8 @@ def body_annotation(function: Any) -> Any:
     for name in parameters:
         hint = hints.get(name)
         if hint is not None and get_origin(hint) is typing.Annotated:
+            if any(isinstance(extra, ProtobufSchema) for extra in hint.__metadata__):
+                return hint
             continue
         return hint
     return None
@@ -65,7 +69,7 @@ class HandlerTargets:
     def _inspect(self, subscriber: Any) -> type | None:
         function = handler_function(subscriber)
         annotation = None if function is None else body_annotation(function)
-        if not is_protobuf_class(annotation):
-            return None
-        self.any_protobuf = True
-        return typing.cast("type", annotation)
+        target = protobuf_class_of(annotation)
+        if target is not None:
+            self.any_protobuf = True
+        return target

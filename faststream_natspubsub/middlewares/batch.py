@@ -17,7 +17,7 @@ from faststream.exceptions import AckMessage, HandlerException
 from pydantic import TypeAdapter, ValidationError
 
 from ..batch import BATCH_ATTRIBUTE, BatchFailure, InboundBatch
-from ..codecs.message import EncodedMessage, is_protobuf_class, message_for
+from ..codecs.message import EncodedMessage, message_for, protobuf_class_of
 from ..dlq import DeadLetterReason
 from ..envelope import MalformedEnvelopeError
 from ..inbox import ClaimResult
@@ -331,8 +331,8 @@ def _adapter_for(subscriber: Any) -> Any:
             continue  # unannotated, or injected from the context
         if get_origin(hint) in (list, typing.List, tuple) and get_args(hint):  # noqa: UP006
             item_type = get_args(hint)[0]
-            if is_protobuf_class(item_type):
-                return _ProtobufItems(item_type)
+            if (protobuf := protobuf_class_of(item_type)) is not None:
+                return _ProtobufItems(protobuf)
             return _NO_ADAPTER if item_type is Any else TypeAdapter(item_type)
         return _NO_ADAPTER
     return _NO_ADAPTER
