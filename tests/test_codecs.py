@@ -368,6 +368,35 @@ def test_a_missing_extra_is_named_and_the_base_install_still_works(
     assert f"pip install 'faststream-natspubsub[{extra}]'" in completed.stdout
 
 
+def test_without_either_extra_a_json_app_publishes_and_consumes_as_before() -> None:
+    completed = _run_without(
+        "google.protobuf",
+        """
+        import asyncio, sys
+        sys.modules["msgpack"] = None
+        from faststream.nats import NatsBroker, TestNatsBroker
+        from faststream_natspubsub import NatsPubsub
+
+        async def main():
+            broker = NatsBroker()
+            pubsub = NatsPubsub(broker, env="dev", app="orders")
+            seen = []
+
+            @pubsub.subscriber("order.created")
+            async def handle(body: dict) -> None:
+                seen.append(body)
+
+            async with TestNatsBroker(broker):
+                await pubsub.publish("order.created", {"id": 1})
+            print(seen)
+
+        asyncio.run(main())
+        """,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == "[{'id': 1}]"
+
+
 def test_a_consumer_without_the_extra_dead_letters_with_the_extra_named() -> None:
     payload, _ = ProtobufCodec().encode(envelope_data())
     completed = _run_without(
