@@ -25,17 +25,24 @@ if TYPE_CHECKING:
     from ..envelope import Envelope
     from .base import Codec
 
-__all__ = ("CodecReader",)
+__all__ = ("CodecReader", "content_type_of")
 
 # Spellings of known formats remembered; received headers are untrusted, so bounded.
 _MAX_REMEMBERED: Final = 32
 _CAPITALISED_HEADER: Final = "Content-Type"
 
 
+def content_type_of(headers: Mapping[str, str] | None) -> str | None:
+    """The ``content-type`` of NATS headers (FastStream's spelling, or capitalised)."""
+    if not headers:
+        return None
+    return headers.get(CONTENT_TYPE_HEADER) or headers.get(_CAPITALISED_HEADER)
+
+
 class CodecReader:
     """Decodes received envelopes of any codec, with the limits of the app's codec."""
 
-    __slots__ = ("_by_type", "_formats", "_limits", "json")
+    __slots__ = ("_formats", "_limits", "by_type", "json")
 
     def __init__(self, codec: Codec | None = None) -> None:
         codec = codec or EnvelopeCodec()
@@ -45,33 +52,31 @@ class CodecReader:
             )
         }
         self.json: Codec = codec if type(codec) is EnvelopeCodec else EnvelopeCodec(**self._limits)
-        self._by_type: dict[str | None, Codec] = {
+        # Exact header values to codecs: the hot paths look here first, in one dict lookup.
+        self.by_type: dict[str | None, Codec] = {
             None: self.json,
             "": self.json,
             JSON_CONTENT_TYPE: self.json,
         }
         self._formats: dict[WireFormat, Codec] = {WireFormat.JSON: self.json}
         if codec is not self.json:
-            self._by_type[codec.content_type] = codec
+            self.by_type[codec.content_type] = codec
             self._formats[wire_format(codec.content_type)] = codec
 
     def decode(self, payload: bytes, content_type: str | None) -> Envelope:
         """Decode ``payload`` sent with ``content_type``; raises ``MalformedEnvelopeError``."""
-        codec = self._by_type.get(content_type)
+        codec = self.by_type.get(content_type)
         if codec is None:
             codec = self.codec_for(content_type)
         return codec.decode(payload)
 
     def decode_headers(self, payload: bytes, headers: Mapping[str, str] | None) -> Envelope:
         """Decode ``payload`` received with these NATS headers."""
-        content_type = None
-        if headers:
-            content_type = headers.get(CONTENT_TYPE_HEADER) or headers.get(_CAPITALISED_HEADER)
-        return self.decode(payload, content_type)
+        return self.decode(payload, content_type_of(headers))
 
     def codec_for(self, content_type: str | None) -> Codec:
         """The codec that reads ``content_type``; JSON when it is absent or unknown."""
-        codec = self._by_type.get(content_type)
+        codec = self.by_type.get(content_type)
         if codec is not None:
             return codec
         assert content_type is not None
@@ -83,8 +88,8 @@ class CodecReader:
                     f"a bare protobuf {name} is not an envelope (expected {ENVELOPE_PROTO_NAME})"
                 )
         codec = self._formats.get(kind) or self._create(kind)
-        if len(self._by_type) < _MAX_REMEMBERED:
-            self._by_type[content_type] = codec
+        if len(self.by_type) < _MAX_REMEMBERED:
+            self.by_type[content_type] = codec
         return codec
 
     def _create(self, kind: WireFormat) -> Codec:

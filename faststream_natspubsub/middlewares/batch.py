@@ -18,6 +18,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from ..batch import BATCH_ATTRIBUTE, BatchFailure, InboundBatch
 from ..codecs.message import EncodedMessage, message_for, protobuf_class_of
+from ..codecs.reader import content_type_of
 from ..dlq import DeadLetterReason
 from ..envelope import MalformedEnvelopeError
 from ..inbox import ClaimResult
@@ -148,11 +149,14 @@ class _BatchRun:
         config = self._config
         policy = config.failure.retry
         metrics = config.envelope.metrics
-        decode = config.envelope.reader.decode_headers
+        reader = config.envelope.reader
+        codecs = reader.by_type
         admitted: list[_Item] = []
         for raw in raws:
+            content_type = content_type_of(raw.headers)
             try:
-                envelope = decode(raw.data, raw.headers)
+                codec = codecs.get(content_type) or reader.codec_for(content_type)
+                envelope = codec.decode(raw.data)
             except MalformedEnvelopeError as exc:
                 await self._dead_letter(Delivery.of(raw), DeadLetterReason.MALFORMED, exc)
                 continue

@@ -142,7 +142,9 @@ class EnvelopeMiddleware:
         subject = getattr(msg.raw_message, "subject", "")
         if not isinstance(subject, str) or not subject.startswith(self.subject_prefix):
             return await call_next(msg)
-        envelope = self.reader.decode(msg.body, msg.content_type or msg.headers.get("Content-Type"))
+        content_type = msg.content_type or msg.headers.get("Content-Type")
+        codec = self.reader.by_type.get(content_type) or self.reader.codec_for(content_type)
+        envelope = codec.decode(msg.body)
         # Kept on the per-message holder: a handler's return value is published after the
         # context scope below has closed, but through this same middleware instance.
         inbound = holder.inbound = InboundEvent(msg, envelope, subject)
