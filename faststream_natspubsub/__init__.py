@@ -6,12 +6,17 @@ metadata for handlers, installed on a FastStream ``NatsBroker`` by :class:`NatsP
 
 from .annotations import CurrentEnvelope, EventMetadata
 from .asyncapi import AsyncAPI
-from .batch import BatchFailure, BatchMetadata, BatchSettings
+from .batch import BatchMetadata, BatchSettings
+from .compat import HostVersionError
 from .dlq import DeadLetterReason, DeadLetterRecord
-from .dlq_admin import DeadLetterNotFoundError, DeadLetterQueue
-from .envelope import Envelope, EnvelopeCodec, MalformedEnvelopeError
+from .dlq_admin import DeadLetterQueue
+from .envelope import Envelope, EnvelopeCodec
 from .errors import (
+    BatchFailure,
+    ConfigurationError,
+    DeadLetterNotFoundError,
     EnvelopeError,
+    MalformedEnvelopeError,
     MessageTooLargeError,
     NatsPubsubError,
     PermanentError,
@@ -20,7 +25,8 @@ from .errors import (
     SubjectError,
     TopologyError,
 )
-from .facade import NatsPubsub, PubsubRouter
+from .facade import NatsPubsub
+from .health import ComponentHealth, HealthReport, HealthStatus
 from .inbox import ClaimResult, InboxStore, KvInboxStore, LeaseReporter, MemoryInboxStore
 from .middlewares import (
     AckHeartbeatMiddleware,
@@ -30,7 +36,8 @@ from .middlewares import (
 )
 from .publishing import OutgoingEvent, PublishResult
 from .retry import RetryPolicy
-from .subjects import SubjectParts, build_subject, parse_subject
+from .router import PubsubRouter
+from .subjects import ForeignApp, SubjectParts, build_subject, consumer_name, parse_subject
 from .topology import StreamSettings
 
 __all__ = (
@@ -40,6 +47,8 @@ __all__ = (
     "BatchMetadata",
     "BatchSettings",
     "ClaimResult",
+    "ComponentHealth",
+    "ConfigurationError",
     "CurrentEnvelope",
     "DeadLetterNotFoundError",
     "DeadLetterQueue",
@@ -51,6 +60,10 @@ __all__ = (
     "EnvelopeMiddleware",
     "EventMetadata",
     "FailureMiddleware",
+    "ForeignApp",
+    "HealthReport",
+    "HealthStatus",
+    "HostVersionError",
     "InboxMiddleware",
     "InboxStore",
     "KvInboxStore",
@@ -72,5 +85,6 @@ __all__ = (
     "SubjectParts",
     "TopologyError",
     "build_subject",
+    "consumer_name",
     "parse_subject",
 )
