@@ -13,7 +13,6 @@ Then the service learns the currency and ``PAY-3`` is replayed from the dead-let
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -139,7 +138,6 @@ async def _eventually(check: Callable[[], Awaitable[bool]], timeout: float = 15.
 
 async def _run() -> None:
     # Each retry and dead-lettering is logged with its traceback; keep this output short.
-    logging.getLogger("faststream_natspubsub").setLevel(logging.CRITICAL)
     async with EmbeddedNatsServer() as server:
         outcome = await main(server.url)
     print("deliveries per payment:", outcome.attempts)

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -64,7 +63,7 @@ def billing_service(url: str) -> NatsBroker:
         tax = round(order.amount * taxes.rate(order.country), 2)
         return Invoice(order_id=order.order_id, net=order.amount, tax=tax, total=order.amount + tax)
 
-    broker.include_router(router)
+    broker.include_router(router.nats)
     return broker
 
 
@@ -97,7 +96,7 @@ class Shop:
         async def on_invoice(invoice: Invoice, meta: EventMetadata) -> None:
             await self.invoices.put((invoice, meta))
 
-        self.broker.include_router(router)
+        self.broker.include_router(router.nats)
 
     async def place(self, order: OrderPlaced, request_id: str) -> PublishResult:
         return await self.pubsub.publish(
@@ -129,7 +128,6 @@ async def main(url: str) -> Outcome:
 
 
 async def _run() -> None:
-    logging.getLogger("faststream_natspubsub").setLevel(logging.CRITICAL)
     async with EmbeddedNatsServer() as server:
         outcome = await main(server.url)
     for invoice, meta in outcome.invoices:

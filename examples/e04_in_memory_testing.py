@@ -8,7 +8,6 @@ Nothing connects to NATS. Run the tests with ``pytest examples/e04_in_memory_tes
 from __future__ import annotations
 
 import asyncio
-import logging
 
 import pytest
 from faststream import FastStream
@@ -134,6 +133,5 @@ async def main(url: str = "nats://127.0.0.1:4222") -> list[str]:
 if __name__ == "__main__":
     # No server needed: everything runs in memory. Dead-lettering is logged with its
     # traceback; keep this output short.
-    logging.getLogger("faststream_natspubsub").setLevel(logging.CRITICAL)
     for name in asyncio.run(main()):
         print("passed:", name)

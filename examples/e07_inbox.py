@@ -73,7 +73,7 @@ async def main(url: str) -> Outcome:
         copy = await js.publish(  # same event_id inside, another Nats-Msg-Id outside
             "dev.ledger.entry.posted", stored.data or b"", headers={"Nats-Msg-Id": "copy-1"}
         )
-        # copy.duplicate is False: the stream stored a second message...
+        # not a duplicate to JetStream (copy.duplicate is None): a second message is stored...
         # --8<-- [end:copy]
         await _until_acknowledged(js, copy.seq)
         # ...and the inbox acknowledged it without running the handler

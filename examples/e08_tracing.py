@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,7 +128,6 @@ def _counters(reader: InMemoryMetricReader) -> dict[str, float]:
 
 async def _run() -> None:
     # The retry is logged with its traceback; keep this output short.
-    logging.getLogger("faststream_natspubsub").setLevel(logging.CRITICAL)
     async with EmbeddedNatsServer() as server:
         outcome = await main(server.url)
     for span in outcome.spans:

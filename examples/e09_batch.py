@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -117,7 +116,6 @@ async def _eventually(check: Callable[[], Awaitable[bool]], timeout: float = 15.
 
 async def _run() -> None:
     # Each retry and dead-lettering is logged with its traceback; keep this output short.
-    logging.getLogger("faststream_natspubsub").setLevel(logging.CRITICAL)
     async with EmbeddedNatsServer() as server:
         outcome = await main(server.url)
     for number, batch in enumerate(outcome.batches, start=1):

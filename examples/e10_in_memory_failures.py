@@ -8,7 +8,6 @@ Run the tests with ``pytest examples/e10_in_memory_failures.py`` (they need
 from __future__ import annotations
 
 import asyncio
-import logging
 from dataclasses import dataclass
 
 import pytest
@@ -137,7 +136,6 @@ async def main(url: str = "nats://127.0.0.1:4222") -> Outcome:
 
 if __name__ == "__main__":
     # Every retry and the dead-lettering are logged with a traceback; keep this output short.
-    logging.getLogger("faststream_natspubsub").setLevel(logging.CRITICAL)
     outcome = asyncio.run(main())
     print("NAK delays:", outcome.delays)
     for record in outcome.dead_letters:

@@ -6,7 +6,7 @@ metadata for handlers, installed on a FastStream ``NatsBroker`` by :class:`NatsP
 
 from .annotations import CurrentEnvelope, EventMetadata
 from .asyncapi import AsyncAPI
-from .batch import BatchFailure, BatchMetadata, BatchSettings
+from .batch import BatchMetadata, BatchSettings
 from .codecs import (
     Codec,
     EncodedMessage,
@@ -15,11 +15,16 @@ from .codecs import (
     ProtobufCodec,
     ProtobufMessage,
 )
+from .compat import HostVersionError
 from .dlq import DeadLetterReason, DeadLetterRecord
-from .dlq_admin import DeadLetterNotFoundError, DeadLetterQueue
-from .envelope import Envelope, EnvelopeCodec, MalformedEnvelopeError
+from .dlq_admin import DeadLetterQueue
+from .envelope import Envelope, EnvelopeCodec
 from .errors import (
+    BatchFailure,
+    ConfigurationError,
+    DeadLetterNotFoundError,
     EnvelopeError,
+    MalformedEnvelopeError,
     MessageTooLargeError,
     MissingExtraError,
     NatsPubsubError,
@@ -29,7 +34,8 @@ from .errors import (
     SubjectError,
     TopologyError,
 )
-from .facade import NatsPubsub, PubsubRouter
+from .facade import NatsPubsub
+from .health import ComponentHealth, HealthReport, HealthStatus
 from .inbox import ClaimResult, InboxStore, KvInboxStore, LeaseReporter, MemoryInboxStore
 from .middlewares import (
     AckHeartbeatMiddleware,
@@ -39,7 +45,8 @@ from .middlewares import (
 )
 from .publishing import OutgoingEvent, PublishResult
 from .retry import RetryPolicy
-from .subjects import SubjectParts, build_subject, parse_subject
+from .router import PubsubRouter
+from .subjects import ForeignApp, SubjectParts, build_subject, consumer_name, parse_subject
 from .topology import StreamSettings
 
 __all__ = (
@@ -50,6 +57,8 @@ __all__ = (
     "BatchSettings",
     "ClaimResult",
     "Codec",
+    "ComponentHealth",
+    "ConfigurationError",
     "CurrentEnvelope",
     "DeadLetterNotFoundError",
     "DeadLetterQueue",
@@ -62,6 +71,10 @@ __all__ = (
     "EnvelopeMiddleware",
     "EventMetadata",
     "FailureMiddleware",
+    "ForeignApp",
+    "HealthReport",
+    "HealthStatus",
+    "HostVersionError",
     "InboxMiddleware",
     "InboxStore",
     "JsonCodec",
@@ -88,5 +101,6 @@ __all__ = (
     "SubjectParts",
     "TopologyError",
     "build_subject",
+    "consumer_name",
     "parse_subject",
 )

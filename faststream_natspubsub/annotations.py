@@ -10,12 +10,13 @@ from typing import Annotated
 from faststream import Context
 
 from .envelope import Envelope
+from .metadata import EVENT_CONTEXT_KEY
 from .metadata import EventMetadata as _EventMetadata
 
 __all__ = ("CurrentEnvelope", "EventMetadata")
 
-EventMetadata = Annotated[_EventMetadata, Context("message.natspubsub_inbound.metadata")]
+EventMetadata = Annotated[_EventMetadata, Context(f"{EVENT_CONTEXT_KEY}.metadata")]
 """Delivery facts and envelope metadata of the event being handled."""
 
-CurrentEnvelope = Annotated[Envelope, Context("message.natspubsub_inbound.envelope")]
+CurrentEnvelope = Annotated[Envelope, Context(f"{EVENT_CONTEXT_KEY}.envelope")]
 """The whole decoded envelope of the event being handled."""

@@ -12,7 +12,6 @@ this drop-in subclass post-processes the generated document (AsyncAPI 3.0 and 2.
 from __future__ import annotations
 
 import json
-import weakref
 from typing import TYPE_CHECKING, Any, Final
 
 from faststream.specification import AsyncAPI as FastStreamAsyncAPI
@@ -20,15 +19,17 @@ from pydantic import TypeAdapter
 
 from .codecs.asyncapi import annotate_message
 from .dlq import DeadLetterRecord
+from .host import BrokerHost
 
 if TYPE_CHECKING:
     from faststream.specification.base import Specification
 
-    from .facade import NatsPubsub
+    from .runtime import AppRuntime
 
 __all__ = ("AsyncAPI", "envelope_schema", "wrap_document")
 
 _ENVELOPE_MARK: Final = "x-natspubsub-envelope"
+_CORRELATION_LOCATION: Final = "$message.payload#/metadata/correlation_id"
 _METADATA_SCHEMA: Final = "NatsPubsubEventMetadata"
 _RECORD_SCHEMA: Final = "NatsPubsubDeadLetterRecord"
 _METADATA_FIELDS: Final = (
@@ -45,23 +46,24 @@ _METADATA_FIELDS: Final = (
     "environment",
 )
 
-# Which NatsPubsub facades live on which broker: the document is built from brokers.
-_FACADES: weakref.WeakKeyDictionary[Any, list[NatsPubsub]] = weakref.WeakKeyDictionary()
-
-
-def register(pubsub: NatsPubsub) -> None:
-    """Called by :class:`NatsPubsub` so documents of its broker know its subjects and DLQ."""
-    _FACADES.setdefault(pubsub.broker, []).append(pubsub)
-
 
 class AsyncAPI(FastStreamAsyncAPI):
-    """FastStream's ``AsyncAPI`` with envelope-wrapped payloads and DLQ channels."""
+    """FastStream's ``AsyncAPI`` with envelope-wrapped payloads and DLQ channels.
+
+    The NatsPubsub apps are those on the document's brokers (each broker's NatsPubsub
+    middleware knows the apps it serves).
+    """
 
     def to_specification(self) -> Specification:
         specification = super().to_specification()
         document = specification.to_jsonable()
-        facades = [p for broker in self.brokers for p in _FACADES.get(broker, ())]
-        wrap_document(document, facades)
+        apps = [
+            app
+            for broker in self.brokers
+            if (host := BrokerHost.find(broker)) is not None
+            for app in host.apps
+        ]
+        wrap_document(document, apps)
         return _Document(document, title=specification.title)
 
 
@@ -82,9 +84,9 @@ def envelope_schema(payload: dict[str, Any], *, metadata_ref: str) -> dict[str, 
     }
 
 
-def wrap_document(document: dict[str, Any], facades: list[NatsPubsub]) -> None:
-    """Wrap the payloads of NatsPubsub channels and add each facade's DLQ channel."""
-    if not facades:
+def wrap_document(document: dict[str, Any], apps: list[AppRuntime]) -> None:
+    """Wrap the payloads of NatsPubsub channels and add each app's DLQ channel."""
+    if not apps:
         return
     components = document.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
@@ -97,7 +99,7 @@ def wrap_document(document: dict[str, Any], facades: list[NatsPubsub]) -> None:
     }
     metadata_ref = f"#/components/schemas/{_METADATA_SCHEMA}"
     for channel in document.get("channels", {}).values():
-        owner = _owner(_subject(channel), facades)
+        owner = _owner(_subject(channel), apps)
         if owner is None:
             continue
         for ref in _message_refs(channel):
@@ -107,21 +109,28 @@ def wrap_document(document: dict[str, Any], facades: list[NatsPubsub]) -> None:
             message["payload"] = envelope_schema(
                 message.get("payload", {}), metadata_ref=metadata_ref
             )
+            # One correlation id: the envelope's, which FastStream's correlation_id mirrors.
+            message["correlationId"] = {
+                "location": _CORRELATION_LOCATION,
+                "description": "The envelope's metadata.correlation_id (its event_id if none)",
+            }
             message[_ENVELOPE_MARK] = True
-            annotate_message(message, owner.codec, document)
-    if any(pubsub.dlq_stream for pubsub in facades):
+            annotate_message(message, owner.envelope.codec, document)
+    if any(app.dead_letters for app in apps):
         _add_record_schema(schemas)
-    for pubsub in facades:
-        if pubsub.dlq_stream is not None:
-            _add_dlq_channel(document, pubsub)
+    for app in apps:
+        if app.dead_letters is not None:
+            _add_dlq_channel(
+                document, app.app, app.dead_letters.stream, app.dead_letters.subject_prefix
+            )
 
 
-def _owner(subject: str, facades: list[NatsPubsub]) -> NatsPubsub | None:
-    """The facade of a subject: the one of its app if there is one, else one of its env."""
-    of_env = [pubsub for pubsub in facades if subject.startswith(f"{pubsub.env}.")]
-    for pubsub in of_env:
-        if subject.startswith(f"{pubsub.env}.{pubsub.app}."):
-            return pubsub
+def _owner(subject: str, apps: list[AppRuntime]) -> AppRuntime | None:
+    """The app of a subject: the one it belongs to if hosted here, else one of its env."""
+    of_env = [app for app in apps if subject.startswith(f"{app.env}.")]
+    for app in of_env:
+        if subject.startswith(f"{app.env}.{app.app}."):
+            return app
     return of_env[0] if of_env else None
 
 
@@ -147,18 +156,18 @@ def _add_record_schema(schemas: dict[str, Any]) -> None:
     schemas[_RECORD_SCHEMA] = schema
 
 
-def _add_dlq_channel(document: dict[str, Any], pubsub: NatsPubsub) -> None:
-    name = f"{pubsub.dlq_stream}:DeadLetters"
-    subject = f"{pubsub.dlq_subject_prefix}.>"
+def _add_dlq_channel(document: dict[str, Any], app: str, stream: str, prefix: str) -> None:
+    name = f"{stream}:DeadLetters"
+    subject = f"{prefix}.>"
     message_name = f"{name}:Message"
     document["components"]["messages"][message_name] = {
         "title": message_name,
-        "summary": f"Events {pubsub.app} could not process",
+        "summary": f"Events {app} could not process",
         "payload": {"$ref": f"#/components/schemas/{_RECORD_SCHEMA}"},
     }
     channel: dict[str, Any] = {
         "description": (
-            f"Dead-letter queue of {pubsub.app} (stream {pubsub.dlq_stream}); "
+            f"Dead-letter queue of {app} (stream {stream}); "
             "subjects dlq.<env>.<app>.<source app>.<topic>."
         ),
         "bindings": {"nats": {"subject": subject, "bindingVersion": "custom"}},

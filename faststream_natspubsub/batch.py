@@ -7,12 +7,12 @@ ACK, delayed NAK or dead-letter record, and the inbox still skips processed ids.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Final
 
 from faststream import Context
 
+from .errors import BatchFailure
 from .metadata import EventMetadata
 
 if TYPE_CHECKING:
@@ -20,10 +20,16 @@ if TYPE_CHECKING:
 
     from .metadata import InboundEvent
 
-__all__ = ("BATCH_ATTRIBUTE", "BatchFailure", "BatchMetadata", "BatchSettings", "InboundBatch")
+__all__ = (
+    "BATCH_CONTEXT_KEY",
+    "BatchFailure",
+    "BatchMetadata",
+    "BatchSettings",
+    "InboundBatch",
+)
 
-# Attribute of FastStream's batch message holding the batch's events (see metadata.py).
-BATCH_ATTRIBUTE = "natspubsub_batch"
+# FastStream context key holding the events of the batch being handled (see metadata.py).
+BATCH_CONTEXT_KEY: Final = "natspubsub_batch"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -40,21 +46,6 @@ class BatchSettings:
             raise ValueError("max_messages must be at least 1")
         if self.max_wait <= 0:
             raise ValueError("max_wait must be positive")
-
-
-class BatchFailure(Exception):  # noqa: N818 - reads as what the handler reports
-    """Raise from a batch handler to say which items failed; the others are acknowledged.
-
-    Keys are positions in the list the handler received, or event ids. Each failed item
-    follows the retry policy on its own (delayed NAK, or the DLQ when permanent or out of
-    attempts), exactly as in per-message mode::
-
-        raise BatchFailure({3: ValueError("bad sku"), "evt-9": ConnectionError()})
-    """
-
-    def __init__(self, failures: Mapping[int | str, BaseException]) -> None:
-        self.failures = dict(failures)
-        super().__init__(f"{len(self.failures)} item(s) of the batch failed")
 
 
 class InboundBatch:
@@ -79,5 +70,5 @@ class InboundBatch:
         return [event.metadata for event in self.events]
 
 
-BatchMetadata = Annotated[list[EventMetadata], Context(f"message.{BATCH_ATTRIBUTE}.metadata")]
+BatchMetadata = Annotated[list[EventMetadata], Context(f"{BATCH_CONTEXT_KEY}.metadata")]
 """Handler annotation: the metadata of each item of the batch, in order."""

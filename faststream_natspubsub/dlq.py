@@ -62,6 +62,9 @@ class DeadLetterReason(str, Enum):
     """The bytes are not a readable envelope."""
     MAX_DELIVER_EXCEEDED = "max_deliver_exceeded"
     """The server gave up (the consumer's ``max_deliver``); usually a crashing consumer."""
+    PROGRAMMING_ERROR = "programming_error"
+    """The handler cannot be called as declared (for example a model that is not fully
+    defined): no retry can fix it, the code must change."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

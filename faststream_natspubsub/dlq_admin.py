@@ -12,7 +12,7 @@ from pydantic_core import from_json, to_json
 
 from .dlq import DeadLetterRecord
 from .envelope import CONTENT_ENCODING_HEADER, format_timestamp
-from .errors import NatsPubsubError
+from .errors import DeadLetterNotFoundError
 from .publishing import PublishResult, retry_publish
 from .subjects import (
     dlq_stream_name,
@@ -33,10 +33,6 @@ logger = logging.getLogger("faststream_natspubsub.dlq")
 _NOT_REPLAYED = frozenset(
     {"Nats-Msg-Id", "Nats-Expected-Stream", "Nats-Published-At", CONTENT_ENCODING_HEADER}
 )
-
-
-class DeadLetterNotFoundError(NatsPubsubError, LookupError):
-    """No dead-letter record has that event id."""
 
 
 class DeadLetterQueue:

@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Final
 from pydantic import BaseModel, RootModel
 from pydantic_core import PydanticSerializationError, from_json, to_json, to_jsonable_python
 
-from .errors import EnvelopeError, MessageTooLargeError
+from .errors import EnvelopeError, MalformedEnvelopeError, MessageTooLargeError
 
 __all__ = (
     "CONTENT_ENCODING_HEADER",
@@ -55,10 +55,6 @@ _GZIP_MAGIC: Final = b"\x1f\x8b"
 _CORE_FIELDS: Final = frozenset(
     {"event_id", "schema_version", "topic", "occurred_at", "message", "payload", "metadata"}
 )
-
-
-class MalformedEnvelopeError(EnvelopeError):
-    """Received bytes are not a readable envelope; retrying cannot help."""
 
 
 @dataclass(slots=True, kw_only=True)

@@ -1,20 +1,34 @@
 """Every error the package raises, under one root.
 
 NatsPubsubError
+├── ConfigurationError (ValueError)    a facade or subscriber set up in a way that cannot work
 ├── SubjectError (ValueError)          invalid env, app or topic
 ├── EnvelopeError (ValueError)         a payload that cannot be an envelope
-│   └── MessageTooLargeError           the encoded message exceeds the size limit
+│   ├── MessageTooLargeError           the encoded message exceeds the size limit
+│   └── MalformedEnvelopeError         received bytes that are not a readable envelope
 ├── PublishError                       the server did not store the event
-├── TopologyError                      a stream or consumer could not be declared
+├── TopologyError                      a stream or consumer could not be declared or verified
+├── DeadLetterNotFoundError (LookupError)   no dead-letter record matches
+├── HostVersionError (RuntimeError)    FastStream / nats-py / OpenTelemetry not as supported
 ├── MissingExtraError (ImportError)    an optional feature whose extra is not installed
 ├── PermanentError                     raise in a handler: no retry, straight to the DLQ
-└── RetryLater                         raise in a handler: retry after ``delay`` seconds
+├── RetryLater                         raise in a handler: retry after ``delay`` seconds
+└── BatchFailure                       raise in a batch handler: which items failed
+
+``HostVersionError`` lives in :mod:`faststream_natspubsub.compat`, next to the accesses that
+raise it; every other class is defined here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 __all__ = (
+    "BatchFailure",
+    "ConfigurationError",
+    "DeadLetterNotFoundError",
     "EnvelopeError",
+    "MalformedEnvelopeError",
     "MessageTooLargeError",
     "MissingExtraError",
     "NatsPubsubError",
@@ -28,6 +42,14 @@ __all__ = (
 
 class NatsPubsubError(Exception):
     """Root of every error raised by faststream-natspubsub."""
+
+
+class ConfigurationError(NatsPubsubError, ValueError):
+    """A facade, subscriber or publisher is set up in a way that cannot work.
+
+    Raised when it is set up (registration, broker start), never while events flow; the
+    message says what to do instead.
+    """
 
 
 class SubjectError(NatsPubsubError, ValueError):
@@ -50,12 +72,20 @@ class MessageTooLargeError(EnvelopeError):
         )
 
 
+class MalformedEnvelopeError(EnvelopeError):
+    """Received bytes are not a readable envelope; retrying cannot help."""
+
+
 class PublishError(NatsPubsubError):
     """JetStream did not acknowledge a publish, after the bounded retries."""
 
 
 class TopologyError(NatsPubsubError):
-    """A stream or consumer the application needs could not be declared."""
+    """A stream or consumer the application needs could not be declared or verified."""
+
+
+class DeadLetterNotFoundError(NatsPubsubError, LookupError):
+    """No dead-letter record has that event id or sequence."""
 
 
 class MissingExtraError(NatsPubsubError, ImportError):
@@ -85,3 +115,18 @@ class RetryLater(NatsPubsubError):  # noqa: N818 - reads as an instruction, like
             raise ValueError("delay must be >= 0")
         self.delay = delay
         super().__init__(reason or f"retry later (delay={delay})")
+
+
+class BatchFailure(NatsPubsubError):  # noqa: N818 - reads as what the handler reports
+    """Raise from a batch handler to say which items failed; the others are acknowledged.
+
+    Keys are positions in the list the handler received, or event ids. Each failed item
+    follows the retry policy on its own (delayed NAK, or the DLQ when permanent or out of
+    attempts), exactly as in per-message mode::
+
+        raise BatchFailure({3: ValueError("bad sku"), "evt-9": ConnectionError()})
+    """
+
+    def __init__(self, failures: Mapping[int | str, BaseException]) -> None:
+        self.failures = dict(failures)
+        super().__init__(f"{len(self.failures)} item(s) of the batch failed")

@@ -13,15 +13,19 @@ that says so. Rules, worst component wins:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Final
 
 import nats.errors
+from faststream.asgi import AsgiResponse, get
+from faststream.asgi.types import Scope  # noqa: TC002 - FastDepends resolves it at runtime
 from nats.js.errors import NotFoundError
+from pydantic_core import to_json
 
 if TYPE_CHECKING:
+    from faststream.asgi.handlers import GetHandler
     from nats.aio.client import Client
     from nats.js import JetStreamManager
 
@@ -32,6 +36,7 @@ __all__ = (
     "HealthReport",
     "HealthStatus",
     "check_health",
+    "health_route",
 )
 
 # Undelivered messages a consumer may have before it counts as lagging.
@@ -216,3 +221,26 @@ def _describe(exc: BaseException) -> str:
         return str(description)
     text = str(exc)
     return text if text else type(exc).__name__
+
+
+def health_route(check: Callable[[], Awaitable[HealthReport]]) -> GetHandler:
+    """An ASGI route for FastStream's ``AsgiFastStream``: the report as JSON, with status
+    200, or 503 when unhealthy (what load balancers and Kubernetes probes expect).
+
+    It is left out of the AsyncAPI document: it is an HTTP probe, not a channel.
+    """
+
+    @get(
+        include_in_schema=False,
+        description="NatsPubsub health: connection, JetStream, streams, consumer lag",
+    )
+    async def health(scope: Scope) -> AsgiResponse:
+        report = await check()
+        status = 503 if report.status is HealthStatus.UNHEALTHY else 200
+        return AsgiResponse(
+            to_json(report.to_dict()),
+            status_code=status,
+            headers={"content-type": "application/json"},
+        )
+
+    return health

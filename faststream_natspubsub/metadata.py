@@ -18,17 +18,29 @@ if TYPE_CHECKING:
 
     from .envelope import Envelope
 
-__all__ = ("INBOUND_ATTRIBUTE", "EventMetadata", "InboundEvent", "current_inbound")
+__all__ = (
+    "EVENT_CONTEXT_KEY",
+    "EventMetadata",
+    "InboundEvent",
+    "correlation_of",
+    "current_inbound",
+)
 
-# Attribute of FastStream's message under which the envelope middleware keeps the decoded
-# event. Handlers reach it through FastStream's context ("message.natspubsub_inbound"); a
-# context scope of its own would cost about a microsecond per message.
-INBOUND_ATTRIBUTE: Final = "natspubsub_inbound"
+# FastStream context key under which the event being handled is set (``context.set_local``)
+# while its handler runs; the handler's annotations and publishes read it from there.
+EVENT_CONTEXT_KEY: Final = "natspubsub_event"
 
 
 def current_inbound(context: ContextRepo) -> InboundEvent | None:
     """The event whose handler is running in this task, if any."""
-    return getattr(context.get_local("message"), INBOUND_ATTRIBUTE, None)
+    event: InboundEvent | None = context.get_local(EVENT_CONTEXT_KEY)
+    return event
+
+
+def correlation_of(metadata: Mapping[str, Any], event_id: str) -> str:
+    """An event's correlation id: its metadata's, or its own event id when it names none."""
+    value = metadata.get("correlation_id")
+    return value if isinstance(value, str) and value else event_id
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -82,9 +94,12 @@ class EventMetadata:
         return self._get("parent_span_id")
 
     @property
-    def correlation_id(self) -> str | None:
-        """Request correlation id, carried from event to event."""
-        return self._get("correlation_id")
+    def correlation_id(self) -> str:
+        """Correlation id, carried from event to event; FastStream's ``message.correlation_id``.
+
+        An event that names none starts its own chain: its correlation id is its event id.
+        """
+        return correlation_of(self.metadata, self.event_id)
 
     @property
     def causation_id(self) -> str | None:
@@ -120,6 +135,12 @@ class EventMetadata:
     def environment(self) -> str | None:
         """Environment of the publishing application."""
         return self._get("environment")
+
+    @property
+    def replay_count(self) -> int:
+        """How often this event was replayed from a dead-letter queue (0 if never)."""
+        value = self.metadata.get("replay_count")
+        return value if isinstance(value, int) and value >= 0 else 0
 
     def _get(self, key: str) -> str | None:
         value = self.metadata.get(key)

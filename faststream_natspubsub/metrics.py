@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final
 
 from opentelemetry import metrics
-from opentelemetry.metrics._internal import _ProxyMeterProvider
+
+from .compat import sdk_meter_provider_installed
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
@@ -18,7 +19,6 @@ if TYPE_CHECKING:
 __all__ = ("METRIC_NAMES", "PubsubMetrics")
 
 SYSTEM: Final = "nats"
-_NoSdkProviders: Final = (metrics.NoOpMeterProvider, _ProxyMeterProvider)
 # name -> (unit, description); the docs' metrics table is this mapping.
 METRIC_NAMES: Final = {
     "natspubsub.messages.published": ("{message}", "Events stored by JetStream (PubAck)"),
@@ -42,9 +42,7 @@ class PubsubMetrics:
         # Without an SDK every instrument is a no-op; the hot paths then skip the work
         # (clock reads, timestamp parsing) that only feeds them. Configure the SDK's
         # MeterProvider before creating NatsPubsub, or pass ``meter_provider``.
-        self.enabled = meter_provider is not None or not isinstance(
-            metrics.get_meter_provider(), _NoSdkProviders
-        )
+        self.enabled = meter_provider is not None or sdk_meter_provider_installed()
         meter = metrics.get_meter(package, meter_provider=meter_provider)
 
         def counter(name: str) -> metrics.Counter:

@@ -27,6 +27,7 @@ from nats.errors import (
 from nats.js.errors import APIError, NoStreamResponseError
 from pydantic_core import from_json
 
+from .compat import flush_pending, outbound_buffer_room, send_raw
 from .errors import MessageTooLargeError, NatsPubsubError, PublishError
 from .publishing import RETRIABLE_PUBLISH_ERRORS
 
@@ -162,18 +163,15 @@ class PubAckRouter:
             item.retriable = True
         if not sent:
             return
-        if not nc.is_connected and (
-            nc._max_pending_size <= 0 or size + nc._pending_data_size > nc._max_pending_size
-        ):
+        if not nc.is_connected and size > outbound_buffer_room(nc):
             for item in sent:  # nowhere to buffer them while reconnecting
                 _fail(item, OutboundBufferLimitError(), retriable=True)
             return
         window = _Round(len(sent))
         for token, item in zip(tokens, sent, strict=True):
             self._waiting[token] = (item, window)
-        await nc._send_command(b"".join(frames))
-        if nc.is_connected:
-            await nc._flush_pending()
+        await send_raw(nc, b"".join(frames))
+        await flush_pending(nc)
         nc.stats["out_msgs"] += len(sent)
         nc.stats["out_bytes"] += sum(len(item.payload) for item in sent)
         try:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from .errors import SubjectError
 
 __all__ = (
+    "ForeignApp",
     "SubjectParts",
     "build_subject",
     "consumer_name",
@@ -24,6 +25,11 @@ __all__ = (
 _ENV_RE = re.compile(r"[a-z0-9-]+")
 _APP_INVALID_RE = re.compile(r"[^a-z0-9-]")
 _TOPIC_PART_RE = re.compile(r"[a-z0-9_-]+")
+# A subject token as another implementation may write it: printable ASCII without the
+# subject separators and wildcards; '$' first is reserved for the server's own subjects.
+_FOREIGN_TOKEN_RE = re.compile(r"[!-~]+")
+_NOT_IN_TOKEN = frozenset(".*>")
+_NOT_IN_STREAM_NAME = frozenset(".*>/\\")
 # nats-server rejects longer consumer names on some file systems; keep well under it.
 _MAX_CONSUMER_NAME = 120
 
@@ -35,6 +41,44 @@ class SubjectParts:
     env: str
     app: str
     topic: str
+
+
+@dataclass(frozen=True, slots=True)
+class ForeignApp:
+    """An app of another implementation (NatsPubsub 1.0, TypeScript or Ruby), addressed by
+    its subject token exactly as it publishes it::
+
+        @pubsub.subscriber("todo.created", app=ForeignApp("ToDoApp"))  # production.ToDoApp.…
+
+    Own app names are normalised (``my_app`` publishes on ``…my-app…``); NatsPubsub 1.0 puts
+    its app name into the subject unchanged, so ``app="my_app"`` would miss its events.
+    """
+
+    name: str
+    """The subject token, exactly (``my_app``, ``ToDoApp``)."""
+    stream: str | None = None
+    """The stream that holds its events; ``None``: NatsPubsub 1.0's ``<env>-events-stream``."""
+
+    def __post_init__(self) -> None:
+        name = self.name
+        if (
+            not _FOREIGN_TOKEN_RE.fullmatch(name)
+            or _NOT_IN_TOKEN & set(name)
+            or name.startswith("$")
+        ):
+            raise SubjectError(
+                f"invalid foreign app {name!r}: a subject token of printable characters "
+                "without '.', '*', '>' or spaces, not starting with '$'"
+            )
+        stream = self.stream
+        if stream is not None and (
+            not _FOREIGN_TOKEN_RE.fullmatch(stream) or _NOT_IN_STREAM_NAME & set(stream)
+        ):
+            raise SubjectError(f"invalid stream name {stream!r}")
+
+    def stream_for(self, env: str) -> str:
+        """The stream holding this app's events in ``env``."""
+        return self.stream or f"{normalize_env(env)}-events-stream"
 
 
 def normalize_env(env: str) -> str:

@@ -96,7 +96,13 @@ class TraceContextMiddleware:
     """
 
     def __init__(self, *, subject_prefix: str = "") -> None:
-        self.subject_prefix = subject_prefix
+        # Subjects whose envelopes may carry a trace: ``<env>.`` of each app on the broker.
+        self.subject_prefixes: tuple[str, ...] = (subject_prefix,)
+
+    def add_prefix(self, prefix: str) -> None:
+        """Also look at messages on subjects starting with ``prefix``."""
+        if prefix not in self.subject_prefixes:
+            self.subject_prefixes = (*self.subject_prefixes, prefix)
 
     def __call__(self, msg: Any, /, *, context: ContextRepo) -> _TraceContext:
         return _TraceContext(msg, context=context, config=self)
@@ -113,7 +119,7 @@ class _TraceContext(BaseMiddleware):
         raw: Any = self.msg
         subject = getattr(raw, "subject", None)
         data = getattr(raw, "data", None)
-        if not isinstance(subject, str) or not subject.startswith(self._config.subject_prefix):
+        if not isinstance(subject, str) or not subject.startswith(self._config.subject_prefixes):
             return
         headers = raw.headers
         if (headers and TRACEPARENT in headers) or not data or b'"trace_id"' not in data:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from faststream import FastStream
+from faststream.asgi import AsgiFastStream, AsgiResponse, get
 from faststream.nats import NatsBroker
 from pydantic import BaseModel
 
@@ -111,3 +112,40 @@ def test_faststream_docs_gen_writes_the_wrapped_document(tmp_path: Path) -> None
     document = json.loads(out.read_text())
     assert "DLQ_PROD_PAYMENTS:DeadLetters" in document["channels"]
     assert payload_of(document, "prod.orders.order.created")["title"] == "Envelope"
+
+
+@pytest.mark.parametrize("version", ["3.0.0", "2.6.0"])
+def test_the_correlation_id_points_at_the_envelopes_field(version: str) -> None:
+    document = build_app(version).schema.to_specification().to_jsonable()
+    for subject in ("prod.orders.order.created", "prod.payments.payment.completed"):
+        message = message_of(document, subject)
+        assert message["correlationId"]["location"] == "$message.payload#/metadata/correlation_id"
+
+
+def test_the_health_route_is_an_http_probe_not_a_channel() -> None:
+    broker = NatsBroker()
+    pubsub = NatsPubsub(broker, env="prod", app="payments")
+
+    @get
+    async def ready(scope: Any) -> AsgiResponse:
+        return AsgiResponse(b"", 200)
+
+    app = AsgiFastStream(
+        broker,
+        asgi_routes=[("/health", pubsub.health_route()), ("/ready", ready)],
+        specification=AsyncAPI(),
+    )
+    addresses = json.dumps(app.schema.to_specification().to_jsonable()["channels"])
+    assert "/ready" in addresses  # an ordinary route is listed, so the check can fail
+    assert "/health" not in addresses
+
+
+def message_of(document: dict[str, Any], subject: str) -> dict[str, Any]:
+    for channel in document["channels"].values():
+        if channel.get("bindings", {}).get("nats", {}).get("subject") == subject:
+            refs = [m["$ref"] for m in channel.get("messages", {}).values()]
+            refs += [
+                channel[op]["message"]["$ref"] for op in ("publish", "subscribe") if op in channel
+            ]
+            return dict(resolve(document, refs[0]))
+    raise AssertionError(f"no channel for {subject}")

@@ -27,10 +27,10 @@ def load(name: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
 
 
 @pytest.mark.nats
-async def test_e11_a_protobuf_app_and_a_json_app_read_each_other(
+async def test_e13_a_protobuf_app_and_a_json_app_read_each_other(
     server: EmbeddedNatsServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    example = load("e11_codecs", monkeypatch)
+    example = load("e13_codecs", monkeypatch)
 
     outcome = await example.main(server.url)
 

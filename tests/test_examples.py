@@ -11,11 +11,12 @@ from typing import Any
 
 import pytest
 from faststream import TestApp
-from faststream.nats import TestNatsBroker
+from faststream.nats import NatsBroker, TestNatsBroker
+from support import wait_until
 
 from faststream_natspubsub import SubjectError
 from faststream_natspubsub.subjects import consumer_name
-from faststream_natspubsub.testing import EmbeddedNatsServer
+from faststream_natspubsub.testing import EmbeddedNatsServer, TestNatsPubsub
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -301,3 +302,60 @@ def test_e10_the_example_tests_pass_under_pytest() -> None:
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
     assert "3 passed" in completed.stdout
+
+
+@pytest.mark.nats
+async def test_e11_reports_health_in_code_and_over_http(server: EmbeddedNatsServer) -> None:
+    report, (status, body) = await load("e11_health").main(server.url)
+
+    assert report.status.value == "healthy"
+    assert set(report.components) == {
+        "connection",
+        "jetstream",
+        "stream:DEV_ORDERS",
+        "stream:DLQ_DEV_ORDERS",
+        f"consumer:DEV_ORDERS/{consumer_name('orders', 'dev.orders.order.created')}",
+    }
+    assert status == 200
+    assert body["status"] == "healthy"
+    assert body["components"]["jetstream"]["status"] == "healthy"
+
+
+@pytest.mark.nats
+async def test_e11_the_probe_answers_503_when_the_server_is_gone() -> None:
+    e11 = load("e11_health")
+    async with EmbeddedNatsServer() as server:
+        app, pubsub = e11.create_app(server.url)
+        await pubsub.broker.start()
+        try:
+            await server.kill()
+            status, body = await e11.probe(app)
+            await server.restart()  # so the broker can close its connection cleanly
+            await wait_until(lambda: pubsub.broker.connection.is_connected, message="reconnect")
+        finally:
+            await pubsub.broker.stop()
+    assert status == 503
+    assert body["status"] == "unhealthy"
+
+
+@pytest.mark.nats
+async def test_e12_two_apps_on_one_broker_bill_once_and_dead_letter_in_their_own_dlq(
+    server: EmbeddedNatsServer,
+) -> None:
+    seen = await load("e12_modular_monolith").main(server.url)
+
+    assert [(i.order_id, i.total) for i, _ in seen.invoices] == [("ORD-1", 12.0)]
+    meta = seen.invoices[0][1]
+    assert (meta.app_name, meta.correlation_id) == ("billing", "c-1")
+    assert seen.refused == ["permanent_error"]
+
+
+async def test_e12_in_memory_the_same_modules_under_test_nats_pubsub() -> None:
+    e12 = load("e12_modular_monolith")
+    seen = e12.Seen()
+    shop, _billing = e12.create_monolith(NatsBroker(), seen)
+    async with TestNatsPubsub(shop) as tp:
+        await shop.publish("order.placed", e12.OrderPlaced(order_id="ORD-9", amount=5))
+        await shop.publish("order.placed", e12.OrderPlaced(order_id="ORD-0", amount=0))
+    assert [i.order_id for i, _ in seen.invoices] == ["ORD-9"]
+    assert [(r.reason, r.app) for r in tp.dead_letters] == [("permanent_error", "billing")]

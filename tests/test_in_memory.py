@@ -11,11 +11,11 @@ from pydantic import BaseModel
 from faststream_natspubsub import (
     BatchMetadata,
     BatchSettings,
+    ConfigurationError,
     EventMetadata,
     FailureMiddleware,
     MessageTooLargeError,
     NatsPubsub,
-    TopologyError,
 )
 from faststream_natspubsub.envelope import EnvelopeCodec
 
@@ -81,7 +81,7 @@ def test_two_subscribers_cannot_share_a_durable_by_accident() -> None:
     @pubsub.subscriber("order.created")
     async def first(body: dict[str, Any]) -> None: ...
 
-    with pytest.raises(TopologyError, match="durable"):
+    with pytest.raises(ConfigurationError, match="durable"):
 
         @pubsub.subscriber("order.created")
         async def second(body: dict[str, Any]) -> None: ...

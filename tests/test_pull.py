@@ -119,13 +119,16 @@ async def test_a_batch_subscriber_fetches_through_it_and_handles_each_event_once
     pubsub = NatsPubsub(new_broker(server), env="test", app="feed")
     seen: list[int] = []
 
-    @pubsub.subscriber("item.added", batch=BatchSettings(max_messages=64, max_wait=0.05))
+    subscriber: Any = pubsub.subscriber(
+        "item.added", batch=BatchSettings(max_messages=64, max_wait=0.05)
+    )
+
+    @subscriber
     async def add(items: list[Item]) -> None:
         seen.extend(item.n for item in items)
 
     durable = consumer_name("feed", "test.feed.item.added")
     async with running(pubsub.broker):
-        subscriber: Any = next(iter(pubsub._pull_subscribers))
         assert BatchFetcher.installed(subscriber.subscription) is not None
         js = pubsub.broker.connection.jetstream()
         for start in range(0, 1000, 250):  # bursts, so batches fill, split and wait

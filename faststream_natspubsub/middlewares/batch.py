@@ -16,16 +16,23 @@ from typing import TYPE_CHECKING, Any, get_args, get_origin
 from faststream.exceptions import AckMessage, HandlerException
 from pydantic import TypeAdapter, ValidationError
 
-from ..batch import BATCH_ATTRIBUTE, BatchFailure, InboundBatch
+from ..batch import BATCH_CONTEXT_KEY, InboundBatch
 from ..codecs.message import EncodedMessage, message_for, protobuf_class_of
 from ..codecs.reader import content_type_of
+from ..compat import (
+    current_subscriber,
+    flush_pending,
+    handler_function,
+    mark_settled,
+    message_client,
+    send_raw,
+)
 from ..dlq import DeadLetterReason
-from ..envelope import MalformedEnvelopeError
+from ..errors import BatchFailure, MalformedEnvelopeError
 from ..inbox import ClaimResult
 from ..metadata import InboundEvent
-from ._delegate import ConsumeDelegate
 from .failure import UNFINISHED, Delivery, FailureMiddleware, delivery_count, terminate_raw
-from .heartbeat import DEFAULT_ACK_WAIT, Beat
+from .heartbeat import Beat
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -34,9 +41,9 @@ if TYPE_CHECKING:
     from faststream.message import StreamMessage
 
     from ..envelope import Envelope
+    from ..runtime import SubscriberPlan
     from .envelope import EnvelopeMiddleware
     from .heartbeat import AckHeartbeatMiddleware
-    from .inbox import InboxMiddleware
 
 __all__ = ("BatchMiddleware",)
 
@@ -44,7 +51,8 @@ _NO_ADAPTER: Any = object()
 
 
 class BatchMiddleware:
-    """Retry, DLQ, inbox and validation per item of a batch; installed by the facade."""
+    """Retry, DLQ, inbox and validation per item of a batch; used by the facade's middleware
+    for its batch subscribers."""
 
     def __init__(
         self,
@@ -52,26 +60,22 @@ class BatchMiddleware:
         failure: FailureMiddleware,
         envelope: EnvelopeMiddleware,
         heartbeat: AckHeartbeatMiddleware,
-        inbox: InboxMiddleware | None = None,
     ) -> None:
         self.failure = failure
         self.envelope = envelope
         self.heartbeat = heartbeat
-        self.inbox = inbox
         # Per subscriber: a validator for one item of its handler's ``list[Item]``.
         self._adapters: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
-
-    def __call__(self, msg: Any, /, *, context: ContextRepo) -> ConsumeDelegate:
-        return ConsumeDelegate(msg, context=context, config=self)
 
     async def consume(
         self,
         context: ContextRepo,
         msg: StreamMessage[Any],
         call_next: Callable[[Any], Awaitable[Any]],
+        plan: SubscriberPlan,
     ) -> Any:
-        """Handle a batch message item by item (other messages pass through)."""
-        return await _BatchRun(self, context).run(call_next, msg)
+        """Handle the batch message of ``plan``'s subscriber item by item."""
+        return await _BatchRun(self, context, plan, current_subscriber(context)).run(call_next, msg)
 
     def item_adapter(self, subscriber: Any) -> TypeAdapter[Any] | None:
         """Validator of one item, from the handler's first parameter (``list[Order]``)."""
@@ -96,10 +100,14 @@ class _Item:
 class _BatchRun:
     """The handling of one batch message."""
 
-    __slots__ = ("_config", "context")
+    __slots__ = ("_config", "_plan", "_subscriber", "context")
 
-    def __init__(self, config: BatchMiddleware, context: ContextRepo) -> None:
+    def __init__(
+        self, config: BatchMiddleware, context: ContextRepo, plan: SubscriberPlan, subscriber: Any
+    ) -> None:
         self._config = config
+        self._plan = plan
+        self._subscriber = subscriber
         self.context = context
 
     async def run(self, call_next: Callable[[Any], Awaitable[Any]], msg: StreamMessage[Any]) -> Any:
@@ -107,22 +115,17 @@ class _BatchRun:
         config = self._config
         if not isinstance(raws, list) or not raws:
             return await call_next(msg)
-        if not getattr(raws[0], "subject", "").startswith(config.failure.subject_prefix):
-            return await call_next(msg)
-        subscriber = self.context.get_local("handler_")
-        items = await self._admit(raws, subscriber)
+        items = await self._admit(raws)
         if not items:
             raise AckMessage  # every item is settled already; nothing for the handler
         inbound = InboundBatch(
             lambda: [InboundEvent(msg, i.envelope, i.raw.subject, raw=i.raw) for i in items]
         )
         msg.set_decoder(_Constant([item.value for item in items]))
-        ack_wait = getattr(getattr(subscriber, "config", None), "ack_wait", None)
-        interval = (ack_wait or DEFAULT_ACK_WAIT) * config.heartbeat.fraction
-        beat = Beat(_Unsettled(items), interval, config.heartbeat)
+        beat = Beat(_Unsettled(items), self._plan.heartbeat_interval, config.heartbeat)
         failures: dict[_Item, BaseException] = {}
+        token = self.context.set_local(BATCH_CONTEXT_KEY, inbound)
         try:
-            setattr(msg, BATCH_ATTRIBUTE, inbound)
             result = await call_next(msg)
         except BatchFailure as reported:
             try:
@@ -141,10 +144,11 @@ class _BatchRun:
             result = None
         finally:
             beat.stop()
+            self.context.reset_local(BATCH_CONTEXT_KEY, token)
         await self._settle(items, failures)
         return result
 
-    async def _admit(self, raws: list[Any], subscriber: Any) -> list[_Item]:
+    async def _admit(self, raws: list[Any]) -> list[_Item]:
         """Decode, de-duplicate and validate each item; settle those that cannot go on."""
         config = self._config
         policy = config.failure.retry
@@ -164,7 +168,7 @@ class _BatchRun:
                 metrics.consumed.add(1, metrics.attributes(raw.subject))
             # The full JetStream metadata is parsed only for items that fail.
             admitted.append(_Item(raw, delivery_count(raw), envelope))
-        claimed, admitted = await self._claim(admitted, subscriber), []
+        claimed, admitted = await self._claim(admitted), []
         for item in claimed:
             if item.deliveries <= policy.max_attempts:
                 admitted.append(item)
@@ -174,7 +178,7 @@ class _BatchRun:
             await self._release(item)
             delivery = Delivery.of(item.raw, event_id=item.envelope.event_id)
             await self._dead_letter(delivery, DeadLetterReason.MAX_ATTEMPTS_EXCEEDED, None)
-        adapter = config.item_adapter(subscriber)
+        adapter = config.item_adapter(self._subscriber)
         if adapter is None and not any(type(i.value) is EncodedMessage for i in admitted):
             return admitted
         validate = adapter.validate_python if adapter is not None else None
@@ -192,20 +196,21 @@ class _BatchRun:
                 valid.append(item)
         return valid
 
-    async def _claim(self, items: list[_Item], subscriber: Any) -> list[_Item]:
+    async def _claim(self, items: list[_Item]) -> list[_Item]:
         """Acknowledge duplicates, hold back items another consumer holds, claim the rest."""
-        inbox = self._config.inbox
-        if inbox is None or not inbox.covers(subscriber):
+        plan = self._plan
+        inbox = plan.inbox
+        if inbox is None:
             return items
         if items:
             inbox.stand_in_if_in_memory(items[0].raw)
-        prefix, lease = inbox.scope(subscriber)
+        prefix, lease = inbox.scope(plan.durable, plan.ack_wait)
         claimed: list[_Item] = []
         for item in items:
             key = prefix + item.envelope.event_id
             outcome = await inbox.claim(key, lease=lease)
             if outcome is ClaimResult.PROCESSED:
-                inbox.skipped(item.raw.subject, item.envelope.event_id)
+                inbox.skipped(item.raw.subject, key)
                 await item.raw.ack()
             elif outcome is ClaimResult.IN_PROGRESS:
                 await item.raw.nak(delay=await inbox.in_progress_delay(key, item.deliveries, lease))
@@ -216,7 +221,7 @@ class _BatchRun:
 
     async def _settle(self, items: list[_Item], failures: dict[_Item, BaseException]) -> None:
         failure = self._config.failure
-        inbox = self._config.inbox
+        inbox = self._plan.inbox
         succeeded: list[_Item] = []
         for item in items:
             error = failures.get(item)
@@ -252,7 +257,7 @@ class _BatchRun:
         detail = UNFINISHED if error is None else None
         if await failure.dead_letter(delivery, reason, error, publish, detail=detail):
             await terminate_raw(delivery.raw, reason.value)
-            if not getattr(delivery.raw, "_ackd", True):  # in memory: no reply subject to use
+            if not delivery.raw.is_acked:  # in memory: no reply subject to use
                 await delivery.raw.term()
         else:
             await delivery.raw.nak(delay=failure.dlq_retry_delay(delivery))
@@ -262,7 +267,7 @@ class _BatchRun:
             await self._release(item)
 
     async def _release(self, item: _Item) -> None:
-        inbox = self._config.inbox
+        inbox = self._plan.inbox
         if inbox is not None and item.inbox_key is not None:
             await inbox.release(item.inbox_key)
             item.inbox_key = None
@@ -302,7 +307,7 @@ class _Unsettled:
 
     async def in_progress(self) -> None:
         for item in self._items:
-            if not getattr(item.raw, "_ackd", False):
+            if not item.raw.is_acked:
                 await item.raw.in_progress()
 
 
@@ -321,10 +326,9 @@ def _resolve(reported: BatchFailure, items: list[_Item]) -> dict[_Item, BaseExce
 
 def _adapter_for(subscriber: Any) -> Any:
     """``TypeAdapter(Item)`` for a handler declared as ``handler(items: list[Item], ...)``."""
-    calls = getattr(subscriber, "calls", None)
-    if not calls:
+    func = handler_function(subscriber)
+    if func is None:
         return _NO_ADAPTER
-    func = calls[0].handler._declared_call
     try:
         hints = typing.get_type_hints(func, include_extras=True)
     except (NameError, TypeError):
@@ -350,17 +354,17 @@ async def ack_all(raws: list[Any]) -> None:
     are joined and handed to the client's send buffer at once (fire-and-forget, exactly
     as ``ack()`` is). Falls back to ``ack()`` per message when that is not possible.
     """
-    pending = [raw for raw in raws if not getattr(raw, "_ackd", True)]
+    pending = [raw for raw in raws if not raw.is_acked]
     if not pending:
         return
-    client = getattr(pending[0], "_client", None)
-    send = getattr(client, "_send_command", None)
-    flush = getattr(client, "_flush_pending", None)
-    if send is None or flush is None or not getattr(client, "is_connected", False):
+    client = message_client(pending[0])
+    if client is None or not client.is_connected:
         for raw in pending:
             await raw.ack()
         return
-    await send(b"".join(b"PUB %s 4\r\n+ACK\r\n" % raw.reply.encode() for raw in pending))
+    await send_raw(
+        client, b"".join(b"PUB %s 4\r\n+ACK\r\n" % raw.reply.encode() for raw in pending)
+    )
     for raw in pending:
-        raw._ackd = True
-    await flush()
+        mark_settled(raw)
+    await flush_pending(client)

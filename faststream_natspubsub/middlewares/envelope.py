@@ -2,12 +2,18 @@
 
 Only traffic under ``<env>.`` is touched: everything else on the broker stays plain
 FastStream, so the middleware can share a broker with ordinary subscribers.
+
+One correlation id: the envelope's ``metadata.correlation_id`` is FastStream's
+``correlation_id`` in both directions. On publish it is, in this order, the one the caller
+put in the metadata, the one of the event being handled, or the publish's own FastStream
+correlation id; the outgoing ``correlation_id`` header says the same. On consume,
+``message.correlation_id`` is the envelope's (or, when it names none, the event id).
 """
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from faststream import BaseMiddleware
 from pydantic_core import from_json
@@ -15,6 +21,7 @@ from pydantic_core import from_json
 from ..codecs.message import EncodedMessage, message_for
 from ..codecs.reader import CodecReader
 from ..codecs.targets import HandlerTargets
+from ..compat import current_subscriber
 from ..envelope import (
     CONTENT_ENCODING_HEADER,
     EnvelopeCodec,
@@ -23,8 +30,8 @@ from ..envelope import (
     new_event_id,
     utc_now_text,
 )
-from ..errors import EnvelopeError
-from ..metadata import INBOUND_ATTRIBUTE, InboundEvent, current_inbound
+from ..errors import ConfigurationError, EnvelopeError
+from ..metadata import EVENT_CONTEXT_KEY, InboundEvent, correlation_of, current_inbound
 from ..metrics import PubsubMetrics
 from ..publishing import RETRIABLE_PUBLISH_ERRORS, OutgoingEvent, retry_publish
 from ..subjects import normalize_app, normalize_env
@@ -39,17 +46,20 @@ if TYPE_CHECKING:
 
     from ..codecs.base import Codec
 
-__all__ = ("EnvelopeMiddleware",)
+__all__ = ("NATSPUBSUB_1_0", "EnvelopeMiddleware", "InboundHolder")
 
 
-class _InboundHolder(Protocol):
-    """The per-message object that remembers the event being handled."""
+class InboundHolder(Protocol):
+    """The per-message object that keeps the event for the handler's return value."""
 
     inbound: InboundEvent | None
 
 
+# ``compat=`` value: also write what NatsPubsub 1.0's consumer reads.
+NATSPUBSUB_1_0: Final = "natspubsub-1.0"
+
 # Metadata an event passes on to the events its handler publishes.
-_INHERITED_METADATA = ("correlation_id", "trace_id", "user_id", "tenant_id", "session_id")
+_INHERITED_METADATA: Final = ("trace_id", "user_id", "tenant_id", "session_id")
 
 
 class EnvelopeMiddleware:
@@ -57,8 +67,8 @@ class EnvelopeMiddleware:
 
     Usable by hand: ``NatsBroker(middlewares=[EnvelopeMiddleware(env="prod", app="orders")])``.
     A message that is not a readable envelope raises
-    :class:`~faststream_natspubsub.envelope.MalformedEnvelopeError` before the handler runs;
-    the retry middleware dead-letters it.
+    :class:`~faststream_natspubsub.errors.MalformedEnvelopeError` before the handler runs;
+    the failure middleware dead-letters it.
     """
 
     def __init__(
@@ -70,7 +80,13 @@ class EnvelopeMiddleware:
         codec: Codec | None = None,
         metrics: PubsubMetrics | None = None,
         collect_trace: bool | None = None,
+        compat: str | None = None,
     ) -> None:
+        if compat not in (None, NATSPUBSUB_1_0):
+            raise ConfigurationError(f"compat must be None or {NATSPUBSUB_1_0!r}, not {compat!r}")
+        # NatsPubsub 1.0's consumer hands its handlers ``envelope.payload`` and reads a
+        # top-level ``trace_id``: written too, at the cost of the message twice on the wire.
+        self.writes_v1 = compat == NATSPUBSUB_1_0
         self.env = normalize_env(env)
         # Trace ids go into the metadata when something makes spans: FastStream's telemetry
         # middleware or an OpenTelemetry SDK. Otherwise there is no current span to read.
@@ -95,95 +111,135 @@ class EnvelopeMiddleware:
         *,
         now: str | None = None,
         trace: bool = True,
+        correlation_id: str | None = None,
     ) -> dict[str, Any]:
         """The envelope dict for ``event``, inheriting correlation from ``inbound``.
 
         ``now`` is the formatted current time, when the caller has it already; ``trace=False``
-        when the caller put the current trace ids into ``event.metadata`` itself.
+        when the caller put the current trace ids into ``event.metadata`` itself;
+        ``correlation_id`` is used when neither ``event.metadata`` nor ``inbound`` gives one
+        (without it, the event starts its own chain: its event id).
         """
         message = message_to_payload(event.message)
+        event_id = event.event_id or new_event_id()
         metadata: dict[str, Any] = {}
         if inbound is not None:
             parent = inbound.envelope.metadata
             for key in _INHERITED_METADATA:
                 if (value := parent.get(key)) is not None:
                     metadata[key] = value
+            metadata["correlation_id"] = correlation_of(parent, inbound.envelope.event_id)
             metadata["causation_id"] = inbound.envelope.event_id
+        elif correlation_id:
+            metadata["correlation_id"] = correlation_id
         # The current span (FastStream's publish span, or the handler's) wins over the
         # trace inherited from the incoming envelope.
         if trace:
             metadata.update(current_trace_metadata())
         metadata.update(event.metadata)
+        metadata.setdefault("correlation_id", event_id)
         metadata.setdefault("app_name", self.app)
         metadata.setdefault("environment", self.env)
         if self.app_version is not None:
             metadata.setdefault("app_version", self.app_version)
+        occurred_at = (
+            format_timestamp(event.occurred_at)
+            if event.occurred_at is not None
+            else now or utc_now_text()
+        )
+        if self.writes_v1:
+            return _with_v1_fields(event_id, topic, occurred_at, message, metadata)
         return {
-            "event_id": event.event_id or new_event_id(),
+            "event_id": event_id,
             "schema_version": 1,
             "topic": topic,
-            "occurred_at": (
-                format_timestamp(event.occurred_at)
-                if event.occurred_at is not None
-                else now or utc_now_text()
-            ),
+            "occurred_at": occurred_at,
             "message": message,
             "metadata": metadata,
         }
+
+    def decode(self, msg: StreamMessage[Any], subject: str) -> InboundEvent:
+        """Read the envelope of ``msg`` by its content type; raises ``MalformedEnvelopeError``."""
+        content_type = msg.content_type or msg.headers.get("Content-Type")
+        codec = self.reader.by_type.get(content_type) or self.reader.codec_for(content_type)
+        return InboundEvent(msg, codec.decode(msg.body), subject)
+
+    async def handle(
+        self,
+        context: ContextRepo,
+        msg: StreamMessage[Any],
+        inbound: InboundEvent,
+        call_next: Callable[[Any], Awaitable[Any]],
+    ) -> Any:
+        """Run ``call_next`` with the event exposed to the handler.
+
+        The handler's body is the envelope's message; ``EventMetadata`` and
+        ``CurrentEnvelope`` read the event from FastStream's context; FastStream's
+        ``message.correlation_id`` is the event's.
+        """
+        envelope = inbound.envelope
+        message = envelope.message
+        if self.targets.any_protobuf or type(message) is EncodedMessage:
+            # A protobuf body, or a handler that takes a protobuf class: what it asks for.
+            message = message_for(message, self.targets.target(current_subscriber(context)))
+        msg.set_decoder(_MessageDecoder(message))
+        msg.correlation_id = correlation_of(envelope.metadata, envelope.event_id)
+        token = context.set_local(EVENT_CONTEXT_KEY, inbound)
+        metrics = self.metrics
+        try:
+            if not metrics.enabled:
+                return await call_next(msg)
+            attributes = metrics.attributes(inbound.subject)
+            metrics.consumed.add(1, attributes)
+            if envelope.occurred_at is not None:
+                latency = (inbound.received_at - envelope.occurred_at).total_seconds()
+                metrics.end_to_end_latency.record(max(latency, 0.0), attributes)
+            started = time.perf_counter()
+            try:
+                return await call_next(msg)
+            finally:
+                metrics.handler_duration.record(time.perf_counter() - started, attributes)
+        finally:
+            context.reset_local(EVENT_CONTEXT_KEY, token)
 
     async def consume(
         self,
         context: ContextRepo,
         msg: StreamMessage[Any],
         call_next: Callable[[Any], Awaitable[Any]],
-        holder: _InboundHolder,
+        holder: InboundHolder,
     ) -> Any:
         """Decode the envelope, expose it to the handler, then run ``call_next``."""
         subject = getattr(msg.raw_message, "subject", "")
         if not isinstance(subject, str) or not subject.startswith(self.subject_prefix):
             return await call_next(msg)
-        content_type = msg.content_type or msg.headers.get("Content-Type")
-        codec = self.reader.by_type.get(content_type) or self.reader.codec_for(content_type)
-        envelope = codec.decode(msg.body)
-        # Kept on the per-message holder: a handler's return value is published after the
-        # context scope below has closed, but through this same middleware instance.
-        inbound = holder.inbound = InboundEvent(msg, envelope, subject)
-        # The handler gets the envelope's message, already decoded, not the raw JSON.
-        message = envelope.message
-        if self.targets.any_protobuf or type(message) is EncodedMessage:
-            message = message_for(message, self.targets.target(context.get_local("handler_")))
-        msg.set_decoder(_MessageDecoder(message))
-        metrics = self.metrics
-        setattr(msg, INBOUND_ATTRIBUTE, inbound)
-        if not metrics.enabled:
-            return await call_next(msg)
-        attributes = metrics.attributes(subject)
-        metrics.consumed.add(1, attributes)
-        if envelope.occurred_at is not None:
-            latency = (inbound.received_at - envelope.occurred_at).total_seconds()
-            metrics.end_to_end_latency.record(max(latency, 0.0), attributes)
-        started = time.perf_counter()
-        try:
-            return await call_next(msg)
-        finally:
-            metrics.handler_duration.record(time.perf_counter() - started, attributes)
+        # Kept on the per-message holder too: a handler's return value is published after
+        # the context value is reset, but through this same middleware instance.
+        inbound = holder.inbound = self.decode(msg, subject)
+        return await self.handle(context, msg, inbound, call_next)
 
     async def publish(
         self,
-        context: ContextRepo,
         call_next: Callable[[Any], Awaitable[Any]],
         cmd: NatsPublishCommand,
-        holder: _InboundHolder,
+        inbound: InboundEvent | None,
     ) -> Any:
-        """Wrap ``cmd.body`` in the envelope and publish, retrying with the same id."""
+        """Wrap ``cmd.body`` in the envelope and publish, retrying with the same id.
+
+        ``inbound`` is the event being handled, if any: its correlation and trace carry over.
+        """
         subject = cmd.destination
-        if not subject.startswith(self.subject_prefix):
-            return await call_next(cmd)
         event = cmd.body if isinstance(cmd.body, OutgoingEvent) else _as_event(cmd.body)
-        inbound = current_inbound(context) or holder.inbound
         topic = subject.split(".", 2)[2] if subject.count(".") >= 2 else subject
         now = utc_now_text()
-        data = self.build_envelope(topic, event, inbound, now=now, trace=self.collect_trace)
+        data = self.build_envelope(
+            topic,
+            event,
+            inbound,
+            now=now,
+            trace=self.collect_trace,
+            correlation_id=cmd.correlation_id,
+        )
         payload, compressed = self.codec.encode(data)
         headers = cmd.headers = dict(cmd.headers)  # never mutate a dict the caller owns
         headers["Nats-Msg-Id"] = data["event_id"]
@@ -191,6 +247,8 @@ class EnvelopeMiddleware:
         headers["content-type"] = self.codec.content_type
         if compressed:
             headers[CONTENT_ENCODING_HEADER] = "gzip"
+        # FastStream writes this into the correlation_id header: one id on both sides.
+        cmd.correlation_id = data["metadata"]["correlation_id"]
         cmd.body = payload
         if not cmd.stream:
             result = await call_next(cmd)
@@ -222,7 +280,11 @@ class _EnvelopeMiddleware(BaseMiddleware["NatsPublishCommand", Any]):
     async def publish_scope(
         self, call_next: Callable[[Any], Awaitable[Any]], cmd: NatsPublishCommand
     ) -> Any:
-        return await self._config.publish(self.context, call_next, cmd, self)
+        config = self._config
+        if not cmd.destination.startswith(config.subject_prefix):
+            return await call_next(cmd)
+        inbound = current_inbound(self.context) or self.inbound
+        return await config.publish(call_next, cmd, inbound)
 
 
 class _MessageDecoder:
@@ -235,6 +297,26 @@ class _MessageDecoder:
 
     async def __call__(self, _msg: StreamMessage[Any]) -> Any:
         return self._message
+
+
+def _with_v1_fields(
+    event_id: str, topic: str, occurred_at: str, message: Any, metadata: dict[str, Any]
+) -> dict[str, Any]:
+    """The envelope plus what NatsPubsub 1.0's consumer reads, in 1.0's field order."""
+    data: dict[str, Any] = {
+        "event_id": event_id,
+        "schema_version": 1,
+        "topic": topic,
+        "producer": metadata["app_name"],
+        "occurred_at": occurred_at,
+    }
+    trace_id = metadata.get("trace_id")
+    if isinstance(trace_id, str):
+        data["trace_id"] = trace_id
+    data["message"] = message
+    data["payload"] = message
+    data["metadata"] = metadata
+    return data
 
 
 def _as_event(body: Any) -> OutgoingEvent:

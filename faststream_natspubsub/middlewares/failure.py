@@ -22,11 +22,12 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn
 from faststream.exceptions import AckMessage, HandlerException, NackMessage, RejectMessage
 from nats.errors import Error as NatsError
 from pydantic import ValidationError
+from pydantic.errors import PydanticUserError
+from pydantic_core import from_json
 
+from ..compat import mark_settled, message_client
 from ..dlq import DeadLetterReason, DeadLetterWriter, FailedDelivery
-from ..envelope import MalformedEnvelopeError
-from ..errors import PermanentError, PublishError, RetryLater
-from ..metadata import INBOUND_ATTRIBUTE
+from ..errors import MalformedEnvelopeError, PermanentError, PublishError, RetryLater
 from ..metrics import PubsubMetrics
 from ..retry import RetryPolicy
 from ..subjects import normalize_env
@@ -40,8 +41,6 @@ if TYPE_CHECKING:
     from faststream.message import StreamMessage
 
 __all__ = (
-    "EXHAUSTED_ATTRIBUTE",
-    "AttemptsExhausted",
     "Delivery",
     "FailureMiddleware",
     "Outcome",
@@ -57,14 +56,8 @@ UNFINISHED: Final = (
     "delivered more often than max_attempts: an earlier attempt did not finish (the process "
     "crashed or the handler outlived ack_wait) or its dead-lettering failed"
 )
-
-# Set on a message delivered more often than max_attempts when the decision is deferred to
-# the inbox (see ``FailureMiddleware.consume``).
-EXHAUSTED_ATTRIBUTE: Final = "natspubsub_exhausted"
-
-
-class AttemptsExhausted(Exception):  # noqa: N818 - a signal, not an error a user sees
-    """Raised instead of running a handler whose attempts are used up (deferred check)."""
+# Errors that say the handler cannot be called as declared: its code must change.
+_PROGRAMMING_ERRORS: Final = (PydanticUserError,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +105,8 @@ class FailureMiddleware:
         """Classify a failure of ``delivery``: dead-letter (with a reason) or retry (a delay)."""
         if isinstance(exc, MalformedEnvelopeError):
             return Outcome(DeadLetterReason.MALFORMED)
+        if isinstance(exc, _PROGRAMMING_ERRORS) and not isinstance(exc, self.retry.retry_on):
+            return Outcome(DeadLetterReason.PROGRAMMING_ERROR)
         if self.is_permanent(exc):
             return Outcome(DeadLetterReason.PERMANENT_ERROR)
         if delivery.deliveries >= self.retry.max_attempts:
@@ -132,16 +127,21 @@ class FailureMiddleware:
                 "exception.message": str(exc)[:500],
             },
         )
+        # One line per retry; the traceback only at DEBUG (it is logged with the dead letter).
+        fields = delivery.log_fields(delay=delay)
         logger.warning(
-            "handler failed on attempt %d/%d of event %s on %s; retrying in %.3fs",
+            "handler failed on attempt %d/%d of event %s on %s (%s: %s); retrying in %.3fs",
             delivery.deliveries,
             self.retry.max_attempts,
             delivery.event_id,
             delivery.subject,
+            type(exc).__qualname__,
+            _one_line(exc),
             delay,
-            exc_info=exc,
-            extra=delivery.log_fields(delay=delay),
+            extra=fields,
         )
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("traceback of the failed attempt", exc_info=exc, extra=fields)
 
     def record_success(self, delivery: Delivery) -> None:
         """Count an acknowledged delivery and forget its failures."""
@@ -228,16 +228,12 @@ class FailureMiddleware:
         context: ContextRepo,
         msg: StreamMessage[Any],
         call_next: Callable[[Any], Awaitable[Any]],
-        *,
-        defer_exhausted: bool = False,
     ) -> Any:
         """Run ``call_next`` and turn its failure into a delayed NAK or a dead letter.
 
-        A delivery past ``max_attempts`` is dead-lettered without running the handler. With
-        ``defer_exhausted`` it is only flagged, and the inbox inside decides first: a
-        duplicate is still acknowledged and an event another consumer holds is still held
-        back (those deliveries were not attempts); only a claimed one raises
-        :class:`AttemptsExhausted`, which ends here in the DLQ.
+        Composed by hand: a delivery past ``max_attempts`` is dead-lettered without running
+        the handler. (The facade's combined flow asks the inbox first, so a duplicate of a
+        processed event is still acknowledged there.)
         """
         raw = msg.raw_message
         subject = getattr(raw, "subject", "")
@@ -247,28 +243,16 @@ class FailureMiddleware:
         # several microseconds per message and is needed only when something fails.
         deliveries = delivery_count(raw)
         if deliveries > self.retry.max_attempts:
-            # Its last attempt did not finish (a crash, a hang past ack_wait) or could not
-            # dead-letter: do not run the handler again.
-            if defer_exhausted:
-                setattr(msg, EXHAUSTED_ATTRIBUTE, True)
-            else:
-                await self._settle_exhausted(context, msg)
+            await self.settle_exhausted(context, Delivery.of(raw, msg.body, event_id=None))
         try:
             result = await call_next(msg)
-        except AckMessage:  # the handler (or the inbox, for a duplicate) acknowledged it
+        except AckMessage:  # the handler acknowledged it itself
             self.succeeded(raw, subject, deliveries)
             raise
         except HandlerException:
             raise  # the handler chose NAK / TERM itself
-        except AttemptsExhausted:
-            await self._settle_exhausted(context, msg)
-        except Exception as exc:
-            delivery = Delivery.of(raw, msg.body, event_id=_event_id_of(msg))
-            outcome = self.decide(delivery, exc)
-            if outcome.reason is not None:
-                await self._settle_dead_letter(context, delivery, outcome.reason, exc)
-            self.record_retry(delivery, outcome.delay, exc)
-            raise NackMessage(delay=outcome.delay) from exc
+        except Exception as exc:  # noqa: BLE001 - any handler failure is retried or dead-lettered
+            await self.settle_failure(context, Delivery.of(raw, msg.body, event_id=None), exc)
         self.succeeded(raw, subject, deliveries)
         return result
 
@@ -279,13 +263,27 @@ class FailureMiddleware:
         if deliveries > 1 and self._first_failures:
             self.forget_failure(Delivery.of(raw).key)
 
-    async def _settle_exhausted(self, context: ContextRepo, msg: StreamMessage[Any]) -> NoReturn:
-        delivery = Delivery.of(msg.raw_message, msg.body, event_id=_event_id_of(msg))
-        await self._settle_dead_letter(
+    async def settle_failure(
+        self, context: ContextRepo, delivery: Delivery, exc: Exception
+    ) -> NoReturn:
+        """A handler failed: dead-letter the event or NAK it with the policy's delay."""
+        outcome = self.decide(delivery, exc)
+        if outcome.reason is not None:
+            await self.settle_dead_letter(context, delivery, outcome.reason, exc)
+        self.record_retry(delivery, outcome.delay, exc)
+        raise NackMessage(delay=outcome.delay) from exc
+
+    async def settle_exhausted(self, context: ContextRepo, delivery: Delivery) -> NoReturn:
+        """Dead-letter a delivery beyond ``max_attempts`` without running its handler.
+
+        Its last attempt did not finish (a crash, a hang past ack_wait) or could not
+        dead-letter.
+        """
+        await self.settle_dead_letter(
             context, delivery, DeadLetterReason.MAX_ATTEMPTS_EXCEEDED, None
         )
 
-    async def _settle_dead_letter(
+    async def settle_dead_letter(
         self,
         context: ContextRepo,
         delivery: Delivery,
@@ -368,10 +366,13 @@ class Delivery:
 
     @property
     def event_id(self) -> str:
-        """The envelope's event id; the ``Nats-Msg-Id`` header when it was not decoded."""
-        if self.envelope_event_id is not None:
-            return self.envelope_event_id
-        return str(self.headers.get("Nats-Msg-Id", "?"))
+        """The envelope's event id (read from the body if the caller did not decode it);
+        the ``Nats-Msg-Id`` header when the body is not an envelope."""
+        if self.envelope_event_id is None:
+            self.envelope_event_id = _event_id_in(self.body) or str(
+                self.headers.get("Nats-Msg-Id", "?")
+            )
+        return self.envelope_event_id
 
     def log_fields(self, **more: Any) -> dict[str, Any]:
         fields = {
@@ -389,19 +390,28 @@ async def terminate_raw(raw: Any, reason: str) -> None:
     """TERM with a reason (it appears in the server's MSG_TERMINATED advisory).
 
     nats-py's ``term()`` sends no reason, so ``+TERM <reason>`` is published by hand, and
-    ``_ackd`` is set as ``term()`` would, so FastStream's reject does not TERM again.
+    the message is marked settled as ``term()`` would, so FastStream's reject sends nothing.
     """
     reply = getattr(raw, "reply", "")
-    client = getattr(raw, "_client", None)  # None for TestNatsBroker's in-memory messages
-    if client is not None and reply.startswith("$JS.ACK.") and not getattr(raw, "_ackd", True):
+    client = message_client(raw)  # None for TestNatsBroker's in-memory messages
+    if client is not None and reply.startswith("$JS.ACK.") and not raw.is_acked:
         await client.publish(reply, b"+TERM " + reason.encode())
-        raw._ackd = True
+        mark_settled(raw)
 
 
-def _event_id_of(msg: StreamMessage[Any]) -> str | None:
-    """The event id of the envelope the envelope middleware decoded, if it did."""
-    inbound = getattr(msg, INBOUND_ATTRIBUTE, None)
-    return None if inbound is None else inbound.envelope.event_id
+def _event_id_in(body: bytes) -> str | None:
+    """The event id of an envelope body, for logs and records (failure paths only)."""
+    try:
+        data = from_json(body)
+    except ValueError:
+        return None
+    event_id = data.get("event_id") if isinstance(data, dict) else None
+    return event_id if isinstance(event_id, str) and event_id else None
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def delivery_count(raw: Any) -> int:

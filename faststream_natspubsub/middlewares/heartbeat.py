@@ -8,11 +8,10 @@ timer, every third of ``ack_wait``: well inside the 2/3 bound, even on a loaded 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import weakref
 from typing import TYPE_CHECKING, Any, Final
 
+from ..compat import current_subscriber, subscriber_ack_wait
 from ._delegate import ConsumeDelegate
 
 if TYPE_CHECKING:
@@ -25,7 +24,8 @@ __all__ = ("AckHeartbeatMiddleware", "Beat")
 
 logger = logging.getLogger("faststream_natspubsub.heartbeat")
 
-DEFAULT_ACK_WAIT: Final = 30.0  # the server's default, used when a subscriber sets none
+# The server's default ack_wait: what applies to a consumer created without one.
+DEFAULT_ACK_WAIT: Final = 30.0
 
 
 class AckHeartbeatMiddleware:
@@ -43,7 +43,6 @@ class AckHeartbeatMiddleware:
         self.on_beat = on_beat
         # id(raw message) -> [message, when its next beat is due, interval]
         self._inflight: dict[int, list[Any]] = {}
-        self._intervals: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
         self._timer: asyncio.TimerHandle | None = None
         self._tick = float("inf")
         self._tasks: set[asyncio.Task[None]] = set()
@@ -57,19 +56,23 @@ class AckHeartbeatMiddleware:
         msg: StreamMessage[Any],
         call_next: Callable[[Any], Awaitable[Any]],
     ) -> Any:
-        """Run ``call_next`` with ``msg`` registered for in-progress signals."""
-        token = self.start(context, msg.raw_message)
+        """Run ``call_next`` with ``msg`` registered for in-progress signals.
+
+        Composed by hand, the interval comes from the subscriber's consumer config.
+        """
+        ack_wait = subscriber_ack_wait(current_subscriber(context)) or DEFAULT_ACK_WAIT
+        token = self.start(msg.raw_message, ack_wait * self.fraction)
         try:
             return await call_next(msg)
         finally:
             self.finish(token)
 
-    def start(self, context: ContextRepo, raw: Any) -> int | None:
-        """Register a JetStream message whose handler starts now; returns its token."""
+    def start(self, raw: Any, interval: float) -> int | None:
+        """Register a JetStream message whose handler starts now, to be marked in progress
+        every ``interval`` seconds; returns its token."""
         reply = getattr(raw, "reply", "")
         if not (isinstance(reply, str) and reply.startswith("$JS.ACK.")):
             return None
-        interval = self._interval(context.get_local("handler_"))
         loop = asyncio.get_running_loop()
         key = id(raw)
         self._inflight[key] = [raw, loop.time() + interval, interval]
@@ -81,17 +84,6 @@ class AckHeartbeatMiddleware:
         """The handler of the message registered under ``token`` is done."""
         if token is not None:
             self._inflight.pop(token, None)
-
-    def _interval(self, subscriber: Any) -> float:
-        try:
-            return self._intervals[subscriber]
-        except (KeyError, TypeError):
-            pass
-        ack_wait = getattr(getattr(subscriber, "config", None), "ack_wait", None)
-        interval = (ack_wait or DEFAULT_ACK_WAIT) * self.fraction
-        with contextlib.suppress(TypeError):  # not weak-referenceable: computed each time
-            self._intervals[subscriber] = interval
-        return interval
 
     def _arm(self, loop: asyncio.AbstractEventLoop, tick: float) -> None:
         if self._timer is not None:
@@ -114,7 +106,7 @@ class AckHeartbeatMiddleware:
             self._tick = float("inf")
 
     async def _beat(self, raw: Any) -> None:
-        if getattr(raw, "_ackd", False):
+        if raw.is_acked:
             return
         try:
             await raw.in_progress()

@@ -13,7 +13,6 @@ out, so a crash costs one extra delivery, not one every few seconds.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import weakref
 from collections import OrderedDict
@@ -21,12 +20,19 @@ from typing import TYPE_CHECKING, Any, Final
 
 from faststream.exceptions import AckMessage, NackMessage
 
+from ..compat import (
+    current_subscriber,
+    in_memory_message,
+    subscriber_ack_wait,
+    subscriber_durable,
+)
 from ..inbox import ClaimResult, InboxStore, KvInboxStore, LeaseReporter
-from ..metadata import INBOUND_ATTRIBUTE
+from ..metadata import current_inbound
 from ..metrics import PubsubMetrics
 from ..tracing import record_span_event
 from ._delegate import ConsumeDelegate
-from .failure import EXHAUSTED_ATTRIBUTE, AttemptsExhausted, delivery_count
+from .failure import delivery_count
+from .heartbeat import DEFAULT_ACK_WAIT
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -34,7 +40,6 @@ if TYPE_CHECKING:
     from faststream import ContextRepo
     from faststream.message import StreamMessage
 
-    from ..metadata import InboundEvent
 
 __all__ = ("InboxMiddleware",)
 
@@ -62,17 +67,12 @@ class InboxMiddleware:
         store: InboxStore,
         *,
         metrics: PubsubMetrics | None = None,
-        on_duplicate: Callable[[InboundEvent], None] | None = None,
     ) -> None:
         self.store = store
         self.metrics = metrics or PubsubMetrics()
-        self.on_duplicate = on_duplicate
         self.duplicates = 0
+        # Subscribers opted out when the middleware is composed by hand.
         self._excluded: weakref.WeakSet[Any] = weakref.WeakSet()
-        # Per subscriber: (the prefix of its keys, its claims' lease).
-        self._scopes: weakref.WeakKeyDictionary[Any, tuple[str, float]] = (
-            weakref.WeakKeyDictionary()
-        )
         self._unmarked: OrderedDict[str, None] = OrderedDict()
         # A KV store not bound yet: in memory tests it never is (see stand_in_if_in_memory).
         self._unbound_kv = store if isinstance(store, KvInboxStore) else None
@@ -83,36 +83,24 @@ class InboxMiddleware:
         store = self._unbound_kv
         if store is None or store.bound:
             self._unbound_kv = None
-        elif getattr(raw, "_client", True) is None:
+        elif in_memory_message(raw):
             store.stand_in_for_tests()
             self._unbound_kv = None
 
     def exclude(self, subscriber: Any) -> None:
-        """Opt one subscriber out of the inbox."""
+        """Opt one subscriber out of the inbox (when composed by hand)."""
         self._excluded.add(subscriber)
 
-    def covers(self, subscriber: Any) -> bool:
-        """Whether ``subscriber``'s events go through the inbox."""
-        return subscriber not in self._excluded
-
-    def scope(self, subscriber: Any) -> tuple[str, float]:
-        """The key prefix and lease of ``subscriber``'s claims.
+    @staticmethod
+    def scope(durable: str | None, ack_wait: float) -> tuple[str, float]:
+        """The key prefix and lease of a subscriber's claims.
 
         Keys are ``<durable>.<event_id>``: each durable consumer of an event (two handlers of
         one topic, say) has its own processed mark, so one handler's success never skips the
-        other's. A subscriber without a durable name uses the bare event id.
+        other's. A subscriber without a durable name uses the bare event id. A claim outlives
+        the longest expected redelivery gap (``ack_wait``) twice over.
         """
-        try:
-            return self._scopes[subscriber]
-        except (KeyError, TypeError):
-            pass
-        config = getattr(subscriber, "config", None)
-        durable = getattr(config, "durable_name", None)
-        ack_wait = getattr(config, "ack_wait", None) or 0.0
-        scope = (f"{durable}." if durable else "", max(float(ack_wait) * 2, _MIN_LEASE))
-        with contextlib.suppress(TypeError):  # not weak-referenceable: recomputed each time
-            self._scopes[subscriber] = scope
-        return scope
+        return (f"{durable}." if durable else "", max(ack_wait * 2, _MIN_LEASE))
 
     def __call__(self, msg: Any, /, *, context: ContextRepo) -> ConsumeDelegate:
         return ConsumeDelegate(msg, context=context, config=self)
@@ -123,29 +111,36 @@ class InboxMiddleware:
         msg: StreamMessage[Any],
         call_next: Callable[[Any], Awaitable[Any]],
     ) -> Any:
-        """Skip a processed event, hold one another consumer handles, else claim and run."""
-        inbound: InboundEvent | None = getattr(msg, INBOUND_ATTRIBUTE, None)
-        subscriber = context.get_local("handler_")
+        """Composed by hand: skip a processed event, hold one another consumer handles, else
+        claim it and run ``call_next``. Needs the envelope middleware inside it."""
+        inbound = current_inbound(context)
+        subscriber = current_subscriber(context)
         if inbound is None or subscriber in self._excluded:
-            if getattr(msg, EXHAUSTED_ATTRIBUTE, False):
-                raise AttemptsExhausted
             return await call_next(msg)
-        if self._unbound_kv is not None:
-            self.stand_in_if_in_memory(msg.raw_message)
-        prefix, lease = self.scope(subscriber)
+        prefix, lease = self.scope(
+            subscriber_durable(subscriber), subscriber_ack_wait(subscriber) or DEFAULT_ACK_WAIT
+        )
         key = prefix + inbound.envelope.event_id
+        await self.admit(msg.raw_message, key, inbound.subject, lease)
+        return await self.run(key, msg, call_next)
+
+    async def admit(self, raw: Any, key: str, subject: str, lease: float) -> None:
+        """Claim ``key`` for this delivery; raise ``AckMessage`` for a processed event and a
+        delayed ``NackMessage`` for one another consumer holds."""
+        if self._unbound_kv is not None:
+            self.stand_in_if_in_memory(raw)
         outcome = await self.claim(key, lease=lease)
         if outcome is ClaimResult.PROCESSED:
-            self.skipped(inbound.subject, inbound.envelope.event_id)
-            if self.on_duplicate is not None:
-                self.on_duplicate(inbound)
+            self.skipped(subject, key)
             raise AckMessage
         if outcome is ClaimResult.IN_PROGRESS:
-            raw = msg.raw_message
             raise NackMessage(delay=await self.in_progress_delay(key, delivery_count(raw), lease))
-        if getattr(msg, EXHAUSTED_ATTRIBUTE, False):
-            await self.release(key)  # a replay from the DLQ must be able to run it
-            raise AttemptsExhausted
+
+    async def run(
+        self, key: str, msg: StreamMessage[Any], call_next: Callable[[Any], Awaitable[Any]]
+    ) -> Any:
+        """Run ``call_next`` under a claim of ``key``: mark it processed on success (before
+        the ack), release it on failure."""
         try:
             result = await call_next(msg)
         except AckMessage:  # the handler acknowledged it itself: that is processed too
@@ -164,17 +159,17 @@ class InboxMiddleware:
             return ClaimResult.PROCESSED
         return await self.store.claim(key, lease=lease)
 
-    def skipped(self, subject: str, event_id: str) -> None:
+    def skipped(self, subject: str, key: str) -> None:
         """Count, trace and log one duplicate that is acknowledged without the handler."""
         self.duplicates += 1
         if self.metrics.enabled:
             self.metrics.duplicates_skipped.add(1, self.metrics.attributes(subject))
-        record_span_event("natspubsub.duplicate_skipped", {"natspubsub.event_id": event_id})
+        record_span_event("natspubsub.duplicate_skipped", {"natspubsub.inbox_key": key})
         logger.debug(
-            "event %s on %s already processed: acknowledged, handler skipped",
-            event_id,
+            "inbox key %s on %s already processed: acknowledged, handler skipped",
+            key,
             subject,
-            extra={"natspubsub_event_id": event_id, "natspubsub_subject": subject},
+            extra={"natspubsub_inbox_key": key, "natspubsub_subject": subject},
         )
 
     async def in_progress_delay(self, key: str, deliveries: int, lease: float) -> float:

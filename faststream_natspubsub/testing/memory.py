@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from faststream import BaseMiddleware
 from faststream.exceptions import NackMessage
 from faststream.nats import TestNatsBroker
+
+from ..compat import current_subscriber, new_in_memory_message
+from ..host import BrokerHost
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -30,28 +33,29 @@ if TYPE_CHECKING:
     from faststream.message import StreamMessage
     from typing_extensions import Self
 
-    from ..dlq import DeadLetterRecord, FailedDelivery
+    from ..dlq import DeadLetterRecord, DeadLetterWriter, FailedDelivery
     from ..facade import NatsPubsub
 
 __all__ = ("Redelivery", "TestNatsPubsub")
 
 
+@dataclass(frozen=True, slots=True)
 class Redelivery:
     """One NAK seen in memory: which event, after which delivery, with which delay."""
 
-    __slots__ = ("delay", "deliveries", "subject")
-
-    def __init__(self, subject: str, deliveries: int, delay: float | None) -> None:
-        self.subject = subject
-        self.deliveries = deliveries
-        self.delay = delay
-
-    def __repr__(self) -> str:
-        return f"Redelivery({self.subject!r}, deliveries={self.deliveries}, delay={self.delay})"
+    subject: str
+    deliveries: int
+    """The delivery that was NAKed (1 for the first)."""
+    delay: float | None
+    """Seconds the NAK asked for; ``None`` for "at once"."""
 
 
 class TestNatsPubsub:
-    """Async context manager: ``TestNatsBroker`` plus redelivery and DLQ capture."""
+    """Async context manager: ``TestNatsBroker`` plus redelivery and DLQ capture.
+
+    It covers every NatsPubsub app on ``pubsub``'s broker: a test of several services on one
+    broker sees all their redeliveries and dead letters.
+    """
 
     __test__ = False  # not a pytest test class, despite the name
 
@@ -65,7 +69,7 @@ class TestNatsPubsub:
 
     @property
     def delays(self) -> list[float]:
-        """Delays (seconds) of every NAK so far, in order; ``None`` means "at once"."""
+        """Delays (seconds) of every NAK so far, in order; 0.0 for a NAK "at once"."""
         return [r.delay if r.delay is not None else 0.0 for r in self.redeliveries]
 
     async def __aenter__(self) -> Self:
@@ -80,19 +84,22 @@ class TestNatsPubsub:
             broker.insert_middleware(redelivery)
         redelivery.tp = self
         self._restore.append(lambda: setattr(redelivery, "tp", None))
-        writer = self.pubsub.dead_letters
-        if writer is not None:
-            original_write = writer.write
-
-            async def capture(failure: FailedDelivery, publish: Any) -> DeadLetterRecord:
-                record = await original_write(failure, publish)
-                self.dead_letters.append(replace(record, dlq_seq=len(self.dead_letters) + 1))
-                return record
-
-            writer.write = capture  # type: ignore[method-assign]
-            self._restore.append(lambda: delattr(writer, "write"))
+        for app in BrokerHost.of(broker).apps:
+            if app.dead_letters is not None:
+                self._capture(app.dead_letters)
         await self._test_broker.__aenter__()
         return self
+
+    def _capture(self, writer: DeadLetterWriter) -> None:
+        original_write = writer.write
+
+        async def capture(failure: FailedDelivery, publish: Any) -> DeadLetterRecord:
+            record = await original_write(failure, publish)
+            self.dead_letters.append(replace(record, dlq_seq=len(self.dead_letters) + 1))
+            return record
+
+        writer.write = capture  # type: ignore[method-assign]
+        self._restore.append(lambda: delattr(writer, "write"))
 
     async def __aexit__(
         self,
@@ -135,12 +142,12 @@ class _Redeliver(BaseMiddleware):
         raw: Any = self.msg
         reply = getattr(raw, "reply", None)
         if reply == "" and hasattr(raw, "subject"):
-            subscriber = self.context.get_local("handler_")
-            stream = getattr(getattr(subscriber, "stream", None), "name", None) or "MEMORY"
-            durable = getattr(getattr(subscriber, "config", None), "durable_name", None)
+            plan = BrokerHost.of(self._tp.pubsub.broker).plan_for(current_subscriber(self.context))
+            stream = plan.stream if plan is not None else "MEMORY"
+            durable = plan.durable if plan is not None else "memory"
             seq = self._tp.next_sequence()
             # What JetStream puts in a delivery's reply subject; nats-py reads metadata from it.
-            raw.reply = f"$JS.ACK.{stream}.{durable or 'memory'}.1.{seq}.{seq}.{time.time_ns()}.0"
+            raw.reply = f"$JS.ACK.{stream}.{durable}.1.{seq}.{seq}.{time.time_ns()}.0"
 
     async def consume_scope(
         self, call_next: Callable[[Any], Awaitable[Any]], msg: StreamMessage[Any]
@@ -163,12 +170,13 @@ class _Redeliver(BaseMiddleware):
         if nak is None:
             return False
         self._tp.redeliveries.append(nak)
-        if nak.deliveries >= self._tp.pubsub.retry.max_deliver:
+        subscriber = current_subscriber(self.context)
+        plan = BrokerHost.of(self._tp.pubsub.broker).plan_for(subscriber)
+        retry = plan.runtime.failure.retry if plan is not None else self._tp.pubsub.retry
+        if nak.deliveries >= retry.max_deliver:
             return False  # the server would give up here too
         raw: Any = self.msg
-        subscriber = self.context.get_local("handler_")
-        again = type(raw)(
-            _client=None,
+        again = new_in_memory_message(
             subject=raw.subject,
             reply=_next_delivery(raw.reply),
             data=raw.data,

@@ -2,7 +2,7 @@
 
 Each reads the other's events by their ``content-type``. ``orders_pb2`` is generated from
 ``examples/orders.proto`` (``scripts/generate-protos.sh``). Needs the ``protobuf`` extra;
-``python examples/e11_codecs.py`` runs it on a throw-away ``nats-server``.
+``python examples/e13_codecs.py`` runs it on a throw-away ``nats-server``.
 """
 
 from __future__ import annotations

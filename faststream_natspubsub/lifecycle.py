@@ -1,0 +1,107 @@
+"""What one app does when its broker starts and stops.
+
+On start, connected but before any subscriber pulls: declare the streams and consumers, open
+the KV inbox, subscribe to the MAX_DELIVERIES advisories (the server sends them on a later
+pull), and refuse handlers that can never run. Once the subscribers run, give each pull
+subscription the leaner fetch. On stop, stop the advisory listener.
+"""
+
+from __future__ import annotations
+
+import typing
+from typing import TYPE_CHECKING, Any
+
+from .advisories import MaxDeliveriesWatcher
+from .compat import handler_function
+from .errors import ConfigurationError
+from .inbox import KvInboxStore
+from .pull import BatchFetcher
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from nats.aio.client import Client as NatsClient
+
+    from .codecs.targets import HandlerTargets
+    from .dlq import DeadLetterWriter
+    from .inbox import InboxStore
+    from .metrics import PubsubMetrics
+    from .topology import Topology
+
+__all__ = ("PubsubLifecycle", "check_handler")
+
+
+class PubsubLifecycle:
+    """Start and stop of one NatsPubsub app (a :class:`~.host.AppLifecycle`)."""
+
+    def __init__(
+        self,
+        *,
+        topology: Topology,
+        inbox_store: InboxStore | None,
+        dead_letters: DeadLetterWriter | None,
+        publish: Callable[..., Awaitable[Any]],
+        metrics: PubsubMetrics,
+        handler_targets: HandlerTargets | None = None,
+    ) -> None:
+        self.topology = topology
+        self.handler_targets = handler_targets
+        self.inbox_store = inbox_store
+        self.dead_letters = dead_letters
+        self.publish = publish
+        self.metrics = metrics
+        # (subscriber, its subject) of every subscriber the app's facade made.
+        self.subscribers: list[tuple[Any, str]] = []
+        self._watcher: MaxDeliveriesWatcher | None = None
+
+    async def start(self, connection: NatsClient) -> None:
+        for subscriber, subject in self.subscribers:
+            check_handler(subscriber, subject)
+        if self.handler_targets is not None:
+            # Handlers typed with a protobuf class, known before the first message arrives.
+            self.handler_targets.inspect(subscriber for subscriber, _ in self.subscribers)
+        js = connection.jetstream()
+        await self.topology.declare(js)
+        if isinstance(self.inbox_store, KvInboxStore):
+            await self.inbox_store.bind(js)
+        if self.dead_letters is not None and self.topology.consumers:
+            # Before the consumers pull: the server sends the advisory on a later pull.
+            self._watcher = MaxDeliveriesWatcher(
+                writer=self.dead_letters,
+                publish=self.publish,
+                consumers=self.topology.consumers,
+                metrics=self.metrics,
+            )
+            await self._watcher.start(connection)
+
+    def started(self) -> None:
+        for subscriber, _subject in self.subscribers:
+            BatchFetcher.install(getattr(subscriber, "subscription", None))
+
+    async def stop(self) -> None:
+        if self._watcher is not None:
+            await self._watcher.stop()
+            self._watcher = None
+
+
+def check_handler(subscriber: Any, subject: str) -> None:
+    """Refuse a handler whose annotations cannot be resolved: it could never run.
+
+    FastStream resolves string annotations (``from __future__ import annotations``) in the
+    handler's module when the first message arrives, and every event would then fail with
+    pydantic's "not fully defined". Found at start, it is one clear error instead.
+    """
+    function = handler_function(subscriber)
+    if function is None:
+        return
+    try:
+        typing.get_type_hints(function, include_extras=True)
+    except NameError as exc:
+        name = getattr(function, "__qualname__", repr(function))
+        raise ConfigurationError(
+            f"handler {name} of {subject!r} cannot be called: {exc}. Its annotations are "
+            "resolved in its module's namespace; define or import that name at module level "
+            "(a class defined inside a function is not visible there)"
+        ) from exc
+    except Exception:  # noqa: BLE001 - only an unresolvable name is certain to fail
+        return

@@ -1,0 +1,111 @@
+"""The handling of one event of a facade subscriber, step by step.
+
+1. decode the envelope (unreadable: dead-lettered as malformed, never retried);
+2. the inbox: a processed event is acknowledged, one another consumer holds is held back,
+   otherwise this delivery claims it;
+3. a delivery beyond ``max_attempts`` is dead-lettered without running the handler (its
+   last attempt crashed, hung past ``ack_wait`` or could not dead-letter). It comes after
+   the inbox, because a duplicate or a held-back copy was not an attempt;
+4. the handler runs with the event exposed and its message kept alive by the heartbeat;
+   success marks the inbox and acknowledges, failure releases the claim and is retried or
+   dead-lettered by the app's policy.
+
+Each step is a call into one concern (envelope, inbox, failure, heartbeat) with what it
+needs; none of them calls another.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from faststream.exceptions import AckMessage, HandlerException
+
+from ..dlq import DeadLetterReason
+from ..errors import MalformedEnvelopeError
+from .failure import Delivery, delivery_count
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from faststream import ContextRepo
+    from faststream.message import StreamMessage
+
+    from ..metadata import InboundEvent
+    from ..runtime import SubscriberPlan
+
+__all__ = ("consume_event",)
+
+
+async def consume_event(
+    context: ContextRepo,
+    msg: StreamMessage[Any],
+    call_next: Callable[[Any], Awaitable[Any]],
+    plan: SubscriberPlan,
+    on_decoded: Callable[[InboundEvent], None],
+) -> Any:
+    """Handle ``msg``, delivered to the subscriber ``plan`` describes.
+
+    ``on_decoded`` receives the decoded event (the caller keeps it for the handler's
+    return value, which FastStream publishes after this returns).
+    """
+    runtime = plan.runtime
+    failure = runtime.failure
+    raw = msg.raw_message
+    subject: str = raw.subject
+    deliveries = delivery_count(raw)
+    try:
+        inbound = runtime.envelope.decode(msg, subject)
+    except MalformedEnvelopeError as exc:
+        delivery = Delivery.of(raw, msg.body)
+        await failure.settle_dead_letter(context, delivery, DeadLetterReason.MALFORMED, exc)
+    on_decoded(inbound)
+    event_id = inbound.envelope.event_id
+
+    inbox = plan.inbox
+    key: str | None = None
+    if inbox is not None:
+        prefix, lease = inbox.scope(plan.durable, plan.ack_wait)
+        key = prefix + event_id
+        try:
+            await inbox.admit(raw, key, subject, lease)
+        except AckMessage:  # already processed: acknowledged without the handler
+            failure.succeeded(raw, subject, deliveries)
+            raise
+        except HandlerException:  # held back: another consumer holds the claim
+            raise
+        except Exception as exc:  # noqa: BLE001 - the store failed: retried like an attempt
+            delivery = Delivery.of(raw, msg.body, event_id=event_id)
+            await failure.settle_failure(context, delivery, exc)
+
+    if deliveries > failure.retry.max_attempts:
+        if inbox is not None and key is not None:
+            await inbox.release(key)  # a replay from the DLQ must be able to run it
+        await failure.settle_exhausted(context, Delivery.of(raw, msg.body, event_id=event_id))
+
+    heartbeat = runtime.heartbeat
+    beat = heartbeat.start(raw, plan.heartbeat_interval)
+    try:
+        result = await runtime.envelope.handle(context, msg, inbound, call_next)
+    except AckMessage:  # the handler acknowledged it itself: that is processed too
+        if inbox is not None and key is not None:
+            await inbox.mark_processed(key)
+        failure.succeeded(raw, subject, deliveries)
+        raise
+    except HandlerException:  # the handler chose NAK / TERM itself
+        if inbox is not None and key is not None:
+            await inbox.release(key)
+        raise
+    except Exception as exc:  # noqa: BLE001 - any handler failure is retried or dead-lettered
+        if inbox is not None and key is not None:
+            await inbox.release(key)
+        await failure.settle_failure(context, Delivery.of(raw, msg.body, event_id=event_id), exc)
+    except BaseException:  # cancelled: let another delivery take the event
+        if inbox is not None and key is not None:
+            await inbox.release(key)
+        raise
+    finally:
+        heartbeat.finish(beat)
+    if inbox is not None and key is not None:
+        await inbox.mark_processed(key)
+    failure.succeeded(raw, subject, deliveries)
+    return result

@@ -1,0 +1,239 @@
+"""Publishing events of one app: one at a time through FastStream, or many pipelined.
+
+``publish`` goes through ``broker.publish``, so FastStream's middlewares (telemetry, the
+envelope) see it like any publish. ``publish_many`` writes a window of events at once and
+collects their PubAcks (:mod:`faststream_natspubsub.pipeline`); the envelope is built here
+the same way the envelope middleware builds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Final
+
+from nats.aio.client import Client as NatsClient
+from opentelemetry import propagate
+
+from .envelope import CONTENT_ENCODING_HEADER, format_timestamp, new_event_id
+from .errors import NatsPubsubError
+from .metadata import current_inbound
+from .pipeline import PipelinedItem, PubAckRouter, header_block, header_line, header_value
+from .publishing import PUBLISH_RETRY_DELAYS, OutgoingEvent, PublishResult
+from .tracing import current_trace_metadata
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from faststream.nats import NatsBroker
+
+    from .metadata import InboundEvent
+    from .runtime import AppRuntime
+
+__all__ = ("EventPublisher",)
+
+# The per-item header lines of publish_many, encoded once.
+_MSG_ID_LINE: Final = b"Nats-Msg-Id: "
+_CORRELATION_LINE: Final = b"correlation_id: "
+_GZIP_LINE: Final = header_line(CONTENT_ENCODING_HEADER, "gzip")
+
+
+class EventPublisher:
+    """``publish`` and ``publish_many`` of one app."""
+
+    def __init__(
+        self,
+        *,
+        broker: NatsBroker,
+        runtime: AppRuntime,
+        subject_for: Callable[[str], str],
+    ) -> None:
+        self.broker = broker
+        self.runtime = runtime
+        self.subject_for = subject_for
+        self._pub_acks: PubAckRouter | None = None
+
+    async def publish(
+        self,
+        topic: str,
+        message: Any,
+        *,
+        event_id: str | None = None,
+        occurred_at: datetime | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        correlation_id: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 5.0,
+    ) -> PublishResult:
+        """Publish one event and wait for JetStream to store it (see ``NatsPubsub.publish``)."""
+        subject = self.subject_for(topic)
+        event_id = event_id or new_event_id()
+        chosen = dict(metadata or {})
+        if correlation_id is not None:
+            chosen["correlation_id"] = correlation_id
+        event = OutgoingEvent(
+            message=message, event_id=event_id, occurred_at=occurred_at, metadata=chosen
+        )
+        stream = self.runtime.stream
+        ack = await self.broker.publish(
+            event,
+            subject,
+            headers=dict(headers or {}),
+            stream=stream,
+            timeout=timeout,
+            # Not FastStream's random id: an event that starts a chain is its own correlation
+            # (the envelope middleware prefers the caller's and the handled event's).
+            correlation_id=chosen.get("correlation_id") or event_id,
+        )
+        return PublishResult(
+            event_id=event_id,
+            subject=subject,
+            stream=getattr(ack, "stream", stream),
+            seq=getattr(ack, "seq", None),
+            duplicate=bool(getattr(ack, "duplicate", False)),
+        )
+
+    async def publish_many(
+        self,
+        items: Iterable[tuple[str, Any]],
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        correlation_id: str | None = None,
+        timeout: float = 5.0,
+    ) -> list[PublishResult]:
+        """Publish ``(topic, message)`` pairs pipelined (see ``NatsPubsub.publish_many``)."""
+        if correlation_id is not None:
+            metadata = {**(metadata or {}), "correlation_id": correlation_id}
+        connection = self.broker.connection
+        if not isinstance(connection, NatsClient):  # TestNatsBroker: nothing to pipeline
+            return await self._publish_one_by_one(items, metadata=metadata, timeout=timeout)
+        inbound = current_inbound(self.broker.context)
+        # Computed once per call, not per item: the time, the trace and its header.
+        trace_headers: dict[str, str] = {}
+        propagate.inject(trace_headers)  # traceparent of the current span, as FastStream does
+        now = format_timestamp(datetime.now(timezone.utc))
+        shared = _SharedFields(
+            now=now,
+            # The trace first: keys in ``metadata=`` (and an item's own) win over it.
+            metadata={**current_trace_metadata(), **(metadata or {})},
+            headers=header_block(
+                {
+                    **trace_headers,
+                    "content-type": self.runtime.envelope.codec.content_type,
+                    "Nats-Expected-Stream": self.runtime.stream,
+                    "Nats-Published-At": now,
+                },
+            ),
+        )
+        prepared: list[PipelinedItem | PublishResult] = []
+        for topic, message in items:
+            try:
+                prepared.append(self._prepare(topic, message, inbound, shared))
+            except NatsPubsubError as exc:
+                prepared.append(
+                    PublishResult(event_id="", subject=topic, stream=None, seq=None, error=exc)
+                )
+        router = self._pub_acks_for(connection)
+        pending = [p for p in prepared if isinstance(p, PipelinedItem)]
+        for delay in (*PUBLISH_RETRY_DELAYS, None):
+            await router.send_round(pending, timeout)
+            pending = [p for p in pending if p.retriable and p.error is not None]
+            if not pending or delay is None:
+                break
+            await asyncio.sleep(delay)
+        results = [_result(p) if isinstance(p, PipelinedItem) else p for p in prepared]
+        metrics = self.runtime.metrics
+        if metrics.enabled:
+            for result in results:
+                if result.ok:
+                    metrics.published.add(1, metrics.attributes(result.subject))
+        return results
+
+    async def _publish_one_by_one(
+        self,
+        items: Iterable[tuple[str, Any]],
+        *,
+        metadata: Mapping[str, Any] | None,
+        timeout: float,
+    ) -> list[PublishResult]:
+        results: list[PublishResult] = []
+        for topic, message in items:
+            event = message if isinstance(message, OutgoingEvent) else None
+            try:
+                results.append(
+                    await self.publish(
+                        topic,
+                        event.message if event else message,
+                        event_id=event.event_id if event else None,
+                        occurred_at=event.occurred_at if event else None,
+                        metadata={**(metadata or {}), **(event.metadata if event else {})},
+                        timeout=timeout,
+                    )
+                )
+            except NatsPubsubError as exc:
+                results.append(
+                    PublishResult(event_id="", subject=topic, stream=None, seq=None, error=exc)
+                )
+        return results
+
+    def _prepare(
+        self, topic: str, message: Any, inbound: InboundEvent | None, shared: _SharedFields
+    ) -> PipelinedItem:
+        subject = self.subject_for(topic)
+        if isinstance(message, OutgoingEvent):
+            event = OutgoingEvent(
+                message=message.message,
+                event_id=message.event_id,
+                occurred_at=message.occurred_at,
+                metadata={**shared.metadata, **message.metadata},
+            )
+        else:
+            event = OutgoingEvent(message=message, metadata=shared.metadata)
+        envelope = self.runtime.envelope
+        data = envelope.build_envelope(
+            subject.split(".", 2)[2], event, inbound, now=shared.now, trace=False
+        )
+        payload, compressed = envelope.codec.encode(data)
+        event_id = data["event_id"]
+        headers = b"%s%s%s\r\n%s%s\r\n" % (
+            shared.headers,
+            _MSG_ID_LINE,
+            header_value(event_id),
+            _CORRELATION_LINE,
+            header_value(str(data["metadata"]["correlation_id"])),
+        )
+        if compressed:
+            headers += _GZIP_LINE
+        return PipelinedItem(
+            event_id=event_id, subject=subject, payload=payload, headers=headers + b"\r\n"
+        )
+
+    def _pub_acks_for(self, connection: NatsClient) -> PubAckRouter:
+        """One PubAck router (one reply subscription) per connection."""
+        if self._pub_acks is None or self._pub_acks.connection is not connection:
+            self._pub_acks = PubAckRouter(connection)
+        return self._pub_acks
+
+
+@dataclass(frozen=True, slots=True)
+class _SharedFields:
+    """What every item of one ``publish_many`` call shares."""
+
+    now: str
+    metadata: dict[str, Any]
+    headers: bytes
+    """The header block's shared lines (not closed: each item adds its own)."""
+
+
+def _result(item: PipelinedItem) -> PublishResult:
+    ack = item.ack
+    return PublishResult(
+        event_id=item.event_id,
+        subject=item.subject,
+        stream=getattr(ack, "stream", None),
+        seq=getattr(ack, "seq", None),
+        duplicate=bool(getattr(ack, "duplicate", False)),
+        error=item.error,
+    )

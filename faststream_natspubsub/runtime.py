@@ -1,0 +1,62 @@
+"""What one NatsPubsub app and each of its subscribers need while events flow.
+
+:class:`AppRuntime` groups the configured concerns of one app (envelope, failure handling,
+heartbeat, inbox, batch mode); :class:`SubscriberPlan` holds what the facade decided for one
+subscriber (its subject, durable, ``ack_wait``, inbox scope). Both are built once, when the
+app and its subscribers are declared, and only read afterwards: the middleware finds a
+subscriber's plan and passes it down, so nothing is read back from FastStream's objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .batch import BatchSettings
+    from .dlq import DeadLetterWriter
+    from .metrics import PubsubMetrics
+    from .middlewares.batch import BatchMiddleware
+    from .middlewares.envelope import EnvelopeMiddleware
+    from .middlewares.failure import FailureMiddleware
+    from .middlewares.heartbeat import AckHeartbeatMiddleware
+    from .middlewares.inbox import InboxMiddleware
+
+__all__ = ("AppRuntime", "SubscriberPlan")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
+class AppRuntime:
+    """The configured concerns of one app (one ``NatsPubsub``)."""
+
+    env: str
+    app: str
+    stream: str
+    """The app's own stream, which holds ``<env>.<app>.>``."""
+    envelope: EnvelopeMiddleware
+    failure: FailureMiddleware
+    heartbeat: AckHeartbeatMiddleware
+    inbox: InboxMiddleware | None
+    batch: BatchMiddleware
+    dead_letters: DeadLetterWriter | None
+    metrics: PubsubMetrics
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
+class SubscriberPlan:
+    """What the facade decided for one subscriber."""
+
+    runtime: AppRuntime
+    subject: str
+    stream: str
+    durable: str
+    ack_wait: float
+    """Seconds; the consumer's ``ack_wait``, also what the heartbeat and inbox lease use."""
+    inbox: InboxMiddleware | None
+    """The app's inbox, or None when this subscriber opted out (or the app has none)."""
+    batch: BatchSettings | None = None
+
+    @property
+    def heartbeat_interval(self) -> float:
+        """How often an in-progress signal keeps this subscriber's messages alive."""
+        return self.ack_wait * self.runtime.heartbeat.fraction

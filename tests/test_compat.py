@@ -1,0 +1,161 @@
+"""Every access of faststream_natspubsub.compat works on the installed hosts, or fails loudly.
+
+One test per access: if FastStream, nats-py or OpenTelemetry moves what the access relies on,
+the test of that access fails here, not somewhere deep in a flow.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+
+import nats
+import pytest
+from faststream import BaseMiddleware
+from faststream.nats import JStream, NatsBroker, PullSub, TestNatsBroker
+from nats.aio.msg import Msg
+from nats.js.api import ConsumerConfig
+from support import wait_until
+
+from faststream_natspubsub import compat
+from faststream_natspubsub.compat import HostVersionError
+from faststream_natspubsub.testing import EmbeddedNatsServer
+
+
+async def test_current_subscriber_is_the_subscriber_whose_message_is_handled() -> None:
+    seen: list[Any] = []
+
+    class Probe(BaseMiddleware):
+        async def consume_scope(self, call_next: Any, msg: Any) -> Any:
+            seen.append(compat.current_subscriber(self.context))
+            return await call_next(msg)
+
+    broker = NatsBroker(middlewares=[Probe])
+    subscriber = broker.subscriber("probe")
+
+    @subscriber
+    async def handle(body: dict[str, Any]) -> None: ...
+
+    async with TestNatsBroker(broker) as test_broker:
+        await test_broker.publish({"a": 1}, "probe")
+    assert seen == [subscriber]
+
+
+def test_subscriber_durable_and_ack_wait_are_read_from_its_consumer_config() -> None:
+    broker = NatsBroker()
+    subscriber = broker.subscriber(
+        "a.b",
+        stream=JStream("S", declare=False),
+        durable="the-durable",
+        config=ConsumerConfig(ack_wait=12.5),
+        pull_sub=PullSub(batch_size=1),
+    )
+    assert compat.subscriber_durable(subscriber) == "the-durable"
+    assert compat.subscriber_ack_wait(subscriber) == 12.5
+
+
+def test_reading_the_config_of_something_else_fails_loudly() -> None:
+    with pytest.raises(HostVersionError, match=r"faststream 0\.7"):
+        compat.subscriber_durable(object())
+
+
+def test_handler_function_is_the_declared_function() -> None:
+    broker = NatsBroker()
+
+    async def handle(body: dict[str, Any]) -> None: ...
+
+    subscriber = broker.subscriber("x")
+    assert compat.handler_function(subscriber) is None  # no handler yet
+    subscriber(handle)
+    assert compat.handler_function(subscriber) is handle
+
+
+def test_mark_settled_makes_a_message_count_as_acknowledged() -> None:
+    msg = compat.new_in_memory_message(subject="a", reply="r", data=b"", headers=None)
+    assert not msg.is_acked
+    compat.mark_settled(msg)
+    assert msg.is_acked
+
+
+def test_an_in_memory_message_has_no_client() -> None:
+    msg = compat.new_in_memory_message(subject="a", reply="", data=b"x", headers={"h": "v"})
+    assert isinstance(msg, Msg)
+    assert compat.in_memory_message(msg)
+    assert compat.message_client(msg) is None
+    assert not compat.in_memory_message(object())
+
+
+@pytest.mark.nats
+async def test_send_raw_and_flush_pending_deliver_protocol_frames(
+    server: EmbeddedNatsServer,
+) -> None:
+    nc = await nats.connect(server.url)
+    received: list[bytes] = []
+    try:
+
+        async def on_message(msg: Msg) -> None:
+            received.append(msg.data)
+
+        await nc.subscribe("raw.frames", cb=on_message)
+        await nc.flush()
+        await compat.send_raw(nc, b"PUB raw.frames 3\r\none\r\nPUB raw.frames 3\r\ntwo\r\n")
+        await compat.flush_pending(nc)
+        await wait_until(lambda: len(received) == 2, message="both frames")
+        assert received == [b"one", b"two"]
+        assert compat.outbound_buffer_room(nc) > 0
+        # A message that arrived on the connection knows it
+        sub = await nc.subscribe("raw.back")
+        await nc.publish("raw.back", b"x")
+        msg = await sub.next_msg(timeout=2)
+        assert compat.message_client(msg) is nc
+        assert not compat.in_memory_message(msg)
+    finally:
+        await nc.close()
+
+
+def test_a_client_without_the_expected_internals_fails_loudly() -> None:
+    class NotAClient:
+        is_connected = True
+
+    with pytest.raises(HostVersionError, match="nats-py"):
+        compat.outbound_buffer_room(NotAClient())  # type: ignore[arg-type]
+
+
+async def test_send_raw_on_a_client_without_it_fails_loudly() -> None:
+    class NotAClient:
+        is_connected = True
+
+    with pytest.raises(HostVersionError, match="_send_command"):
+        await compat.send_raw(NotAClient(), b"")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("setup", "expected"),
+    [
+        ("", "False"),  # the API's proxy provider, before any SDK is set
+        (
+            "from opentelemetry.sdk.metrics import MeterProvider\n"
+            "metrics.set_meter_provider(MeterProvider())\n",
+            "True",
+        ),
+        (
+            "metrics.set_meter_provider(metrics.NoOpMeterProvider())\n",
+            "False",
+        ),
+    ],
+)
+def test_sdk_meter_provider_installed_tells_a_real_provider_from_the_apis_own(
+    setup: str, expected: str
+) -> None:
+    # A fresh interpreter: the global meter provider can be set only once per process.
+    code = (
+        "from opentelemetry import metrics\n"
+        f"{setup}"
+        "from faststream_natspubsub.compat import sdk_meter_provider_installed\n"
+        "print(sdk_meter_provider_installed())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == expected
