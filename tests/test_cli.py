@@ -494,8 +494,9 @@ async def test_health_exits_1_when_a_consumer_lags(server: EmbeddedNatsServer) -
 
 @pytest.mark.nats
 async def test_health_exits_2_when_streams_are_missing_or_the_server_is_down(
-    server: EmbeddedNatsServer,
+    own_server: EmbeddedNatsServer,
 ) -> None:
+    server = own_server  # this test stops its server: a private one
     args = at(server, "health", "--json")
     missing = await natspubsub(*args)
     await server.stop()
@@ -510,6 +511,7 @@ async def test_health_exits_2_when_streams_are_missing_or_the_server_is_down(
 
 
 @pytest.mark.nats
+@pytest.mark.slow  # a child interpreter (or the docs build): seconds
 async def test_the_demo_command_runs_the_demo() -> None:
     result = await natspubsub("demo")
 

@@ -23,6 +23,7 @@ async def test_demo_pays_two_orders_and_dead_letters_the_third() -> None:
     assert "correlation_id=checkout-1" in text
 
 
+@pytest.mark.slow  # a child interpreter (or the docs build): seconds
 def test_demo_module_runs_as_a_command_and_exits_zero() -> None:
     completed = subprocess.run(
         [sys.executable, "-m", "faststream_natspubsub.demo"],

@@ -158,6 +158,7 @@ async def test_e06_main_round_trips_a_greeting(server: EmbeddedNatsServer) -> No
 
 
 @pytest.mark.nats
+@pytest.mark.slow  # a child interpreter (or the docs build): seconds
 def test_the_example_test_files_pass_under_pytest_with_the_plugin_fixtures() -> None:
     # e04 as a user runs it, and e06 with the nats_url fixture the package registers
     completed = subprocess.run(
@@ -181,6 +182,7 @@ def test_the_example_test_files_pass_under_pytest_with_the_plugin_fixtures() -> 
     assert "4 passed" in completed.stdout
 
 
+@pytest.mark.slow  # a child interpreter (or the docs build): seconds
 def test_the_docs_build_without_warnings(tmp_path: Path) -> None:
     pytest.importorskip("mkdocs")
     completed = subprocess.run(
@@ -283,6 +285,7 @@ async def test_e10_in_memory_an_event_is_dead_lettered_after_five_attempts() -> 
     assert outcome.charged == []
 
 
+@pytest.mark.slow  # a child interpreter (or the docs build): seconds
 def test_e10_the_example_tests_pass_under_pytest() -> None:
     completed = subprocess.run(
         [

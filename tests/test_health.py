@@ -245,8 +245,9 @@ def test_statuses_are_ordered_by_severity_and_reports_are_frozen() -> None:
 
 @pytest.mark.nats
 async def test_a_running_app_is_healthy_then_unhealthy_when_the_server_stops(
-    server: EmbeddedNatsServer,
+    own_server: EmbeddedNatsServer,
 ) -> None:
+    server = own_server  # this test stops its server: a private one
     # Given a running app with one consumer, and a client of our own to probe with
     pubsub = NatsPubsub(new_broker(server), env="test", app="orders")
 

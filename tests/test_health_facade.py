@@ -31,8 +31,9 @@ async def status_is(pubsub: NatsPubsub, expected: HealthStatus) -> bool:
 
 
 async def test_health_is_unhealthy_while_the_server_is_down_and_healthy_after(
-    server: EmbeddedNatsServer,
+    own_server: EmbeddedNatsServer,
 ) -> None:
+    server = own_server  # this test stops its server: a private one
     pubsub = build(server)
     async with running(pubsub.broker):
         report = await pubsub.health()
@@ -73,7 +74,10 @@ async def call_asgi(app: Any, path: str) -> tuple[int, dict[str, Any]]:
     return status, json.loads(body)
 
 
-async def test_the_asgi_health_route_answers_200_and_then_503(server: EmbeddedNatsServer) -> None:
+async def test_the_asgi_health_route_answers_200_and_then_503(
+    own_server: EmbeddedNatsServer,
+) -> None:
+    server = own_server  # this test stops its server: a private one
     pubsub = build(server)
     app = AsgiFastStream(pubsub.broker, asgi_routes=[("/health", pubsub.health_route())])
     async with running(pubsub.broker):

@@ -6,7 +6,10 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 
+
+@pytest.mark.slow  # a child interpreter (or the docs build): seconds
 def test_the_package_imports_and_works_without_the_opentelemetry_sdk() -> None:
     # Modules that come with opentelemetry-sdk, not with the API, made unimportable
     script = textwrap.dedent(

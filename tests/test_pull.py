@@ -141,8 +141,9 @@ async def test_a_batch_subscriber_fetches_through_it_and_handles_each_event_once
 
 
 async def test_after_a_reconnect_the_fetch_asks_again_instead_of_waiting_for_lost_requests(
-    server: EmbeddedNatsServer,
+    own_server: EmbeddedNatsServer,
 ) -> None:
+    server = own_server  # this test stops its server: a private one
     reconnected = asyncio.Event()
 
     async def on_reconnect() -> None:

@@ -183,6 +183,7 @@ class Soak:
         self.proxy.delay = 0.0
 
 
+@pytest.mark.timeout(1800)  # the soak runs --soak-seconds (default 60, up to minutes)
 async def test_soak_under_random_faults_loses_nothing_and_dead_letters_each_poison_once(
     soak_seconds: float, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
