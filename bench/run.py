@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import nats
+from codecs_bench import codec_section, render_codecs
 from common import (
     CONSUME_APP,
     ENV,
@@ -781,8 +782,8 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-async def bench_main(settings: Settings, mode: str) -> dict[str, Any]:
-    """Run every measurement against a fresh embedded server."""
+async def bench_main(settings: Settings, mode: str, *, codecs_only: bool = False) -> dict[str, Any]:
+    """Run every measurement (or only the codec section) against a fresh embedded server."""
     report: dict[str, Any] = {
         "mode": mode,
         "settings": dataclasses.asdict(settings),
@@ -796,12 +797,16 @@ async def bench_main(settings: Settings, mode: str) -> dict[str, Any]:
         gc.collect()
         gc.freeze()
         try:
+            if codecs_only:
+                report["codecs"] = await codec_section(bench)
+                return report
             report["publish"] = await bench.publish_single()
             report["publish_many"] = await bench.publish_bulk()
             report["consume"] = await bench.consume()
             report["latency"] = await bench.latency()
             if settings.rss_count:
                 report["rss_flatness"] = await bench.rss_flatness()
+            report["codecs"] = await codec_section(bench)
         finally:
             await bench.close()
     report["notes"] = bench.notes
@@ -815,10 +820,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes, about a minute")
     parser.add_argument("--json", type=Path, help="write every raw number here")
+    parser.add_argument("--codecs", action="store_true", help="only the codec section")
     args = parser.parse_args(argv)
     mode = "quick" if args.quick else "full"
-    report = run(bench_main(QUICK if args.quick else FULL, mode))
-    print(render(report))
+    started = now()
+    report = run(bench_main(QUICK if args.quick else FULL, mode, codecs_only=args.codecs))
+    if args.codecs:
+        report["duration_s"] = round(now() - started, 1)
+    print(render(report) if "ratios" in report else "")
+    if "codecs" in report:
+        print("\n".join(render_codecs(report["codecs"])))
     print(f"\n(took {report['duration_s']} s)")
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=2) + "\n")

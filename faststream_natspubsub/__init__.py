@@ -7,6 +7,14 @@ metadata for handlers, installed on a FastStream ``NatsBroker`` by :class:`NatsP
 from .annotations import CurrentEnvelope, EventMetadata
 from .asyncapi import AsyncAPI
 from .batch import BatchMetadata, BatchSettings
+from .codecs import (
+    Codec,
+    EncodedMessage,
+    JsonCodec,
+    MsgpackCodec,
+    ProtobufCodec,
+    ProtobufMessage,
+)
 from .compat import HostVersionError
 from .dlq import DeadLetterReason, DeadLetterRecord
 from .dlq_admin import DeadLetterQueue
@@ -18,6 +26,7 @@ from .errors import (
     EnvelopeError,
     MalformedEnvelopeError,
     MessageTooLargeError,
+    MissingExtraError,
     NatsPubsubError,
     PermanentError,
     PublishError,
@@ -47,6 +56,7 @@ __all__ = (
     "BatchMetadata",
     "BatchSettings",
     "ClaimResult",
+    "Codec",
     "ComponentHealth",
     "ConfigurationError",
     "CurrentEnvelope",
@@ -54,6 +64,7 @@ __all__ = (
     "DeadLetterQueue",
     "DeadLetterReason",
     "DeadLetterRecord",
+    "EncodedMessage",
     "Envelope",
     "EnvelopeCodec",
     "EnvelopeError",
@@ -66,15 +77,20 @@ __all__ = (
     "HostVersionError",
     "InboxMiddleware",
     "InboxStore",
+    "JsonCodec",
     "KvInboxStore",
     "LeaseReporter",
     "MalformedEnvelopeError",
     "MemoryInboxStore",
     "MessageTooLargeError",
+    "MissingExtraError",
+    "MsgpackCodec",
     "NatsPubsub",
     "NatsPubsubError",
     "OutgoingEvent",
     "PermanentError",
+    "ProtobufCodec",
+    "ProtobufMessage",
     "PublishError",
     "PublishResult",
     "PubsubRouter",

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Final
 from faststream.specification import AsyncAPI as FastStreamAsyncAPI
 from pydantic import TypeAdapter
 
+from .codecs.asyncapi import annotate_message
 from .dlq import DeadLetterRecord
 from .host import BrokerHost
 
@@ -97,9 +98,9 @@ def wrap_document(document: dict[str, Any], apps: list[AppRuntime]) -> None:
         "additionalProperties": True,
     }
     metadata_ref = f"#/components/schemas/{_METADATA_SCHEMA}"
-    prefixes = tuple(f"{app.env}." for app in apps)
     for channel in document.get("channels", {}).values():
-        if not _subject(channel).startswith(prefixes):
+        owner = _owner(_subject(channel), apps)
+        if owner is None:
             continue
         for ref in _message_refs(channel):
             message = messages.get(ref.rsplit("/", 1)[-1])
@@ -114,6 +115,7 @@ def wrap_document(document: dict[str, Any], apps: list[AppRuntime]) -> None:
                 "description": "The envelope's metadata.correlation_id (its event_id if none)",
             }
             message[_ENVELOPE_MARK] = True
+            annotate_message(message, owner.envelope.codec, document)
     if any(app.dead_letters for app in apps):
         _add_record_schema(schemas)
     for app in apps:
@@ -121,6 +123,15 @@ def wrap_document(document: dict[str, Any], apps: list[AppRuntime]) -> None:
             _add_dlq_channel(
                 document, app.app, app.dead_letters.stream, app.dead_letters.subject_prefix
             )
+
+
+def _owner(subject: str, apps: list[AppRuntime]) -> AppRuntime | None:
+    """The app of a subject: the one it belongs to if hosted here, else one of its env."""
+    of_env = [app for app in apps if subject.startswith(f"{app.env}.")]
+    for app in of_env:
+        if subject.startswith(f"{app.env}.{app.app}."):
+            return app
+    return of_env[0] if of_env else None
 
 
 def _subject(channel: dict[str, Any]) -> str:

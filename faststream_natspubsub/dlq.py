@@ -21,12 +21,16 @@ from typing import TYPE_CHECKING, Any, Final
 
 from pydantic_core import from_json, to_json
 
-from .envelope import EnvelopeCodec, MalformedEnvelopeError, format_timestamp, parse_timestamp
+from .codecs.content_types import CONTENT_TYPE_HEADER, WireFormat, wire_format
+from .codecs.reader import CodecReader
+from .envelope import MalformedEnvelopeError, format_timestamp, parse_timestamp
 from .errors import PublishError
 from .publishing import RETRIABLE_PUBLISH_ERRORS
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
+
+    from .codecs.base import Codec
 
 __all__ = (
     "DLQ_PUBLISH_ATTEMPTS",
@@ -111,6 +115,8 @@ class DeadLetterRecord:
     host: str
     dlq_seq: int | None = None
     """Sequence of the record in the DLQ stream, when read back."""
+    content_type: str | None = None
+    """The original ``content-type``; a body that is not JSON is kept as raw bytes."""
 
     def to_json(self) -> bytes:
         """The stored form."""
@@ -151,17 +157,25 @@ def dlq_subject(prefix: str, original_subject: str) -> str:
     return f"{prefix}.{rest}"
 
 
-def build_record(failure: FailedDelivery, *, app: str, codec: EnvelopeCodec) -> DeadLetterRecord:
-    """Turn a failed delivery into a record; the body is kept decoded when possible."""
+def build_record(failure: FailedDelivery, *, app: str, codec: Codec) -> DeadLetterRecord:
+    """Turn a failed delivery into a record; a JSON body is kept decoded when possible."""
     envelope: dict[str, Any] | None = None
     raw: str | None = None
+    event_id: str | None = None
+    content_type = failure.headers.get(CONTENT_TYPE_HEADER) or None
     try:
-        envelope = codec.decode(failure.body).to_dict()
+        decoded = CodecReader(codec).decode(failure.body, content_type)
     except MalformedEnvelopeError:
+        decoded = None
+    if decoded is not None:
+        event_id = decoded.event_id
+        if wire_format(content_type) is WireFormat.JSON:
+            envelope = decoded.to_dict()
+    if envelope is None:  # other codecs' bytes are kept, and replayed, as received
         raw = base64.b64encode(failure.body).decode("ascii")
     error = failure.error
     return DeadLetterRecord(
-        event_id=envelope["event_id"] if envelope else None,
+        event_id=event_id,
         reason=failure.reason.value,
         original_subject=failure.subject,
         original_stream=failure.stream,
@@ -183,6 +197,7 @@ def build_record(failure: FailedDelivery, *, app: str, codec: EnvelopeCodec) -> 
         dead_lettered_at=format_timestamp(datetime.now(timezone.utc)),
         app=app,
         host=_HOST,
+        content_type=content_type,
     )
 
 
@@ -199,7 +214,7 @@ class DeadLetterWriter:
         app: str,
         stream: str,
         subject_prefix: str,
-        codec: EnvelopeCodec,
+        codec: Codec,
         timeout: float = DLQ_PUBLISH_TIMEOUT,
         attempts: int = DLQ_PUBLISH_ATTEMPTS,
     ) -> None:

@@ -19,7 +19,7 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 from pydantic import BaseModel, RootModel
 from pydantic_core import PydanticSerializationError, from_json, to_json, to_jsonable_python
@@ -147,7 +147,14 @@ class Envelope:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EnvelopeCodec:
-    """Turns envelopes into bytes and back, with the size limit and optional gzip."""
+    """Turns envelopes into bytes and back, with the size limit and optional gzip: JSON.
+
+    The default codec, and the base of the others (``faststream_natspubsub.codecs``), which
+    change only how an envelope becomes bytes and back. ``JsonCodec`` is the same class.
+    """
+
+    content_type: ClassVar[str] = "application/json"
+    """The ``content-type`` header sent with envelopes written by this codec."""
 
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     """Largest encoded message (after compression) a publish may send, in bytes."""
@@ -174,11 +181,18 @@ class EnvelopeCodec:
                     return payload, compressed
         raise MessageTooLargeError(len(payload), self.max_message_size)
 
+    def serialize(self, data: dict[str, Any]) -> bytes:
+        """The envelope's bytes before compression, with no size rule applied."""
+        try:
+            return to_json(data)
+        except PydanticSerializationError as exc:
+            return _json_with_protobuf(data, exc)
+
     def _encode_once(self, data: dict[str, Any]) -> tuple[bytes, bool]:
         try:
             payload = to_json(data)
         except PydanticSerializationError as exc:
-            raise EnvelopeError(f"message is not JSON-serialisable: {exc}") from exc
+            payload = _json_with_protobuf(data, exc)
         if self.compress_threshold is not None and len(payload) > self.compress_threshold:
             return _gzip(payload), True
         return payload, False
@@ -208,6 +222,8 @@ def message_to_payload(message: Any) -> Any:
         return message
     if dataclasses.is_dataclass(message) and not isinstance(message, type):
         return message
+    if _is_protobuf_message(message):
+        return message  # the codec decides: protobuf bytes, or its JSON form
     try:
         converted = to_jsonable_python(message)
     except PydanticSerializationError as exc:
@@ -266,6 +282,20 @@ def _parse_occurred_at(value: Any) -> datetime:
         return parse_timestamp(value)
     except ValueError as exc:
         raise MalformedEnvelopeError(f"envelope 'occurred_at' is not ISO-8601: {value!r}") from exc
+
+
+def _is_protobuf_message(value: Any) -> bool:
+    """A generated protobuf message, told without importing protobuf."""
+    return hasattr(value, "SerializeToString") and hasattr(type(value), "DESCRIPTOR")
+
+
+def _json_with_protobuf(data: dict[str, Any], error: PydanticSerializationError) -> bytes:
+    """JSON of an envelope whose message is a protobuf message (its canonical JSON form)."""
+    if not _is_protobuf_message(data.get("message")):
+        raise EnvelopeError(f"message is not JSON-serialisable: {error}") from error
+    from .codecs.message import protobuf_to_dict  # only when protobuf is in use
+
+    return to_json({**data, "message": protobuf_to_dict(data["message"])})
 
 
 def _gzip(payload: bytes) -> bytes:

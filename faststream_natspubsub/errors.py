@@ -10,6 +10,7 @@ NatsPubsubError
 ├── TopologyError                      a stream or consumer could not be declared or verified
 ├── DeadLetterNotFoundError (LookupError)   no dead-letter record matches
 ├── HostVersionError (RuntimeError)    FastStream / nats-py / OpenTelemetry not as supported
+├── MissingExtraError (ImportError)    an optional feature whose extra is not installed
 ├── PermanentError                     raise in a handler: no retry, straight to the DLQ
 ├── RetryLater                         raise in a handler: retry after ``delay`` seconds
 └── BatchFailure                       raise in a batch handler: which items failed
@@ -29,6 +30,7 @@ __all__ = (
     "EnvelopeError",
     "MalformedEnvelopeError",
     "MessageTooLargeError",
+    "MissingExtraError",
     "NatsPubsubError",
     "PermanentError",
     "PublishError",
@@ -84,6 +86,18 @@ class TopologyError(NatsPubsubError):
 
 class DeadLetterNotFoundError(NatsPubsubError, LookupError):
     """No dead-letter record has that event id or sequence."""
+
+
+class MissingExtraError(NatsPubsubError, ImportError):
+    """An optional feature needs an extra that is not installed; the message names it."""
+
+    def __init__(self, extra: str, module: str) -> None:
+        self.extra = extra
+        super().__init__(
+            f"{module} is missing: install the {extra!r} extra, "
+            f"pip install 'faststream-natspubsub[{extra}]'",
+            name=module,
+        )
 
 
 class PermanentError(NatsPubsubError):

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
 
     from .batch import BatchSettings
+    from .codecs.base import Codec
     from .publishing import PublishResult
     from .subjects import ForeignApp
 
@@ -86,7 +87,7 @@ class NatsPubsub:
         app_version: str | None = None,
         streams: StreamSettings | None = None,
         dlq_max_age: float = DLQ_MAX_AGE,
-        codec: EnvelopeCodec | None = None,
+        codec: Codec | None = None,
         meter_provider: MeterProvider | None = None,
         tracing: bool | None = None,
         compat: str | None = None,
@@ -123,7 +124,7 @@ class NatsPubsub:
                 )
             )
 
-        self.codec = codec or EnvelopeCodec()
+        self.codec: Codec = codec or EnvelopeCodec()
         self.metrics = PubsubMetrics(meter_provider)
         if tracing is None:
             tracing = _has_telemetry_middleware(broker)
@@ -179,6 +180,7 @@ class NatsPubsub:
             dead_letters=self.dead_letters,
             publish=broker.publish,
             metrics=self.metrics,
+            handler_targets=self.envelope.targets,
         )
         host = BrokerHost.of(broker)
         host.add_app(self.runtime, lifecycle, tracing=tracing)

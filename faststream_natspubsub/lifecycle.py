@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
     from nats.aio.client import Client as NatsClient
 
+    from .codecs.targets import HandlerTargets
     from .dlq import DeadLetterWriter
     from .inbox import InboxStore
     from .metrics import PubsubMetrics
@@ -41,8 +42,10 @@ class PubsubLifecycle:
         dead_letters: DeadLetterWriter | None,
         publish: Callable[..., Awaitable[Any]],
         metrics: PubsubMetrics,
+        handler_targets: HandlerTargets | None = None,
     ) -> None:
         self.topology = topology
+        self.handler_targets = handler_targets
         self.inbox_store = inbox_store
         self.dead_letters = dead_letters
         self.publish = publish
@@ -54,6 +57,9 @@ class PubsubLifecycle:
     async def start(self, connection: NatsClient) -> None:
         for subscriber, subject in self.subscribers:
             check_handler(subscriber, subject)
+        if self.handler_targets is not None:
+            # Handlers typed with a protobuf class, known before the first message arrives.
+            self.handler_targets.inspect(subscriber for subscriber, _ in self.subscribers)
         js = connection.jetstream()
         await self.topology.declare(js)
         if isinstance(self.inbox_store, KvInboxStore):

@@ -121,7 +121,7 @@ class EventPublisher:
             headers=header_block(
                 {
                     **trace_headers,
-                    "content-type": "application/json",
+                    "content-type": self.runtime.envelope.codec.content_type,
                     "Nats-Expected-Stream": self.runtime.stream,
                     "Nats-Published-At": now,
                 },

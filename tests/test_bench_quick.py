@@ -42,3 +42,8 @@ def test_quick_benchmark_writes_positive_ratios_to_json(tmp_path: Path) -> None:
         assert isinstance(ratios[key], int | float), key
         assert ratios[key] > 0, key
     assert isinstance(ratios["rss_delta_mb"], int | float)
+    # And the codec section compared protobuf with JSON
+    codecs = json.loads(report_path.read_text())["codecs"]
+    assert codecs["ratios"]["publish_many_protobuf_vs_json"] > 0
+    assert codecs["micro"]["protobuf"]["bytes"] < codecs["micro"]["json"]["bytes"]
+    assert "codecs: publish_many" in completed.stdout

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import os
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
@@ -14,6 +17,7 @@ from nats.js.errors import NotFoundError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+from ..codecs.display import describe
 from ..dlq import DeadLetterRecord
 from ..dlq_admin import DeadLetterNotFoundError, DeadLetterQueue
 from ..errors import NatsPubsubError
@@ -111,12 +115,27 @@ def list_records(
 
 @app.command()
 @common_options
-def show(options: CommonOptions, event_id: EventId = None, seq: Seq = None) -> None:
+def show(
+    options: CommonOptions,
+    event_id: EventId = None,
+    seq: Seq = None,
+    imports: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--import",
+            help="Python module with generated protobuf classes (e.g. orders_pb2), so "
+            "protobuf messages are shown decoded; repeatable.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
     """Show one record in full: error, traceback, headers and the original envelope."""
     _one_of(event_id, seq)
+    _import_protobuf_modules(imports or [])
     record = run(_get(options, event_id, seq))
+    decoded = _decoded(record)
     if options.json:
-        echo_json(_record_dict(record))
+        echo_json({**_record_dict(record), "decoded_envelope": decoded})
         return
     fields = [
         ("event id", record.event_id),
@@ -142,6 +161,9 @@ def show(options: CommonOptions, event_id: EventId = None, seq: Seq = None) -> N
         typer.echo("envelope:")
         echo_json(record.envelope)
     else:
+        if decoded is not None:  # another codec's bytes, kept as received
+            typer.echo(f"envelope ({record.content_type}, decoded):")
+            echo_json(decoded)
         typer.echo(f"raw body (base64): {record.raw_base64}")
     if record.traceback:
         typer.echo("traceback:")
@@ -357,6 +379,24 @@ def _replayed(record: DeadLetterRecord, result: PublishResult) -> dict[str, Any]
 
 def _name(item: dict[str, Any]) -> str:
     return f"event {item['event_id']}" if item["event_id"] else f"record seq {item['dlq_seq']}"
+
+
+def _import_protobuf_modules(modules: list[str]) -> None:
+    """Import generated modules: their message types become known to ``dlq show``."""
+    if modules and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise CliError(f"--import {module}: {exc}") from None
+
+
+def _decoded(record: DeadLetterRecord) -> dict[str, Any] | None:
+    """The envelope of a record kept as raw bytes, decoded by its content type, for display."""
+    if record.envelope is not None or record.raw_base64 is None:
+        return None
+    return describe(record.original_bytes, record.headers)
 
 
 def _replay_count(record: DeadLetterRecord) -> int:

@@ -17,6 +17,8 @@ from faststream.exceptions import AckMessage, HandlerException
 from pydantic import TypeAdapter, ValidationError
 
 from ..batch import BATCH_CONTEXT_KEY, InboundBatch
+from ..codecs.message import EncodedMessage, message_for, protobuf_class_of
+from ..codecs.reader import content_type_of
 from ..compat import (
     current_subscriber,
     flush_pending,
@@ -151,11 +153,14 @@ class _BatchRun:
         config = self._config
         policy = config.failure.retry
         metrics = config.envelope.metrics
-        decode = config.envelope.codec.decode
+        reader = config.envelope.reader
+        codecs = reader.by_type
         admitted: list[_Item] = []
         for raw in raws:
+            content_type = content_type_of(raw.headers)
             try:
-                envelope = decode(raw.data)
+                codec = codecs.get(content_type) or reader.codec_for(content_type)
+                envelope = codec.decode(raw.data)
             except MalformedEnvelopeError as exc:
                 await self._dead_letter(Delivery.of(raw), DeadLetterReason.MALFORMED, exc)
                 continue
@@ -174,14 +179,18 @@ class _BatchRun:
             delivery = Delivery.of(item.raw, event_id=item.envelope.event_id)
             await self._dead_letter(delivery, DeadLetterReason.MAX_ATTEMPTS_EXCEEDED, None)
         adapter = config.item_adapter(self._subscriber)
-        if adapter is None:
+        if adapter is None and not any(type(i.value) is EncodedMessage for i in admitted):
             return admitted
-        validate = adapter.validate_python
+        validate = adapter.validate_python if adapter is not None else None
+        protobuf = isinstance(adapter, _ProtobufItems)
         valid: list[_Item] = []
         for item in admitted:
             try:
-                item.value = validate(item.envelope.message)
-            except ValidationError as exc:
+                value = item.envelope.message
+                if type(value) is EncodedMessage and not protobuf:
+                    value = message_for(value, None)  # a protobuf body, as JSON values
+                item.value = value if validate is None else validate(value)
+            except (ValidationError, MalformedEnvelopeError) as exc:
                 await self._fail(item, exc)
             else:
                 valid.append(item)
@@ -264,6 +273,18 @@ class _BatchRun:
             item.inbox_key = None
 
 
+class _ProtobufItems:
+    """Validator of items typed with a generated protobuf class."""
+
+    __slots__ = ("_cls",)
+
+    def __init__(self, cls: type) -> None:
+        self._cls = cls
+
+    def validate_python(self, value: Any) -> Any:
+        return message_for(value, self._cls)
+
+
 class _Constant:
     """Stands in for FastStream's batch decoder: the validated items."""
 
@@ -318,6 +339,8 @@ def _adapter_for(subscriber: Any) -> Any:
             continue  # unannotated, or injected from the context
         if get_origin(hint) in (list, typing.List, tuple) and get_args(hint):  # noqa: UP006
             item_type = get_args(hint)[0]
+            if (protobuf := protobuf_class_of(item_type)) is not None:
+                return _ProtobufItems(protobuf)
             return _NO_ADAPTER if item_type is Any else TypeAdapter(item_type)
         return _NO_ADAPTER
     return _NO_ADAPTER

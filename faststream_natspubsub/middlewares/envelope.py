@@ -18,6 +18,10 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 from faststream import BaseMiddleware
 from pydantic_core import from_json
 
+from ..codecs.message import EncodedMessage, message_for
+from ..codecs.reader import CodecReader
+from ..codecs.targets import HandlerTargets
+from ..compat import current_subscriber
 from ..envelope import (
     CONTENT_ENCODING_HEADER,
     EnvelopeCodec,
@@ -39,6 +43,8 @@ if TYPE_CHECKING:
     from faststream import ContextRepo
     from faststream.message import StreamMessage
     from faststream.nats.response import NatsPublishCommand
+
+    from ..codecs.base import Codec
 
 __all__ = ("NATSPUBSUB_1_0", "EnvelopeMiddleware", "InboundHolder")
 
@@ -71,7 +77,7 @@ class EnvelopeMiddleware:
         env: str,
         app: str,
         app_version: str | None = None,
-        codec: EnvelopeCodec | None = None,
+        codec: Codec | None = None,
         metrics: PubsubMetrics | None = None,
         collect_trace: bool | None = None,
         compat: str | None = None,
@@ -87,7 +93,10 @@ class EnvelopeMiddleware:
         self.collect_trace = tracing_configured() if collect_trace is None else collect_trace
         self.app = normalize_app(app)
         self.app_version = app_version
-        self.codec = codec or EnvelopeCodec()
+        self.codec: Codec = codec or EnvelopeCodec()
+        # Received envelopes are read by their content type, whatever this app writes.
+        self.reader = CodecReader(self.codec)
+        self.targets = HandlerTargets()
         self.metrics = metrics or PubsubMetrics()
         self.subject_prefix = f"{self.env}."
 
@@ -150,8 +159,10 @@ class EnvelopeMiddleware:
         }
 
     def decode(self, msg: StreamMessage[Any], subject: str) -> InboundEvent:
-        """Read the envelope of ``msg``; raises ``MalformedEnvelopeError``."""
-        return InboundEvent(msg, self.codec.decode(msg.body), subject)
+        """Read the envelope of ``msg`` by its content type; raises ``MalformedEnvelopeError``."""
+        content_type = msg.content_type or msg.headers.get("Content-Type")
+        codec = self.reader.by_type.get(content_type) or self.reader.codec_for(content_type)
+        return InboundEvent(msg, codec.decode(msg.body), subject)
 
     async def handle(
         self,
@@ -167,7 +178,11 @@ class EnvelopeMiddleware:
         ``message.correlation_id`` is the event's.
         """
         envelope = inbound.envelope
-        msg.set_decoder(_MessageDecoder(envelope.message))
+        message = envelope.message
+        if self.targets.any_protobuf or type(message) is EncodedMessage:
+            # A protobuf body, or a handler that takes a protobuf class: what it asks for.
+            message = message_for(message, self.targets.target(current_subscriber(context)))
+        msg.set_decoder(_MessageDecoder(message))
         msg.correlation_id = correlation_of(envelope.metadata, envelope.event_id)
         token = context.set_local(EVENT_CONTEXT_KEY, inbound)
         metrics = self.metrics
@@ -229,7 +244,7 @@ class EnvelopeMiddleware:
         headers = cmd.headers = dict(cmd.headers)  # never mutate a dict the caller owns
         headers["Nats-Msg-Id"] = data["event_id"]
         headers["Nats-Published-At"] = now
-        headers["content-type"] = "application/json"
+        headers["content-type"] = self.codec.content_type
         if compressed:
             headers[CONTENT_ENCODING_HEADER] = "gzip"
         # FastStream writes this into the correlation_id header: one id on both sides.
