@@ -8,14 +8,17 @@ from .annotations import CurrentEnvelope, EventMetadata
 from .asyncapi import AsyncAPI
 from .batch import BatchFailure, BatchMetadata, BatchSettings
 from .dlq import DeadLetterReason, DeadLetterRecord
-from .dlq_admin import DeadLetterNotFoundError, DeadLetterQueue
+from .dlq_admin import DeadLetterNotFoundError, DeadLetterQueue, SkippedEntry
 from .envelope import Envelope, EnvelopeCodec, MalformedEnvelopeError
 from .errors import (
+    DeadLetterRecordError,
     EnvelopeError,
     MessageTooLargeError,
     NatsPubsubError,
     PermanentError,
     PublishError,
+    RecordTruncatedError,
+    ReplayRefusedError,
     RetryLater,
     SubjectError,
     TopologyError,
@@ -29,6 +32,7 @@ from .middlewares import (
     InboxMiddleware,
 )
 from .publishing import OutgoingEvent, PublishResult
+from .replay import ReplayResult
 from .retry import RetryPolicy
 from .subjects import SubjectParts, build_subject, parse_subject
 from .topology import StreamSettings
@@ -45,6 +49,7 @@ __all__ = (
     "DeadLetterQueue",
     "DeadLetterReason",
     "DeadLetterRecord",
+    "DeadLetterRecordError",
     "Envelope",
     "EnvelopeCodec",
     "EnvelopeError",
@@ -65,8 +70,12 @@ __all__ = (
     "PublishError",
     "PublishResult",
     "PubsubRouter",
+    "RecordTruncatedError",
+    "ReplayRefusedError",
+    "ReplayResult",
     "RetryLater",
     "RetryPolicy",
+    "SkippedEntry",
     "StreamSettings",
     "SubjectError",
     "SubjectParts",

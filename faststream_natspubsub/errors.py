@@ -6,6 +6,9 @@ NatsPubsubError
 │   └── MessageTooLargeError           the encoded message exceeds the size limit
 ├── PublishError                       the server did not store the event
 ├── TopologyError                      a stream or consumer could not be declared
+├── DeadLetterRecordError (ValueError)  a DLQ entry is not a readable dead-letter record
+├── ReplayRefusedError                 a record that replay must not publish
+│   └── RecordTruncatedError           only the head of the original bytes was kept
 ├── PermanentError                     raise in a handler: no retry, straight to the DLQ
 └── RetryLater                         raise in a handler: retry after ``delay`` seconds
 """
@@ -13,11 +16,14 @@ NatsPubsubError
 from __future__ import annotations
 
 __all__ = (
+    "DeadLetterRecordError",
     "EnvelopeError",
     "MessageTooLargeError",
     "NatsPubsubError",
     "PermanentError",
     "PublishError",
+    "RecordTruncatedError",
+    "ReplayRefusedError",
     "RetryLater",
     "SubjectError",
     "TopologyError",
@@ -54,6 +60,23 @@ class PublishError(NatsPubsubError):
 
 class TopologyError(NatsPubsubError):
     """A stream or consumer the application needs could not be declared."""
+
+
+class DeadLetterRecordError(NatsPubsubError, ValueError):
+    """A message in a DLQ stream is not a dead-letter record this package can read.
+
+    Every field of a record is untrusted: anyone allowed to publish on the DLQ's subjects
+    can store anything there.
+    """
+
+
+class ReplayRefusedError(NatsPubsubError):
+    """Replay refused a record: its subject, body or headers are not safe to publish."""
+
+
+class RecordTruncatedError(ReplayRefusedError):
+    """The record keeps only the head of the original bytes (the event was too large), and
+    the original is no longer in its stream (or no longer matches the record's hash)."""
 
 
 class PermanentError(NatsPubsubError):

@@ -537,6 +537,8 @@ class NatsPubsub:
 
         async def start() -> None:
             connection = await self.broker.connect()
+            if self.dead_letters is not None:  # records are sized to the server's limit
+                self.dead_letters.max_payload = connection.max_payload
             try:
                 await self.declare_topology()
                 if isinstance(self.inbox_store, KvInboxStore):

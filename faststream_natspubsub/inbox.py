@@ -32,6 +32,7 @@ __all__ = (
     "LeaseReporter",
     "MemoryInboxStore",
     "inbox_bucket_name",
+    "inbox_key",
 )
 
 # How long a processed event id is remembered; a redelivery later than this runs again.
@@ -132,6 +133,24 @@ class MemoryInboxStore:
 def _digest(key: str) -> bytes:
     """A 128-bit digest of a key: a fixed, small size whatever the key's length."""
     return hashlib.blake2b(key.encode(), digest_size=16).digest()
+
+
+def inbox_key(prefix: str, subject: str, event_id: str) -> str:
+    """The inbox key of ``event_id`` delivered on ``subject``: ``<prefix><topic>.<event_id>``.
+
+    ``prefix`` is ``"<durable>."`` (or empty). The topic is taken from the subject, never
+    from the envelope, with its dots written as ``=`` so the key reads unambiguously: a
+    durable name has no dot, a topic has no ``=``, and what follows the second dot is the
+    event id. One event id on two topics (a wildcard subscriber) is two events. A topic
+    that holds an ``=`` (another app's subject) is written as ``=`` and a digest.
+    """
+    parts = subject.split(".", 2)
+    topic = parts[2] if len(parts) == 3 else subject
+    if "=" in topic:
+        written = "=" + hashlib.sha256(topic.encode()).hexdigest()[:32]
+    else:
+        written = topic.replace(".", "=")
+    return f"{prefix}{written}.{event_id}"
 
 
 def inbox_bucket_name(env: str, app: str) -> str:

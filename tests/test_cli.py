@@ -298,7 +298,7 @@ class FailingApp:
     def _handle(self, meta: EventMetadata) -> None:
         if not self.fixed:
             raise PermanentError("bug in the handler")
-        self.handled.append((meta.event_id, meta.metadata.get("replay_count", 0)))
+        self.handled.append((meta.event_id, meta.replay_count))
 
     async def dead_letters(self) -> int:
         dlq = DeadLetterQueue(self.pubsub.broker.connection.jetstream(), env="test", app="orders")

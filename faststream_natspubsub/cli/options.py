@@ -14,6 +14,7 @@ import math
 import os
 import socket
 import ssl
+import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ __all__ = (
     "common_options",
     "connect",
     "duration_option",
+    "permission_violation",
     "run",
     "since_option",
     "translate",
@@ -330,10 +332,25 @@ async def connect(options: CommonOptions) -> AsyncIterator[Client]:
             cause = failures[-1]
         reason = _connect_failure(cause, options.timeout)
         raise CliError(f"cannot connect to {options.display_servers}: {reason}") from None
+    _SERVER_ERRORS[nc] = failures
     try:
         yield nc
     finally:
         await nc.close()
+
+
+# What the server reported on each open connection's error callback (for example a
+# permissions violation: the server answers a refused request with nothing but this).
+_SERVER_ERRORS: weakref.WeakKeyDictionary[Client, list[Exception]] = weakref.WeakKeyDictionary()
+
+
+def permission_violation(nc: Client, subject: str) -> str | None:
+    """The server's "Permissions Violation" message about ``subject`` on ``nc``, if any."""
+    for error in _SERVER_ERRORS.get(nc, ()):
+        text = str(error).removeprefix("nats: ").strip("'")
+        if "permissions violation" in text.lower() and f'"{subject}"' in text:
+            return text
+    return None
 
 
 def _connect_failure(exc: BaseException, timeout: float) -> str:

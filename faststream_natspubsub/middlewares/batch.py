@@ -19,7 +19,7 @@ from pydantic import TypeAdapter, ValidationError
 from ..batch import BATCH_ATTRIBUTE, BatchFailure, InboundBatch
 from ..dlq import DeadLetterReason
 from ..envelope import MalformedEnvelopeError
-from ..inbox import ClaimResult
+from ..inbox import ClaimResult, inbox_key
 from ..metadata import InboundEvent
 from ._delegate import ConsumeDelegate
 from .failure import UNFINISHED, Delivery, FailureMiddleware, delivery_count, terminate_raw
@@ -193,7 +193,7 @@ class _BatchRun:
         prefix, lease = inbox.scope(subscriber)
         claimed: list[_Item] = []
         for item in items:
-            key = prefix + item.envelope.event_id
+            key = inbox_key(prefix, item.raw.subject, item.envelope.event_id)
             outcome = await inbox.claim(key, lease=lease)
             if outcome is ClaimResult.PROCESSED:
                 inbox.skipped(item.raw.subject, item.envelope.event_id)

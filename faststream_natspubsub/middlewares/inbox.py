@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from faststream.exceptions import AckMessage, NackMessage
 
-from ..inbox import ClaimResult, InboxStore, KvInboxStore, LeaseReporter
+from ..inbox import ClaimResult, InboxStore, KvInboxStore, LeaseReporter, inbox_key
 from ..metadata import INBOUND_ATTRIBUTE
 from ..metrics import PubsubMetrics
 from ..tracing import record_span_event
@@ -133,7 +133,7 @@ class InboxMiddleware:
         if self._unbound_kv is not None:
             self.stand_in_if_in_memory(msg.raw_message)
         prefix, lease = self.scope(subscriber)
-        key = prefix + inbound.envelope.event_id
+        key = inbox_key(prefix, inbound.subject, inbound.envelope.event_id)
         outcome = await self.claim(key, lease=lease)
         if outcome is ClaimResult.PROCESSED:
             self.skipped(inbound.subject, inbound.envelope.event_id)
