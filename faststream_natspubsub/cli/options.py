@@ -10,6 +10,7 @@ import asyncio
 import functools
 import importlib.util
 import inspect
+import logging
 import math
 import os
 import socket
@@ -277,6 +278,7 @@ def common_options(
 
     @functools.wraps(command)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> None:
+        _quiet_library_logs()
         values: dict[str, Any] = {name: kwargs.pop(name) for name in _OPTION_NAMES}
         servers = tuple(s.strip() for s in str(values.pop("servers")).split(",") if s.strip())
         try:
@@ -294,6 +296,17 @@ def common_options(
     # Typer also reads type hints; they are all in the signature already.
     wrapper.__annotations__ = {}
     return wrapper
+
+
+def _quiet_library_logs() -> None:
+    """The commands report what they skip or fail themselves, as single escaped lines.
+
+    Without logging configured, Python would print the package's own warnings (about a
+    foreign entry in a DLQ, say) raw on stderr as well; a handler on its logger stops that.
+    """
+    library = logging.getLogger("faststream_natspubsub")
+    if not any(isinstance(h, logging.NullHandler) for h in library.handlers):
+        library.addHandler(logging.NullHandler())
 
 
 def run(coroutine: Coroutine[Any, Any, T]) -> T:
@@ -345,11 +358,14 @@ _SERVER_ERRORS: weakref.WeakKeyDictionary[Client, list[Exception]] = weakref.Wea
 
 
 def permission_violation(nc: Client, subject: str) -> str | None:
-    """The server's "Permissions Violation" message about ``subject`` on ``nc``, if any."""
+    """The server's "Permissions Violation" about publishing to ``subject`` on ``nc``, if any.
+
+    nats-py hands the server's text over lower-cased; the message names ``subject`` as given.
+    """
+    wanted = f'permissions violation for publish to "{subject.lower()}"'
     for error in _SERVER_ERRORS.get(nc, ()):
-        text = str(error).removeprefix("nats: ").strip("'")
-        if "permissions violation" in text.lower() and f'"{subject}"' in text:
-            return text
+        if wanted in str(error).lower():
+            return f'permissions violation for publish to "{subject}"'
     return None
 
 

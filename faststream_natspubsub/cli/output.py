@@ -18,16 +18,17 @@ __all__ = ("echo", "echo_error", "echo_json", "echo_table", "echo_warning", "saf
 
 # Cells longer than this are cut in tables; --json always has the full text.
 MAX_CELL = 60
-# C0 and C1 controls, DEL, and the Unicode format characters that reorder or hide text.
+# C0 and C1 controls, DEL, the Unicode format characters that reorder or hide text, and
+# lone surrogates (JSON can hold them; a terminal's encoder cannot write them).
 _UNSAFE: Final = re.compile(
-    "[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]"
+    "[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\ud800-\udfff]"
 )
 # What JSON itself leaves unescaped (it escapes C0 controls inside strings).
 _UNSAFE_IN_JSON: Final = re.compile(
-    "[\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]"
+    "[\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\ud800-\udfff]"
 )
 _UNSAFE_KEEPING_LINES: Final = re.compile(
-    "[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]"
+    "[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\ud800-\udfff]"
 )
 
 
