@@ -550,6 +550,7 @@ class NatsPubsub:
                         publish=self.broker.publish,
                         consumers=self.topology.consumers,
                         metrics=self.metrics,
+                        inbox=self.inbox_store,
                     )
                     await self._watcher.start(connection)
             except BaseException:

@@ -117,6 +117,10 @@ class MemoryInboxStore:
     async def release(self, event_id: str) -> None:
         self._entries.pop(_digest(event_id), None)
 
+    async def is_processed(self, event_id: str) -> bool:
+        entry = self._entries.get(_digest(event_id))
+        return entry is not None and entry > time.monotonic()
+
     async def lease_remaining(self, event_id: str) -> float | None:
         entry = self._entries.get(_digest(event_id))
         if entry is None or entry > 0:
@@ -250,6 +254,15 @@ class KvInboxStore:
         key = _key(event_id)
         self._held.discard(key)
         await self.kv.delete(key)
+
+    async def is_processed(self, event_id: str) -> bool:
+        if self._kv is None and self._stand_in is not None:
+            return await self._stand_in.is_processed(event_id)
+        try:
+            entry = await self.kv.get(_key(event_id))
+        except KeyNotFoundError:
+            return False
+        return entry.value == _PROCESSED
 
     async def lease_remaining(self, event_id: str) -> float | None:
         if self._kv is None and self._stand_in is not None:
