@@ -16,7 +16,9 @@ import asyncio
 import base64
 import dataclasses
 import hashlib
+import logging
 import socket
+import time
 import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,6 +26,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Final
 
 from nats.errors import MaxPayloadError
+from nats.js.api import DiscardPolicy, StorageType
 
 from .dlq_record import RECORD_VERSION, DeadLetterReason, DeadLetterRecord
 from .envelope import (
@@ -32,13 +35,17 @@ from .envelope import (
     MalformedEnvelopeError,
     format_timestamp,
 )
-from .errors import PublishError
+from .errors import DeadLetterQueueFullError, PublishError
+from .metrics import PubsubMetrics
 from .publishing import RETRIABLE_PUBLISH_ERRORS
+from .topology import StreamSettings
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
 __all__ = (
+    "DLQ_MAX_BYTES",
+    "DLQ_MAX_MSGS",
     "DLQ_PUBLISH_ATTEMPTS",
     "DLQ_PUBLISH_TIMEOUT",
     "DeadLetterReason",
@@ -46,9 +53,20 @@ __all__ = (
     "DeadLetterWriter",
     "FailedDelivery",
     "build_record",
+    "dlq_stream_settings",
     "dlq_subject",
 )
 
+logger = logging.getLogger("faststream_natspubsub.dlq")
+
+# Default bounds of a DLQ stream: a flood of failures must not fill the server's disk.
+# At a bound the stream refuses new records (discard new): the events stay in their streams.
+DLQ_MAX_BYTES: Final = 1024**3
+DLQ_MAX_MSGS: Final = 1_000_000
+# The "DLQ full" error is logged at most this often (seconds); the metric counts every one.
+_FULL_LOG_INTERVAL: Final = 60.0
+# JetStream's error code for a stream at its limits with discard new.
+_STREAM_FULL_CODE: Final = 10077
 # Bounded so a missing DLQ cannot hold a message past its ack deadline.
 DLQ_PUBLISH_TIMEOUT: Final = 2.0
 DLQ_PUBLISH_ATTEMPTS: Final = 3
@@ -83,6 +101,26 @@ class FailedDelivery:
     """Explanation kept as the record's error message when there is no exception."""
     first_failure_at: datetime | None = None
     last_failure_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+
+
+def dlq_stream_settings(
+    *,
+    replicas: int = 1,
+    storage: StorageType = StorageType.FILE,
+    max_age: float | None = None,
+    max_bytes: int | None = DLQ_MAX_BYTES,
+    max_msgs: int | None = DLQ_MAX_MSGS,
+) -> StreamSettings:
+    """The settings of a DLQ stream the package creates: bounded, refusing new records
+    (rather than dropping old ones) at a bound."""
+    return StreamSettings(
+        replicas=replicas,
+        storage=storage,
+        max_age=max_age,
+        max_bytes=max_bytes,
+        max_msgs=max_msgs,
+        discard=DiscardPolicy.NEW,
+    )
 
 
 def dlq_subject(prefix: str, original_subject: str) -> str:
@@ -182,6 +220,7 @@ class DeadLetterWriter:
         timeout: float = DLQ_PUBLISH_TIMEOUT,
         attempts: int = DLQ_PUBLISH_ATTEMPTS,
         max_payload: int = DEFAULT_MAX_MESSAGE_SIZE,
+        metrics: PubsubMetrics | None = None,
     ) -> None:
         self.app = app
         self.stream = stream
@@ -190,6 +229,8 @@ class DeadLetterWriter:
         self.timeout = timeout
         self.attempts = attempts
         self.max_payload = max_payload
+        self.metrics = metrics or PubsubMetrics()
+        self._full_logged_at = float("-inf")
 
     async def write(
         self, failure: FailedDelivery, publish: Callable[..., Awaitable[Any]]
@@ -221,6 +262,8 @@ class DeadLetterWriter:
                 record = fit_record(record, failure.body, max_size)
                 body = record.to_json()
             except RETRIABLE_PUBLISH_ERRORS as exc:
+                if getattr(exc, "err_code", None) == _STREAM_FULL_CODE:
+                    raise self._full(exc, failure) from exc
                 last = exc
                 if attempt + 1 < self.attempts:
                     await asyncio.sleep(0.05 * (attempt + 1))
@@ -229,6 +272,22 @@ class DeadLetterWriter:
         raise PublishError(
             f"dead-letter write to {subject!r} failed after {self.attempts} attempts: {last!r}"
         ) from last
+
+    def _full(self, exc: BaseException, failure: FailedDelivery) -> DeadLetterQueueFullError:
+        """Count and (at most once a minute) log a refusal of the full DLQ stream."""
+        limit = getattr(exc, "description", None) or "full"
+        self.metrics.dlq_full.add(1, {**self.metrics.attributes(failure.subject)})
+        now = time.monotonic()
+        if now - self._full_logged_at >= _FULL_LOG_INTERVAL:
+            self._full_logged_at = now
+            logger.error(
+                "dead-letter stream %s is full (%s): events that fail stay in their streams and "
+                "are delivered again later; purge or replay records, or raise the stream's limits",
+                self.stream,
+                limit,
+                extra={"natspubsub_dlq_stream": self.stream},
+            )
+        return DeadLetterQueueFullError(f"dead-letter stream {self.stream} is full ({limit})")
 
 
 def _dedup_id(failure: FailedDelivery) -> str:

@@ -5,6 +5,7 @@ NatsPubsubError
 ├── EnvelopeError (ValueError)         a payload that cannot be an envelope
 │   └── MessageTooLargeError           the encoded message exceeds the size limit
 ├── PublishError                       the server did not store the event
+│   └── DeadLetterQueueFullError       the DLQ stream is at its limits and refuses records
 ├── TopologyError                      a stream or consumer could not be declared
 ├── DeadLetterRecordError (ValueError)  a DLQ entry is not a readable dead-letter record
 ├── ReplayRefusedError                 a record that replay must not publish
@@ -16,6 +17,7 @@ NatsPubsubError
 from __future__ import annotations
 
 __all__ = (
+    "DeadLetterQueueFullError",
     "DeadLetterRecordError",
     "EnvelopeError",
     "MessageTooLargeError",
@@ -56,6 +58,13 @@ class MessageTooLargeError(EnvelopeError):
 
 class PublishError(NatsPubsubError):
     """JetStream did not acknowledge a publish, after the bounded retries."""
+
+
+class DeadLetterQueueFullError(PublishError):
+    """The DLQ stream reached its ``max_msgs`` or ``max_bytes`` and refuses new records.
+
+    The event is not lost: it stays in its own stream and is delivered again later.
+    """
 
 
 class TopologyError(NatsPubsubError):

@@ -23,7 +23,7 @@ from pydantic_core import to_json
 
 from . import asyncapi
 from .advisories import MaxDeliveriesWatcher
-from .dlq import DeadLetterWriter
+from .dlq import DLQ_MAX_BYTES, DLQ_MAX_MSGS, DeadLetterWriter, dlq_stream_settings
 from .envelope import CONTENT_ENCODING_HEADER, EnvelopeCodec, format_timestamp, new_event_id
 from .errors import NatsPubsubError, SubjectError
 from .health import DEFAULT_MAX_PENDING, HealthReport, HealthStatus, check_health
@@ -107,6 +107,8 @@ class NatsPubsub:
         app_version: str | None = None,
         streams: StreamSettings | None = None,
         dlq_max_age: float = DLQ_MAX_AGE,
+        dlq_max_bytes: int | None = DLQ_MAX_BYTES,
+        dlq_max_msgs: int | None = DLQ_MAX_MSGS,
         codec: EnvelopeCodec | None = None,
         meter_provider: MeterProvider | None = None,
         tracing: bool | None = None,
@@ -123,10 +125,12 @@ class NatsPubsub:
         self.topology = Topology()
         self._declare_stream(self.app)
         if self.dlq_stream is not None:
-            dlq_settings = StreamSettings(
+            dlq_settings = dlq_stream_settings(
                 replicas=self.stream_settings.replicas,
                 storage=self.stream_settings.storage,
                 max_age=dlq_max_age,
+                max_bytes=dlq_max_bytes,
+                max_msgs=dlq_max_msgs,
             )
             self.topology.add_stream(
                 StreamSpec(
@@ -154,6 +158,7 @@ class NatsPubsub:
                 stream=self.dlq_stream,
                 subject_prefix=self.dlq_subject_prefix,
                 codec=self.codec,
+                metrics=self.metrics,
             )
             if self.dlq_stream is not None
             else None

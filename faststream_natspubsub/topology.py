@@ -56,6 +56,11 @@ class StreamSettings:
     """Seconds a message is kept; ``None`` keeps messages until other limits apply."""
     max_bytes: int | None = None
     """Size limit of the stream in bytes; ``None`` for no limit."""
+    max_msgs: int | None = None
+    """Message count limit of the stream; ``None`` for no limit."""
+    discard: DiscardPolicy = DiscardPolicy.OLD
+    """At a limit: drop the oldest messages (``OLD``) or refuse new ones (``NEW``, the DLQ's:
+    a refused dead-letter write leaves the event in its stream, nothing is lost)."""
     duplicate_window: float = DEFAULT_DUPLICATE_WINDOW
     """Seconds during which a repeated ``Nats-Msg-Id`` is recognised and not stored again."""
     storage: StorageType = StorageType.FILE
@@ -175,11 +180,12 @@ def _new_stream_config(spec: StreamSpec) -> StreamConfig:
         subjects=list(spec.subjects),
         # Limits retention: every consuming app gets every event (fan-out).
         retention=RetentionPolicy.LIMITS,
-        discard=DiscardPolicy.OLD,
+        discard=settings.discard,
         storage=settings.storage,
         num_replicas=settings.replicas,
         max_age=settings.max_age,
         max_bytes=settings.max_bytes,
+        max_msgs=settings.max_msgs,
         duplicate_window=settings.duplicate_window,
     )
 

@@ -25,7 +25,7 @@ from pydantic import ValidationError
 
 from ..dlq import DeadLetterReason, DeadLetterWriter, FailedDelivery
 from ..envelope import MalformedEnvelopeError
-from ..errors import PermanentError, PublishError, RetryLater
+from ..errors import DeadLetterQueueFullError, PermanentError, PublishError, RetryLater
 from ..metadata import INBOUND_ATTRIBUTE
 from ..metrics import PubsubMetrics
 from ..retry import RetryPolicy
@@ -190,7 +190,10 @@ class FailureMiddleware:
         try:
             await self.dlq.write(failure, publish)
         except (PublishError, NatsError) as dlq_error:
-            logger.error(
+            # A full DLQ is logged once a minute by the writer; one line per event is enough.
+            full = isinstance(dlq_error, DeadLetterQueueFullError)
+            logger.log(
+                logging.WARNING if full else logging.ERROR,
                 "event %s on %s could not be dead-lettered (%s: %s); it will be retried",
                 delivery.event_id,
                 delivery.subject,
