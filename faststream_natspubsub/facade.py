@@ -112,7 +112,11 @@ class NatsPubsub:
         codec: EnvelopeCodec | None = None,
         meter_provider: MeterProvider | None = None,
         tracing: bool | None = None,
+        topology: str = "create",
     ) -> None:
+        if topology not in ("create", "verify"):
+            raise ValueError(f"topology must be 'create' or 'verify', not {topology!r}")
+        self.topology_mode = topology
         self.broker = broker
         self.env = normalize_env(env)
         self.app = normalize_app(app)
@@ -122,8 +126,11 @@ class NatsPubsub:
         self.dlq_stream = dlq_stream_name(self.env, self.app) if dlq else None
         self.dlq_subject_prefix = dlq_subject_prefix(self.env, self.app)
 
+        # What the app may need; which of it is declared depends on its roles (see _needed).
         self.topology = Topology()
         self._declare_stream(self.app)
+        self._publishes = False  # a publisher is registered
+        self._own_stream_pending = False  # declared on the first publish (see publish)
         if self.dlq_stream is not None:
             dlq_settings = dlq_stream_settings(
                 replicas=self.stream_settings.replicas,
@@ -316,6 +323,7 @@ class NatsPubsub:
 
     def _publisher_kwargs(self, topic: str, extra: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         subject = self.subject_for(topic)
+        self._publishes = True
         kwargs: dict[str, Any] = {"stream": JStream(self.stream, declare=False)}
         kwargs.update(extra)
         return subject, kwargs
@@ -352,6 +360,8 @@ class NatsPubsub:
         attempt, in seconds.
         """
         subject = self.subject_for(topic)
+        if self._own_stream_pending:
+            await self._declare_own_stream()
         event = OutgoingEvent(
             message=message,
             event_id=event_id or new_event_id(),
@@ -386,6 +396,8 @@ class NatsPubsub:
         connection = self.broker.connection
         if not isinstance(connection, NatsClient):  # TestNatsBroker: nothing to pipeline
             return await self._publish_one_by_one(items, metadata=metadata, timeout=timeout)
+        if self._own_stream_pending:
+            await self._declare_own_stream()
         inbound = current_inbound(self.broker.context)
         # Computed once per call, not per item: the time, the trace and its header.
         trace_headers: dict[str, str] = {}
@@ -488,7 +500,7 @@ class NatsPubsub:
             connection = None
         return await check_health(
             connection,
-            streams=list(self.topology.streams),
+            streams=list(self._needed().streams),
             consumers=list(self.topology.consumers),
             max_pending=max_pending,
         )
@@ -514,8 +526,31 @@ class NatsPubsub:
     # -- lifecycle -----------------------------------------------------------------------
 
     async def declare_topology(self) -> None:
-        """Create or update the streams and consumers; runs when the broker starts."""
-        await self.topology.declare(self._jetstream())
+        """Create or update what the app's roles use (verify only, with
+        ``topology="verify"``); runs when the broker starts.
+
+        A consumer-only app gets no stream of its own (until it publishes: the first
+        ``publish`` declares it), an app without subscribers no DLQ stream.
+        """
+        needed = self._needed()
+        jsm = self._jetstream()
+        if self.topology_mode == "verify":
+            await needed.verify(jsm)
+        else:
+            await needed.declare(jsm)
+        self._own_stream_pending = self.stream not in needed.streams
+
+    def _needed(self) -> Topology:
+        return self.topology.needed(own=self.stream, dlq=self.dlq_stream, publishes=self._publishes)
+
+    async def _declare_own_stream(self) -> None:
+        own = Topology()
+        own.add_stream(self.topology.streams[self.stream])
+        if self.topology_mode == "verify":
+            await own.verify(self._jetstream())
+        else:
+            await own.declare(self._jetstream())
+        self._own_stream_pending = False
 
     def _jetstream(self) -> JetStreamContext:
         return self._jetstream_for(self.broker.connection)
@@ -547,7 +582,9 @@ class NatsPubsub:
             try:
                 await self.declare_topology()
                 if isinstance(self.inbox_store, KvInboxStore):
-                    await self.inbox_store.bind(connection.jetstream())
+                    await self.inbox_store.bind(
+                        connection.jetstream(), create=self.topology_mode == "create"
+                    )
                 if self.dead_letters is not None and self.topology.consumers:
                     # Before the consumers pull: the server sends the advisory on a later pull.
                     self._watcher = MaxDeliveriesWatcher(

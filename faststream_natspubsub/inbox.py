@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 
+from .errors import TopologyError
+
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
     from nats.js.kv import KeyValue
@@ -183,11 +185,16 @@ class KvInboxStore:
         # Used instead of the bucket in memory tests (TestNatsBroker), where there is none.
         self._stand_in: MemoryInboxStore | None = None
 
-    async def bind(self, js: JetStreamContext) -> None:
-        """Open the bucket, creating it on first use."""
+    async def bind(self, js: JetStreamContext, *, create: bool = True) -> None:
+        """Open the bucket, creating it on first use (``create=False``: it must exist)."""
         try:
             self._kv = await js.key_value(self.bucket)
         except NotFoundError:
+            if not create:
+                raise TopologyError(
+                    f'the inbox\'s KV bucket {self.bucket} is missing (topology="verify" '
+                    "creates nothing)"
+                ) from None
             self._kv = await js.create_key_value(
                 bucket=self.bucket, ttl=self.ttl, history=1, replicas=self.replicas
             )
