@@ -23,6 +23,8 @@ from pydantic_core import to_json
 
 from . import asyncapi
 from .advisories import MaxDeliveriesWatcher
+from .compat import mark_tls_stream
+from .connection import ConnectionWatch
 from .dlq import DLQ_MAX_BYTES, DLQ_MAX_MSGS, DeadLetterWriter, dlq_stream_settings
 from .envelope import CONTENT_ENCODING_HEADER, EnvelopeCodec, format_timestamp, new_event_id
 from .errors import NatsPubsubError, SubjectError
@@ -209,6 +211,7 @@ class NatsPubsub:
         self._subjects: dict[str, str] = {}
         self._js: tuple[NatsClient, JetStreamContext] | None = None
         self._pub_acks: PubAckRouter | None = None
+        self._connection_watch = ConnectionWatch(broker)
         self._install_start_hook()
 
     # -- declaring -----------------------------------------------------------------------
@@ -576,7 +579,8 @@ class NatsPubsub:
         original_start, original_stop = self.broker.start, self.broker.stop
 
         async def start() -> None:
-            connection = await self.broker.connect()
+            connection = await self._connection_watch.connect(self.broker.connect)
+            mark_tls_stream(connection)
             if self.dead_letters is not None:  # records are sized to the server's limit
                 self.dead_letters.max_payload = connection.max_payload
             try:

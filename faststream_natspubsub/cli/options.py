@@ -29,6 +29,8 @@ import nats.errors
 import typer
 from nats.js.errors import APIError, ServiceUnavailableError
 
+from ..compat import mark_tls_stream
+from ..connection import describe_tls_error
 from ..dlq_admin import DeadLetterNotFoundError
 from ..errors import NatsPubsubError, SubjectError
 from ..subjects import normalize_app, normalize_env
@@ -346,6 +348,7 @@ async def connect(options: CommonOptions) -> AsyncIterator[Client]:
         reason = _connect_failure(cause, options.timeout)
         raise CliError(f"cannot connect to {options.display_servers}: {reason}") from None
     _SERVER_ERRORS[nc] = failures
+    mark_tls_stream(nc)  # else asyncio warns about eof_received at every TLS close
     try:
         yield nc
     finally:
@@ -377,8 +380,10 @@ def _connect_failure(exc: BaseException, timeout: float) -> str:
         return "connection refused"
     if isinstance(exc, socket.gaierror):
         return "unknown host"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS failed: {describe_tls_error(exc)} (check --tls-ca)"
     if isinstance(exc, ssl.SSLError):
-        return f"TLS failed: {exc.reason or exc}"
+        return f"TLS failed: {describe_tls_error(exc)}"
     if isinstance(exc, TimeoutError):
         return f"no answer within {timeout:g}s"
     return text or type(exc).__name__
