@@ -174,8 +174,8 @@ def replay(
 ) -> None:
     """Publish records' events again to the subjects they were dead-lettered from.
 
-    The body is sent exactly as received; headers record the replay. A record whose
-    subject is not one of --env's event subjects is refused. Then the records are dropped.
+    The body is sent exactly as received and headers record the replay; a record whose
+    subject is not an event subject of --env is refused. Then the records are dropped.
     """
     if all_records:
         if event_id is not None or seq is not None:
