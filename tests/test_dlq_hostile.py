@@ -494,3 +494,34 @@ def test_any_bytes_in_the_dlq_give_one_line_messages_never_a_traceback(
         assert "\x1b" not in output
         for line in result.stderr.splitlines():
             assert line.startswith(("natspubsub: error: ", "natspubsub: warning: ")), line
+
+
+@pytest.mark.nats
+async def test_a_record_written_by_the_first_releases_is_still_read_and_replayed(
+    server: EmbeddedNatsServer,
+) -> None:
+    # Given a version 1 record: the decoded envelope, no bytes, a replay count in metadata
+    envelope = {"event_id": "old-1", "message": {"id": 1}, "metadata": {"replay_count": 2}}
+    legacy = {
+        key: value
+        for key, value in record("test.orders.order.created", envelope=envelope).items()
+        if key not in ("raw_size", "raw_sha256", "raw_truncated", "record_version")
+    }
+    legacy.update(event_id="old-1", raw_base64=None)
+    nc = await nats.connect(server.url)
+    js = nc.jetstream()
+    try:
+        await _streams(js)
+        await js.publish("dlq.test.orders.orders.order.created", json.dumps(legacy).encode())
+        dlq = DeadLetterQueue(js, env="test", app="orders")
+        [read] = await dlq.list()
+        result = await dlq.replay(read)
+        copy = await js.get_msg("TEST_ORDERS", result.seq or 0)
+    finally:
+        await nc.close()
+    assert read.record_version == 1
+    assert json.loads(read.original_bytes) == envelope
+    assert json.loads(copy.data or b"") == envelope
+    assert copy.headers is not None
+    assert copy.headers["Natspubsub-Replay-Count"] == "3"
+    assert result.record_deleted
