@@ -84,7 +84,8 @@ async def main(url: str) -> Outcome:
         name = inbox_bucket_name("dev", "ledger")  # natspubsub_inbox_dev_ledger
         bucket = await js.key_value(name)
         inbox = {key: (await bucket.get(key)).value or b"" for key in await bucket.keys()}
-        # {'ledger__dev_ledger_entry_posted_9d7a60ae.5f0c...': b'processed'}: <durable>.<event_id>
+        # {'ledger__dev_ledger_entry_posted_9d7a60ae.entry=posted.5f0c...': b'processed'}:
+        # <durable>.<topic, dots as '='>.<event_id>
         # --8<-- [end:inspect]
     finally:
         await broker.stop()

@@ -17,12 +17,14 @@ from .codecs import (
 )
 from .compat import HostVersionError
 from .dlq import DeadLetterReason, DeadLetterRecord
-from .dlq_admin import DeadLetterQueue
+from .dlq_admin import DeadLetterQueue, SkippedEntry
 from .envelope import Envelope, EnvelopeCodec
 from .errors import (
     BatchFailure,
     ConfigurationError,
     DeadLetterNotFoundError,
+    DeadLetterQueueFullError,
+    DeadLetterRecordError,
     EnvelopeError,
     MalformedEnvelopeError,
     MessageTooLargeError,
@@ -30,6 +32,8 @@ from .errors import (
     NatsPubsubError,
     PermanentError,
     PublishError,
+    RecordTruncatedError,
+    ReplayRefusedError,
     RetryLater,
     SubjectError,
     TopologyError,
@@ -44,6 +48,7 @@ from .middlewares import (
     InboxMiddleware,
 )
 from .publishing import OutgoingEvent, PublishResult
+from .replay import ReplayResult
 from .retry import RetryPolicy
 from .router import PubsubRouter
 from .subjects import ForeignApp, SubjectParts, build_subject, consumer_name, parse_subject
@@ -62,8 +67,10 @@ __all__ = (
     "CurrentEnvelope",
     "DeadLetterNotFoundError",
     "DeadLetterQueue",
+    "DeadLetterQueueFullError",
     "DeadLetterReason",
     "DeadLetterRecord",
+    "DeadLetterRecordError",
     "EncodedMessage",
     "Envelope",
     "EnvelopeCodec",
@@ -94,8 +101,12 @@ __all__ = (
     "PublishError",
     "PublishResult",
     "PubsubRouter",
+    "RecordTruncatedError",
+    "ReplayRefusedError",
+    "ReplayResult",
     "RetryLater",
     "RetryPolicy",
+    "SkippedEntry",
     "StreamSettings",
     "SubjectError",
     "SubjectParts",

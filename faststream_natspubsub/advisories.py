@@ -17,8 +17,10 @@ import logging
 from typing import TYPE_CHECKING, Any, Final
 
 from nats.errors import Error as NatsError
+from nats.js.errors import NotFoundError
 from pydantic_core import from_json
 
+from .advisory_check import advisory_doubt
 from .dlq import DeadLetterReason, DeadLetterWriter, FailedDelivery
 from .errors import PublishError
 from .metrics import PubsubMetrics
@@ -49,8 +51,11 @@ class MaxDeliveriesWatcher:
         publish: Callable[..., Awaitable[Any]],
         consumers: Iterable[tuple[str, str]],
         metrics: PubsubMetrics | None = None,
+        inbox: object | None = None,
     ) -> None:
         self._metrics = metrics or PubsubMetrics()
+        self._inbox = inbox  # consulted to refute forged advisories (see advisory_check)
+        self.rejected = 0
         self._writer = writer
         self._publish = publish
         self._consumers = tuple(consumers)
@@ -82,28 +87,62 @@ class MaxDeliveriesWatcher:
 
     async def _on_advisory(self, msg: Msg) -> None:
         # Handled in a task: the callback must not block other advisories.
-        task = asyncio.get_running_loop().create_task(self._dead_letter(msg.data))
+        task = asyncio.get_running_loop().create_task(self._dead_letter(msg.subject, msg.data))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _dead_letter(self, data: bytes) -> None:
+    async def _dead_letter(self, subject: str, data: bytes) -> None:
+        # The subject is the one subscribed to: it names the stream and durable for sure.
+        stream, durable = subject.split(".")[-2:]
         try:
             advisory = from_json(data)
-            stream, seq = advisory["stream"], int(advisory["stream_seq"])
-            consumer, deliveries = advisory.get("consumer"), int(advisory.get("deliveries", 0))
+            seq = advisory["stream_seq"]
+            if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+                raise TypeError("stream_seq")
+            consumer, deliveries = durable, int(advisory.get("deliveries", 0))
         except (ValueError, KeyError, TypeError):
-            logger.exception("unreadable MAX_DELIVERIES advisory: %r", data[:500])
+            logger.error("unreadable MAX_DELIVERIES advisory on %s: %r", subject, data[:500])
             return
         assert self._client is not None
+        js = self._client.jetstream()
         try:
-            raw = await self._client.jetstream().get_msg(stream, seq)
-        except NatsError:
-            logger.exception(
-                "event at %s seq %d reached max_deliver but is no longer in the stream",
+            try:
+                raw = await js.get_msg(stream, seq)
+            except NotFoundError:
+                raw = None
+            doubt = (
+                "no message at that sequence"
+                if raw is None
+                else await advisory_doubt(
+                    js,
+                    stream=stream,
+                    durable=durable,
+                    advisory=advisory,
+                    message=raw,
+                    inbox=self._inbox,
+                    codec=self._writer.codec,
+                )
+            )
+        except NatsError as exc:
+            logger.error(
+                "MAX_DELIVERIES advisory for %s seq %d could not be checked (%r): not acted on; "
+                "the event, if any, stays in the stream",
                 stream,
                 seq,
+                exc,
             )
             return
+        if doubt is not None:
+            self.rejected += 1
+            logger.warning(
+                "MAX_DELIVERIES advisory for %s seq %d ignored: %s (forged, or stale)",
+                stream,
+                seq,
+                doubt,
+                extra={"natspubsub_stream_seq": seq, "natspubsub_consumer": durable},
+            )
+            return
+        assert raw is not None
         failure = FailedDelivery(
             subject=raw.subject or "",
             body=raw.data or b"",

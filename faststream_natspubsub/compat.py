@@ -22,16 +22,19 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from faststream import ContextRepo
+    from faststream.nats import NatsBroker
     from nats.aio.client import Client
 
 __all__ = (
     "SUPPORTED_VERSIONS",
     "HostVersionError",
+    "broker_connection_kwargs",
     "current_subscriber",
     "flush_pending",
     "handler_function",
     "in_memory_message",
     "mark_settled",
+    "mark_tls_stream",
     "message_client",
     "new_in_memory_message",
     "outbound_buffer_room",
@@ -107,6 +110,18 @@ def handler_function(subscriber: Any) -> Callable[..., Any] | None:
         if callable(function):
             return function  # type: ignore[no-any-return]
     raise HostVersionError("cannot find the function of a FastStream handler")
+
+
+def broker_connection_kwargs(broker: NatsBroker) -> dict[str, Any]:
+    """The keyword arguments FastStream's ``NatsBroker`` hands to ``nats.connect``.
+
+    FastStream keeps them in ``_connection_kwargs`` (0.7.x); the host wraps the error
+    callback in there to hear TLS and permission failures while the broker connects.
+    """
+    kwargs = getattr(broker, "_connection_kwargs", None)
+    if not isinstance(kwargs, dict):
+        raise HostVersionError("FastStream's NatsBroker._connection_kwargs is gone")
+    return kwargs
 
 
 # -- nats-py messages ---------------------------------------------------------------------
@@ -187,6 +202,27 @@ def outbound_buffer_room(client: Client) -> int:
     if not isinstance(limit, int) or not isinstance(used, int):
         raise HostVersionError("nats-py's Client has no outbound buffer accounting")
     return 0 if limit <= 0 else limit - used
+
+
+def mark_tls_stream(nc: Client) -> None:
+    """Tell the TLS stream of ``nc`` that it runs over TLS.
+
+    nats-py upgrades a connection to TLS with ``loop.start_tls`` and a fresh
+    ``StreamReaderProtocol`` that asyncio never hands a transport (``start_tls`` does not
+    call ``connection_made``), so the protocol believes it is not over TLS, answers
+    ``eof_received`` with True, and asyncio logs "returning true from eof_received() has no
+    effect when using ssl" at every close. ``_replace_writer`` is what asyncio's own
+    ``StreamWriter.start_tls`` calls after an upgrade; a plain connection is left alone.
+    """
+    writer = getattr(getattr(nc, "_transport", None), "_io_writer", None)
+    if writer is None:
+        raise HostVersionError("nats-py Client._transport._io_writer is gone")
+    if writer.transport.get_extra_info("sslcontext") is None:
+        return
+    replace = getattr(getattr(writer, "_protocol", None), "_replace_writer", None)
+    if replace is None:
+        raise HostVersionError("asyncio StreamReaderProtocol._replace_writer is gone")
+    replace(writer)
 
 
 # -- OpenTelemetry ------------------------------------------------------------------------

@@ -25,14 +25,14 @@ from .subjects import (
     stream_name,
     validate_topic,
 )
-from .topology import ConsumerSpec, StreamSpec
+from .topology import ConsumerSpec, StreamSpec, Topology
 
 if TYPE_CHECKING:
     from faststream.nats.broker.registrator import NatsRegistrator
 
     from .batch import BatchSettings
     from .retry import RetryPolicy
-    from .topology import StreamSettings, Topology
+    from .topology import StreamSettings
 
 __all__ = ("DEFAULT_FETCH_TIMEOUT", "Declarations", "Registrar", "SubscriberDeclaration")
 
@@ -108,7 +108,22 @@ class Declarations:
         self.stream_settings = stream_settings
         self.topology = topology
         self.stream = self.declare_stream(app)
+        self.dlq_stream: str | None = None
+        """The app's DLQ stream (set by the facade when it has one)."""
+        self.publishes = False
+        """A FastStream publisher of the app is registered (its return values publish)."""
         self._subjects: dict[str, str] = {}
+
+    def needed(self) -> Topology:
+        """The part of the topology the app's roles use: the streams its consumers read, its
+        own stream when it publishes (or has no consumers), its DLQ stream when it consumes."""
+        return self.topology.needed(own=self.stream, dlq=self.dlq_stream, publishes=self.publishes)
+
+    def own_stream_only(self) -> Topology:
+        """A topology of the app's own stream alone."""
+        own = Topology()
+        own.add_stream(self.topology.streams[self.stream])
+        return own
 
     def declare_stream(self, app: str, *, name: str | None = None) -> str:
         """The stream holding ``<env>.<app>.>``, declared (create-or-update) at start."""
@@ -179,6 +194,7 @@ class Declarations:
     def publisher(self, topic: str, extra: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """The subject and FastStream ``publisher`` arguments for this app's ``topic``."""
         _refuse_managed(f"publisher({topic!r})", extra, _MANAGED_PUBLISHER_ARGUMENTS)
+        self.publishes = True
         kwargs: dict[str, Any] = {"stream": JStream(self.stream, declare=False)}
         kwargs.update(extra)
         return self.subject_for(topic), kwargs

@@ -1,19 +1,31 @@
-"""List, inspect, replay and purge dead-letter records of one consuming application."""
+"""List, inspect, replay and purge dead-letter records of one consuming application.
+
+Every record is untrusted (see :mod:`.replay`): entries that are not records are skipped
+and listed in :attr:`DeadLetterQueue.skipped`, and a replay publishes only to the subject
+the record's own DLQ subject encodes.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import AsyncIterator
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+import nats.errors
 from nats.js.errors import NotFoundError
-from pydantic_core import from_json, to_json
 
-from .dlq import DeadLetterRecord
-from .envelope import CONTENT_ENCODING_HEADER, format_timestamp
-from .errors import DeadLetterNotFoundError
-from .publishing import PublishResult, retry_publish
+from .dlq_record import DeadLetterRecord
+from .errors import (
+    DeadLetterNotFoundError,
+    DeadLetterRecordError,
+    PublishError,
+    RecordTruncatedError,
+    ReplayRefusedError,
+)
+from .publishing import retry_publish
+from .replay import ReplayResult, replay_headers, replay_target
 from .subjects import (
     dlq_stream_name,
     dlq_subject_prefix,
@@ -23,16 +35,27 @@ from .subjects import (
 )
 
 if TYPE_CHECKING:
-    from nats.js import JetStreamContext
+    from datetime import datetime
 
-__all__ = ("DeadLetterNotFoundError", "DeadLetterQueue")
+    from nats.js import JetStreamContext
+    from nats.js.api import PubAck
+
+    from .replay import ReplayTarget
+
+__all__ = ("DeadLetterNotFoundError", "DeadLetterQueue", "SkippedEntry")
 
 logger = logging.getLogger("faststream_natspubsub.dlq")
 
-# Headers JetStream or the original publish set that a replay must not copy.
-_NOT_REPLAYED = frozenset(
-    {"Nats-Msg-Id", "Nats-Expected-Stream", "Nats-Published-At", CONTENT_ENCODING_HEADER}
-)
+# What a JetStream request can fail with when the server is slow, away or refuses it.
+_SERVER_ERRORS = (nats.errors.Error, TimeoutError)
+
+
+@dataclass(frozen=True, slots=True)
+class SkippedEntry:
+    """A message in the DLQ stream that is not a readable record."""
+
+    seq: int
+    reason: str
 
 
 class DeadLetterQueue:
@@ -47,6 +70,9 @@ class DeadLetterQueue:
         self.app = normalize_app(app)
         self.stream = dlq_stream_name(self.env, self.app)
         self.subject_prefix = dlq_subject_prefix(self.env, self.app)
+        self.skipped: list[SkippedEntry] = []
+        """Entries the last :meth:`records` pass could not read (foreign or damaged)."""
+        self._source_streams: dict[str, str] = {}
 
     async def records(
         self, *, topic: str | None = None, since: datetime | None = None
@@ -57,6 +83,7 @@ class DeadLetterQueue:
             if topic
             else f"{self.subject_prefix}.>"
         )
+        self.skipped = []
         try:
             info = await self.js.stream_info(self.stream)
         except NotFoundError:
@@ -67,15 +94,18 @@ class DeadLetterQueue:
                 raw = await self.js.get_msg(self.stream, seq=seq, subject=filter_subject, next=True)
             except NotFoundError:
                 return
-            if raw.seq is None or raw.data is None:
+            if raw.seq is None:
                 return
             seq = raw.seq + 1
             try:
-                record = DeadLetterRecord.from_json(raw.data, dlq_seq=raw.seq)
-            except (ValueError, TypeError) as exc:
+                record = DeadLetterRecord.from_json(
+                    raw.data or b"", dlq_seq=raw.seq, dlq_subject=raw.subject
+                )
+            except DeadLetterRecordError as exc:
                 # Someone else published on a dlq.* subject; one bad entry must not hide the rest.
+                self.skipped.append(SkippedEntry(raw.seq, str(exc)))
                 logger.warning(
-                    "DLQ %s seq %d is not a dead-letter record: %s", self.stream, seq - 1, exc
+                    "DLQ %s seq %d is not a dead-letter record: %r", self.stream, raw.seq, str(exc)
                 )
                 continue
             if since is not None and record.dead_lettered_time < since:
@@ -94,17 +124,23 @@ class DeadLetterQueue:
         return found
 
     async def get_by_seq(self, seq: int) -> DeadLetterRecord:
-        """The record stored at ``seq`` in the DLQ stream (malformed records have no event id)."""
+        """The record stored at ``seq`` in the DLQ stream (malformed records have no event id).
+
+        Raises :class:`DeadLetterNotFoundError` when there is none, and
+        :class:`~faststream_natspubsub.DeadLetterRecordError` when the entry is not a record.
+        """
         try:
             raw = await self.js.get_msg(self.stream, seq=seq)
-        except NotFoundError as exc:
+        except NotFoundError:
             raise DeadLetterNotFoundError(
-                f"no dead-letter record at {self.stream} seq {seq}"
-            ) from exc
+                f"no dead-letter record at seq {seq} of {self.stream}"
+            ) from None
         try:
-            return DeadLetterRecord.from_json(raw.data or b"", dlq_seq=seq)
-        except (ValueError, TypeError) as exc:
-            raise DeadLetterNotFoundError(f"{self.stream} seq {seq} is not a record") from exc
+            return DeadLetterRecord.from_json(raw.data or b"", dlq_seq=seq, dlq_subject=raw.subject)
+        except DeadLetterRecordError as exc:
+            raise DeadLetterRecordError(
+                f"{self.stream} seq {seq} is not a dead-letter record: {exc}"
+            ) from None
 
     async def get(self, event_id: str) -> DeadLetterRecord:
         """The newest record of ``event_id``; raises :class:`DeadLetterNotFoundError`.
@@ -121,32 +157,42 @@ class DeadLetterQueue:
 
     async def replay(
         self, record: DeadLetterRecord | str, *, keep: bool = False, timeout: float = 5.0
-    ) -> PublishResult:
-        """Publish the original event again to its original subject, then drop the record.
+    ) -> ReplayResult:
+        """Publish the event again, exactly as received, to the subject its record is for.
 
-        The event keeps its ``event_id`` (an inbox treats it as the same event); its
-        ``Nats-Msg-Id`` is new so de-duplication does not swallow it, and
-        ``metadata.dlq_replay`` records where it came from. ``keep=True`` leaves the record.
+        The subject comes from the record's own subject in the DLQ stream; a record whose
+        subject or body says otherwise is refused with :class:`ReplayRefusedError`. The
+        body is sent unchanged; the replay is recorded in headers (see :mod:`.replay`). The
+        event keeps its ``event_id`` (an inbox treats it as the same event).
+
+        The record is then deleted, unless ``keep=True``; when the deletion fails the
+        result says so (``record_deleted=False``, ``delete_error``) instead of raising, since
+        the event was republished.
         """
         if isinstance(record, str):
             record = await self.get(record)
-        payload, msg_id = self._replay_payload(record)
-        headers = {k: v for k, v in record.headers.items() if k not in _NOT_REPLAYED}
-        headers["Nats-Msg-Id"] = msg_id
-        headers["Nats-Published-At"] = format_timestamp(datetime.now(timezone.utc))
-        subject = record.original_subject
-        ack = await retry_publish(
-            lambda: self.js.publish(subject, payload, timeout=timeout, headers=dict(headers)),
-            subject=subject,
+        target = replay_target(record, env=self.env, prefix=self.subject_prefix)
+        stream = await self._stream_of(target)
+        payload = await self._payload(record, target, stream)
+        headers = replay_headers(
+            record, dlq_stream=self.stream, stream=stream, exact_bytes=record.raw_base64 is not None
         )
+        ack = await retry_publish(
+            lambda: self._publish(target.subject, payload, headers, timeout),
+            subject=target.subject,
+        )
+        deleted, delete_error = False, None
         if not keep and record.dlq_seq is not None:
-            await self.js.delete_msg(self.stream, record.dlq_seq)
-        return PublishResult(
-            event_id=record.event_id or msg_id,
-            subject=subject,
+            deleted, delete_error = await self._delete(record.dlq_seq)
+        return ReplayResult(
+            event_id=record.event_id or headers["Nats-Msg-Id"],
+            subject=target.subject,
             stream=ack.stream,
             seq=ack.seq,
             duplicate=bool(ack.duplicate),
+            dlq_seq=record.dlq_seq,
+            record_deleted=deleted,
+            delete_error=delete_error,
         )
 
     async def purge(self, *, older_than: datetime | None = None) -> int:
@@ -166,19 +212,69 @@ class DeadLetterQueue:
                 removed += 1
         return removed
 
-    def _replay_payload(self, record: DeadLetterRecord) -> tuple[bytes, str]:
-        replay = {
-            "dlq_stream": self.stream,
-            "dlq_seq": record.dlq_seq,
-            "reason": record.reason,
-            "replayed_at": format_timestamp(datetime.now(timezone.utc)),
-            "original_seq": record.original_seq,
-        }
-        msg_id = f"{record.event_id or 'raw'}:replay:{self.stream}:{record.dlq_seq}"
-        if record.envelope is None:
-            return record.original_bytes, msg_id  # raw bytes are replayed as they were
-        envelope: dict[str, Any] = from_json(to_json(record.envelope))
-        metadata = envelope.setdefault("metadata", {})
-        metadata["dlq_replay"] = replay
-        metadata["replay_count"] = int(metadata.get("replay_count", 0)) + 1
-        return to_json(envelope), msg_id
+    async def _stream_of(self, target: ReplayTarget) -> str:
+        """The stream that holds ``target.subject``, as the server says (cached)."""
+        stream = self._source_streams.get(target.subject)
+        if stream is None:
+            try:
+                stream = await self.js.find_stream_name_by_subject(target.subject)
+            except NotFoundError:
+                raise ReplayRefusedError(
+                    f"no stream holds {target.subject!r}: nothing would store the replay"
+                ) from None
+            if not isinstance(stream, str) or stream == self.stream:
+                raise ReplayRefusedError(f"{target.subject!r} is not held by an event stream")
+            self._source_streams[target.subject] = stream
+        return stream
+
+    async def _payload(self, record: DeadLetterRecord, target: ReplayTarget, stream: str) -> bytes:
+        """The bytes to publish: the record's, or for a truncated record the original's."""
+        try:
+            return record.original_bytes
+        except RecordTruncatedError as exc:
+            original = await self._original(record, target, stream)
+            if original is None:
+                raise RecordTruncatedError(
+                    f"{exc}, and the original is no longer in {stream} with the same content"
+                ) from None
+            return original
+
+    async def _original(
+        self, record: DeadLetterRecord, target: ReplayTarget, stream: str
+    ) -> bytes | None:
+        seq = record.original_seq
+        if seq is None or seq < 1 or record.raw_sha256 is None:
+            return None
+        try:
+            raw = await self.js.get_msg(stream, seq=seq)
+        except NotFoundError:
+            return None
+        data = raw.data or b""
+        same = (
+            raw.subject == target.subject
+            and len(data) == record.raw_size
+            and hashlib.sha256(data).hexdigest() == record.raw_sha256
+        )
+        return data if same else None
+
+    async def _publish(
+        self, subject: str, payload: bytes, headers: dict[str, str], timeout: float
+    ) -> PubAck:
+        try:
+            return await self.js.publish(subject, payload, timeout=timeout, headers=dict(headers))
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            # Something answered that is not JetStream (a core subscriber on the subject).
+            raise PublishError(
+                f"the answer to the replay on {subject!r} was not a JetStream acknowledgement "
+                f"({type(exc).__name__})"
+            ) from None
+
+    async def _delete(self, seq: int) -> tuple[bool, str | None]:
+        try:
+            await self.js.delete_msg(self.stream, seq)
+        except NotFoundError:
+            pass  # someone else removed it: it is gone all the same
+        except _SERVER_ERRORS as exc:
+            reason = getattr(exc, "description", None) or str(exc) or type(exc).__name__
+            return False, f"could not delete it: {reason}"
+        return True, None

@@ -7,8 +7,12 @@ NatsPubsubError
 │   ├── MessageTooLargeError           the encoded message exceeds the size limit
 │   └── MalformedEnvelopeError         received bytes that are not a readable envelope
 ├── PublishError                       the server did not store the event
+│   └── DeadLetterQueueFullError       the DLQ stream is at its limits and refuses records
 ├── TopologyError                      a stream or consumer could not be declared or verified
 ├── DeadLetterNotFoundError (LookupError)   no dead-letter record matches
+├── DeadLetterRecordError (ValueError)  a DLQ entry is not a readable dead-letter record
+├── ReplayRefusedError                 a record that replay must not publish
+│   └── RecordTruncatedError           only the head of the original bytes was kept
 ├── HostVersionError (RuntimeError)    FastStream / nats-py / OpenTelemetry not as supported
 ├── MissingExtraError (ImportError)    an optional feature whose extra is not installed
 ├── PermanentError                     raise in a handler: no retry, straight to the DLQ
@@ -27,6 +31,8 @@ __all__ = (
     "BatchFailure",
     "ConfigurationError",
     "DeadLetterNotFoundError",
+    "DeadLetterQueueFullError",
+    "DeadLetterRecordError",
     "EnvelopeError",
     "MalformedEnvelopeError",
     "MessageTooLargeError",
@@ -34,6 +40,8 @@ __all__ = (
     "NatsPubsubError",
     "PermanentError",
     "PublishError",
+    "RecordTruncatedError",
+    "ReplayRefusedError",
     "RetryLater",
     "SubjectError",
     "TopologyError",
@@ -80,6 +88,13 @@ class PublishError(NatsPubsubError):
     """JetStream did not acknowledge a publish, after the bounded retries."""
 
 
+class DeadLetterQueueFullError(PublishError):
+    """The DLQ stream reached its ``max_msgs`` or ``max_bytes`` and refuses new records.
+
+    The event is not lost: it stays in its own stream and is delivered again later.
+    """
+
+
 class TopologyError(NatsPubsubError):
     """A stream or consumer the application needs could not be declared or verified."""
 
@@ -98,6 +113,23 @@ class MissingExtraError(NatsPubsubError, ImportError):
             f"pip install 'faststream-natspubsub[{extra}]'",
             name=module,
         )
+
+
+class DeadLetterRecordError(NatsPubsubError, ValueError):
+    """A message in a DLQ stream is not a dead-letter record this package can read.
+
+    Every field of a record is untrusted: anyone allowed to publish on the DLQ's subjects
+    can store anything there.
+    """
+
+
+class ReplayRefusedError(NatsPubsubError):
+    """Replay refused a record: its subject, body or headers are not safe to publish."""
+
+
+class RecordTruncatedError(ReplayRefusedError):
+    """The record keeps only the head of the original bytes (the event was too large), and
+    the original is no longer in its stream (or no longer matches the record's hash)."""
 
 
 class PermanentError(NatsPubsubError):

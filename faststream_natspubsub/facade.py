@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Final
 from faststream.exceptions import IncorrectState
 
 from .declaring import Declarations
-from .dlq import DeadLetterWriter
+from .dlq import DLQ_MAX_BYTES, DLQ_MAX_MSGS, DeadLetterWriter, dlq_stream_settings
 from .envelope import EnvelopeCodec
 from .errors import ConfigurationError
 from .health import DEFAULT_MAX_PENDING, HealthReport, check_health, health_route
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from nats.aio.client import Client as NatsClient
     from opentelemetry.metrics import MeterProvider
 
+    from .advisories import MaxDeliveriesWatcher
     from .batch import BatchSettings
     from .codecs.base import Codec
     from .publishing import PublishResult
@@ -87,14 +88,22 @@ class NatsPubsub:
         app_version: str | None = None,
         streams: StreamSettings | None = None,
         dlq_max_age: float = DLQ_MAX_AGE,
+        dlq_max_bytes: int | None = DLQ_MAX_BYTES,
+        dlq_max_msgs: int | None = DLQ_MAX_MSGS,
         codec: Codec | None = None,
         meter_provider: MeterProvider | None = None,
         tracing: bool | None = None,
         compat: str | None = None,
+        topology: str = "create",
     ) -> None:
         """``compat="natspubsub-1.0"`` also writes what NatsPubsub 1.0 consumers read (the
         message again as ``payload``, ``producer``, a top-level ``trace_id``), for fleets that
-        still run them; it roughly doubles the message's bytes on the wire."""
+        still run them; it roughly doubles the message's bytes on the wire.
+        ``topology="verify"`` creates and updates nothing: the start checks that the streams
+        and consumers an operator declared fit the app."""
+        if topology not in ("create", "verify"):
+            raise ConfigurationError(f"topology must be 'create' or 'verify', not {topology!r}")
+        self.topology_mode = topology
         self.broker = broker
         self.env = normalize_env(env)
         self.app = normalize_app(app)
@@ -116,10 +125,12 @@ class NatsPubsub:
                 StreamSpec(
                     name=self.dlq_stream,
                     subjects=(f"{self.dlq_subject_prefix}.>",),
-                    settings=StreamSettings(
+                    settings=dlq_stream_settings(
                         replicas=self.stream_settings.replicas,
                         storage=self.stream_settings.storage,
                         max_age=dlq_max_age,
+                        max_bytes=dlq_max_bytes,
+                        max_msgs=dlq_max_msgs,
                     ),
                 )
             )
@@ -143,6 +154,7 @@ class NatsPubsub:
                 stream=self.dlq_stream,
                 subject_prefix=self.dlq_subject_prefix,
                 codec=self.codec,
+                metrics=self.metrics,
             )
             if self.dlq_stream is not None
             else None
@@ -174,8 +186,10 @@ class NatsPubsub:
             dead_letters=self.dead_letters,
             metrics=self.metrics,
         )
+        declarations.dlq_stream = self.dlq_stream
         lifecycle = PubsubLifecycle(
-            topology=self.topology,
+            declarations=declarations,
+            verify_only=topology == "verify",
             inbox_store=self.inbox_store,
             dead_letters=self.dead_letters,
             publish=broker.publish,
@@ -188,7 +202,10 @@ class NatsPubsub:
             runtime=self.runtime, declarations=declarations, host=host, lifecycle=lifecycle
         )
         self._publisher = EventPublisher(
-            broker=broker, runtime=self.runtime, subject_for=declarations.subject_for
+            broker=broker,
+            runtime=self.runtime,
+            subject_for=declarations.subject_for,
+            before_publish=lifecycle.own_stream_ready,
         )
 
     # -- declaring -----------------------------------------------------------------------
@@ -289,6 +306,12 @@ class NatsPubsub:
             items, metadata=metadata, correlation_id=correlation_id, timeout=timeout
         )
 
+    @property
+    def advisory_watcher(self) -> MaxDeliveriesWatcher | None:
+        """The listener that dead-letters events whose consumer gave up (``max_deliver``), while
+        the broker runs; its ``handled`` and ``rejected`` (forged advisories) count them."""
+        return self._registrar.lifecycle.watcher
+
     # -- health ----------------------------------------------------------------------------
 
     async def health(self, *, max_pending: int = DEFAULT_MAX_PENDING) -> HealthReport:
@@ -299,7 +322,7 @@ class NatsPubsub:
             connection = None
         return await check_health(
             connection,
-            streams=list(self.topology.streams),
+            streams=list(self._registrar.declarations.needed().streams),
             consumers=list(self.topology.consumers),
             max_pending=max_pending,
         )
@@ -318,8 +341,9 @@ class NatsPubsub:
     # -- lifecycle -----------------------------------------------------------------------
 
     async def declare_topology(self) -> None:
-        """Create or update the streams and consumers; runs when the broker starts."""
-        await self.topology.declare(self.broker.connection.jetstream())
+        """Create or update what the app's roles use (verify only, with ``topology="verify"``);
+        runs when the broker starts."""
+        await self._registrar.lifecycle.declare(self.broker.connection.jetstream())
 
     def _make_inbox_store(self, inbox: InboxStore | str | None, ttl: float) -> InboxStore | None:
         if inbox is None or isinstance(inbox, InboxStore):

@@ -7,6 +7,9 @@ that says so. Rules, worst component wins:
 - a stream or consumer that does not exist: unhealthy (nothing stores or reads the events);
 - a consumer with more than ``max_pending`` undelivered messages, or with redelivered
   messages waiting for an ack: degraded (it is behind, or its handler is failing);
+- a stream that refuses new messages at its limits (discard new, as the DLQ does) and is
+  at least 90 % full by count or size: degraded (full: new dead letters are refused, the
+  events stay in their streams);
 - otherwise healthy.
 """
 
@@ -21,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Final
 import nats.errors
 from faststream.asgi import AsgiResponse, get
 from faststream.asgi.types import Scope  # noqa: TC002 - FastDepends resolves it at runtime
+from nats.js.api import DiscardPolicy
 from nats.js.errors import NotFoundError
 from pydantic_core import to_json
 
@@ -41,6 +45,8 @@ __all__ = (
 
 # Undelivered messages a consumer may have before it counts as lagging.
 DEFAULT_MAX_PENDING: Final = 1000
+# A stream that refuses new messages at its limits is reported degraded from this fill ratio.
+NEARLY_FULL: Final = 0.9
 # Seconds per JetStream request: a health probe must answer quickly, even when NATS does not.
 HEALTH_TIMEOUT: Final = 2.0
 # What a server that is down, slow or without JetStream raises; anything else is a bug.
@@ -181,11 +187,30 @@ async def _check_stream(jsm: JetStreamManager, name: str) -> ComponentHealth:
         return _unhealthy("missing")
     except _SERVER_ERRORS as exc:
         return _unhealthy(_describe(exc))
-    return ComponentHealth(
-        status=HealthStatus.HEALTHY,
-        detail="present",
-        data={"messages": info.state.messages, "consumers": info.state.consumer_count},
-    )
+    data: dict[str, Any] = {"messages": info.state.messages, "consumers": info.state.consumer_count}
+    fill = _fill(info)
+    if fill is not None and fill >= NEARLY_FULL:
+        data["fill"] = round(fill, 3)
+        detail = (
+            "full: new messages are refused"
+            if fill >= 1.0
+            else f"{fill:.0%} full: new messages will be refused at the limit"
+        )
+        return ComponentHealth(status=HealthStatus.DEGRADED, detail=detail, data=data)
+    return ComponentHealth(status=HealthStatus.HEALTHY, detail="present", data=data)
+
+
+def _fill(info: Any) -> float | None:
+    """How full a stream that refuses new messages at its limits is (1.0: full)."""
+    config, state = info.config, info.state
+    if config.discard != DiscardPolicy.NEW:
+        return None  # it drops old messages instead: never refuses
+    ratios = [
+        used / limit
+        for used, limit in ((state.messages, config.max_msgs), (state.bytes, config.max_bytes))
+        if limit is not None and limit > 0
+    ]
+    return max(ratios, default=None)
 
 
 async def _check_consumer(

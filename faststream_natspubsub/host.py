@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .compat import mark_tls_stream
+from .connection import ConnectionWatch
 from .errors import ConfigurationError, SubjectError
 from .middlewares.pubsub import PubsubMiddleware
 from .tracing import TraceContextMiddleware
@@ -67,6 +69,8 @@ class BrokerHost:
         self._apps: dict[str, dict[str, HostedApp]] = {}
         self._plans: dict[Any, SubscriberPlan] = {}
         self._trace_context: TraceContextMiddleware | None = None
+        # Hears the connection's errors: a TLS failure ends the start at once.
+        self._connection_watch = ConnectionWatch(broker)
         self._wrap_lifecycle()
 
     @classmethod
@@ -171,7 +175,8 @@ class BrokerHost:
         original_start, original_stop = broker.start, broker.stop
 
         async def start() -> None:
-            connection = await broker.connect()
+            connection = await self._connection_watch.connect(broker.connect)
+            mark_tls_stream(connection)
             started: list[HostedApp] = []
             try:
                 for hosted in self._hosted():

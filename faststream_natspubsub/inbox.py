@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 
+from .errors import TopologyError
+
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
     from nats.js.kv import KeyValue
@@ -32,6 +34,7 @@ __all__ = (
     "LeaseReporter",
     "MemoryInboxStore",
     "inbox_bucket_name",
+    "inbox_key",
 )
 
 # How long a processed event id is remembered; a redelivery later than this runs again.
@@ -116,6 +119,10 @@ class MemoryInboxStore:
     async def release(self, event_id: str) -> None:
         self._entries.pop(_digest(event_id), None)
 
+    async def is_processed(self, event_id: str) -> bool:
+        entry = self._entries.get(_digest(event_id))
+        return entry is not None and entry > time.monotonic()
+
     async def lease_remaining(self, event_id: str) -> float | None:
         entry = self._entries.get(_digest(event_id))
         if entry is None or entry > 0:
@@ -132,6 +139,24 @@ class MemoryInboxStore:
 def _digest(key: str) -> bytes:
     """A 128-bit digest of a key: a fixed, small size whatever the key's length."""
     return hashlib.blake2b(key.encode(), digest_size=16).digest()
+
+
+def inbox_key(prefix: str, subject: str, event_id: str) -> str:
+    """The inbox key of ``event_id`` delivered on ``subject``: ``<prefix><topic>.<event_id>``.
+
+    ``prefix`` is ``"<durable>."`` (or empty). The topic is taken from the subject, never
+    from the envelope, with its dots written as ``=`` so the key reads unambiguously: a
+    durable name has no dot, a topic has no ``=``, and what follows the second dot is the
+    event id. One event id on two topics (a wildcard subscriber) is two events. A topic
+    that holds an ``=`` (another app's subject) is written as ``=`` and a digest.
+    """
+    parts = subject.split(".", 2)
+    topic = parts[2] if len(parts) == 3 else subject
+    if "=" in topic:
+        written = "=" + hashlib.sha256(topic.encode()).hexdigest()[:32]
+    else:
+        written = topic.replace(".", "=")
+    return f"{prefix}{written}.{event_id}"
 
 
 def inbox_bucket_name(env: str, app: str) -> str:
@@ -160,11 +185,16 @@ class KvInboxStore:
         # Used instead of the bucket in memory tests (TestNatsBroker), where there is none.
         self._stand_in: MemoryInboxStore | None = None
 
-    async def bind(self, js: JetStreamContext) -> None:
-        """Open the bucket, creating it on first use."""
+    async def bind(self, js: JetStreamContext, *, create: bool = True) -> None:
+        """Open the bucket, creating it on first use (``create=False``: it must exist)."""
         try:
             self._kv = await js.key_value(self.bucket)
         except NotFoundError:
+            if not create:
+                raise TopologyError(
+                    f'the inbox\'s KV bucket {self.bucket} is missing (topology="verify" '
+                    "creates nothing)"
+                ) from None
             self._kv = await js.create_key_value(
                 bucket=self.bucket, ttl=self.ttl, history=1, replicas=self.replicas
             )
@@ -231,6 +261,15 @@ class KvInboxStore:
         key = _key(event_id)
         self._held.discard(key)
         await self.kv.delete(key)
+
+    async def is_processed(self, event_id: str) -> bool:
+        if self._kv is None and self._stand_in is not None:
+            return await self._stand_in.is_processed(event_id)
+        try:
+            entry = await self.kv.get(_key(event_id))
+        except KeyNotFoundError:
+            return False
+        return entry.value == _PROCESSED
 
     async def lease_remaining(self, event_id: str) -> float | None:
         if self._kv is None and self._stand_in is not None:

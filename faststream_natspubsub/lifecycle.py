@@ -1,9 +1,11 @@
 """What one app does when its broker starts and stops.
 
-On start, connected but before any subscriber pulls: declare the streams and consumers, open
-the KV inbox, subscribe to the MAX_DELIVERIES advisories (the server sends them on a later
-pull), and refuse handlers that can never run. Once the subscribers run, give each pull
-subscription the leaner fetch. On stop, stop the advisory listener.
+On start, connected but before any subscriber pulls: declare what the app's roles use (or,
+with ``topology="verify"``, check that an operator declared it), open the KV inbox, subscribe
+to the MAX_DELIVERIES advisories (the server sends them on a later pull), and refuse handlers
+that can never run. A consumer-only app gets no stream of its own until its first publish.
+Once the subscribers run, give each pull subscription the leaner fetch. On stop, stop the
+advisory listener.
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from nats.aio.client import Client as NatsClient
+    from nats.js import JetStreamManager
 
     from .codecs.targets import HandlerTargets
+    from .declaring import Declarations
     from .dlq import DeadLetterWriter
     from .inbox import InboxStore
     from .metrics import PubsubMetrics
-    from .topology import Topology
 
 __all__ = ("PubsubLifecycle", "check_handler")
 
@@ -37,14 +40,17 @@ class PubsubLifecycle:
     def __init__(
         self,
         *,
-        topology: Topology,
+        declarations: Declarations,
+        verify_only: bool,
         inbox_store: InboxStore | None,
         dead_letters: DeadLetterWriter | None,
         publish: Callable[..., Awaitable[Any]],
         metrics: PubsubMetrics,
         handler_targets: HandlerTargets | None = None,
     ) -> None:
-        self.topology = topology
+        self.declarations = declarations
+        self.topology = declarations.topology
+        self.verify_only = verify_only
         self.handler_targets = handler_targets
         self.inbox_store = inbox_store
         self.dead_letters = dead_letters
@@ -53,6 +59,35 @@ class PubsubLifecycle:
         # (subscriber, its subject) of every subscriber the app's facade made.
         self.subscribers: list[tuple[Any, str]] = []
         self._watcher: MaxDeliveriesWatcher | None = None
+        self._jsm: JetStreamManager | None = None
+        # The own stream was left out at start (no publisher yet): declared on first publish.
+        self._own_stream_pending = False
+
+    @property
+    def watcher(self) -> MaxDeliveriesWatcher | None:
+        """The MAX_DELIVERIES listener while the broker runs (None without DLQ or consumers)."""
+        return self._watcher
+
+    async def declare(self, jsm: JetStreamManager) -> None:
+        """Declare (or verify) what the app's roles use now."""
+        needed = self.declarations.needed()
+        if self.verify_only:
+            await needed.verify(jsm)
+        else:
+            await needed.declare(jsm)
+        self._jsm = jsm
+        self._own_stream_pending = self.declarations.stream not in needed.streams
+
+    async def own_stream_ready(self) -> None:
+        """Before a publish: the app's own stream exists (declared now if it was left out)."""
+        if not self._own_stream_pending or self._jsm is None:
+            return
+        own = self.declarations.own_stream_only()
+        if self.verify_only:
+            await own.verify(self._jsm)
+        else:
+            await own.declare(self._jsm)
+        self._own_stream_pending = False
 
     async def start(self, connection: NatsClient) -> None:
         for subscriber, subject in self.subscribers:
@@ -60,10 +95,12 @@ class PubsubLifecycle:
         if self.handler_targets is not None:
             # Handlers typed with a protobuf class, known before the first message arrives.
             self.handler_targets.inspect(subscriber for subscriber, _ in self.subscribers)
+        if self.dead_letters is not None:  # records are sized to the server's limit
+            self.dead_letters.max_payload = connection.max_payload
         js = connection.jetstream()
-        await self.topology.declare(js)
+        await self.declare(js)
         if isinstance(self.inbox_store, KvInboxStore):
-            await self.inbox_store.bind(js)
+            await self.inbox_store.bind(js, create=not self.verify_only)
         if self.dead_letters is not None and self.topology.consumers:
             # Before the consumers pull: the server sends the advisory on a later pull.
             self._watcher = MaxDeliveriesWatcher(
@@ -71,6 +108,7 @@ class PubsubLifecycle:
                 publish=self.publish,
                 consumers=self.topology.consumers,
                 metrics=self.metrics,
+                inbox=self.inbox_store,
             )
             await self._watcher.start(connection)
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from nats.errors import Error as NatsError
 
+from .replay import REPLAY_COUNT_HEADER
 from .subjects import parse_subject
 
 if TYPE_CHECKING:
@@ -56,7 +57,8 @@ class EventMetadata:
     subject: str
     """Full NATS subject, ``<env>.<app>.<topic>``."""
     topic: str
-    """The topic part of the subject (or the envelope's ``topic``)."""
+    """The topic part of the subject: the subject is the truth, whatever the envelope says
+    (``claimed_topic`` has the envelope's ``topic``)."""
     event_id: str
     """The envelope's event id."""
     occurred_at: datetime | None
@@ -76,7 +78,23 @@ class EventMetadata:
     headers: Mapping[str, str] = field(default_factory=dict)
     """NATS headers of this delivery."""
     metadata: Mapping[str, Any] = field(default_factory=dict)
-    """The envelope's whole ``metadata`` object, custom keys included."""
+    """The envelope's whole ``metadata`` object, custom keys included (as the publisher
+    wrote it: ``app_name`` and ``environment`` in here are claims, not facts)."""
+    app: str | None = None
+    """The app token of the subject: the app whose subjects the event was published on."""
+    env: str | None = None
+    """The env token of the subject."""
+    claimed_topic: str | None = None
+    """The envelope's own ``topic`` field, which any publisher can set to anything."""
+
+    @property
+    def replay_count(self) -> int:
+        """How many times this event was replayed from a dead-letter queue (0: never)."""
+        value = self.headers.get(REPLAY_COUNT_HEADER)
+        if value is None:  # replays of earlier versions wrote it into the metadata
+            value = self.metadata.get("replay_count")
+        text = str(value).strip() if value is not None else ""
+        return int(text) if text.isascii() and text.isdigit() and len(text) <= 6 else 0
 
     @property
     def trace_id(self) -> str | None:
@@ -123,8 +141,12 @@ class EventMetadata:
 
     @property
     def app_name(self) -> str | None:
-        """Application that published the event."""
-        return self._get("app_name")
+        """Application that published the event: the subject's app token.
+
+        The envelope's ``metadata.app_name`` is only what the publisher claims; it is used
+        when there is no subject to read (``metadata["app_name"]`` always has the claim).
+        """
+        return self.app if self.app is not None else self._get("app_name")
 
     @property
     def app_version(self) -> str | None:
@@ -133,14 +155,8 @@ class EventMetadata:
 
     @property
     def environment(self) -> str | None:
-        """Environment of the publishing application."""
-        return self._get("environment")
-
-    @property
-    def replay_count(self) -> int:
-        """How often this event was replayed from a dead-letter queue (0 if never)."""
-        value = self.metadata.get("replay_count")
-        return value if isinstance(value, int) and value >= 0 else 0
+        """Environment of the event: the subject's env token (else the envelope's claim)."""
+        return self.env if self.env is not None else self._get("environment")
 
     def _get(self, key: str) -> str | None:
         value = self.metadata.get(key)
@@ -206,15 +222,19 @@ class InboundEvent:
             stream_seq, consumer_seq = js.sequence.stream, js.sequence.consumer
         own_message = self.raw is self.message.raw_message
         headers = self.message.headers if own_message else (self.raw.headers or {})
-        topic = envelope.topic
-        if topic is None:
-            try:
-                topic = parse_subject(self.subject).topic
-            except ValueError:
-                topic = self.subject
+        env = app = None
+        try:
+            parts = parse_subject(self.subject)
+        except ValueError:  # not a NatsPubsub subject: only the envelope can say
+            topic = envelope.topic or self.subject
+        else:
+            env, app, topic = parts.env, parts.app, parts.topic
         return EventMetadata(
             subject=self.subject,
             topic=topic,
+            app=app,
+            env=env,
+            claimed_topic=envelope.topic,
             event_id=envelope.event_id,
             occurred_at=envelope.occurred_at,
             received_at=self.received_at,

@@ -27,6 +27,7 @@ METRIC_NAMES: Final = {
     "natspubsub.messages.retried": ("{message}", "Deliveries NAKed with a delay to retry"),
     "natspubsub.messages.dead_lettered": ("{message}", "Events written to the DLQ, by reason"),
     "natspubsub.messages.duplicates_skipped": ("{message}", "Deliveries the inbox skipped"),
+    "natspubsub.dlq.full": ("{message}", "Dead-letter writes refused: the DLQ stream is full"),
     "natspubsub.heartbeats": ("{signal}", "In-progress signals sent for slow handlers"),
     "natspubsub.handler.duration": ("s", "Handler time, validation included"),
     "natspubsub.end_to_end.latency": ("s", "Time from occurred_at to the handler's start"),
@@ -59,6 +60,7 @@ class PubsubMetrics:
         self.retried = counter("natspubsub.messages.retried")
         self.dead_lettered = counter("natspubsub.messages.dead_lettered")
         self.duplicates_skipped = counter("natspubsub.messages.duplicates_skipped")
+        self.dlq_full = counter("natspubsub.dlq.full")
         self.heartbeats = counter("natspubsub.heartbeats")
         self.handler_duration = histogram("natspubsub.handler.duration")
         self.end_to_end_latency = histogram("natspubsub.end_to_end.latency")

@@ -25,7 +25,7 @@ from .publishing import PUBLISH_RETRY_DELAYS, OutgoingEvent, PublishResult
 from .tracing import current_trace_metadata
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
 
     from faststream.nats import NatsBroker
 
@@ -49,10 +49,13 @@ class EventPublisher:
         broker: NatsBroker,
         runtime: AppRuntime,
         subject_for: Callable[[str], str],
+        before_publish: Callable[[], Awaitable[None]],
     ) -> None:
         self.broker = broker
         self.runtime = runtime
         self.subject_for = subject_for
+        # Makes sure the app's own stream exists (a consumer-only app declares it lazily).
+        self.before_publish = before_publish
         self._pub_acks: PubAckRouter | None = None
 
     async def publish(
@@ -69,6 +72,7 @@ class EventPublisher:
     ) -> PublishResult:
         """Publish one event and wait for JetStream to store it (see ``NatsPubsub.publish``)."""
         subject = self.subject_for(topic)
+        await self.before_publish()
         event_id = event_id or new_event_id()
         chosen = dict(metadata or {})
         if correlation_id is not None:
@@ -109,6 +113,7 @@ class EventPublisher:
         connection = self.broker.connection
         if not isinstance(connection, NatsClient):  # TestNatsBroker: nothing to pipeline
             return await self._publish_one_by_one(items, metadata=metadata, timeout=timeout)
+        await self.before_publish()
         inbound = current_inbound(self.broker.context)
         # Computed once per call, not per item: the time, the trace and its header.
         trace_headers: dict[str, str] = {}

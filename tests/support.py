@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -65,3 +69,46 @@ async def consumer_idle(js: Any, stream: str, durable: str) -> bool:
     """True when the consumer has nothing pending and nothing waiting for an ack."""
     info = await js.consumer_info(stream, durable)
     return bool(info.num_pending == 0 and info.num_ack_pending == 0)
+
+
+# -- the natspubsub command, run as a shell runs it ---------------------------------------
+
+
+@dataclass(frozen=True)
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+async def natspubsub(*args: str, timeout: float = 60.0) -> Result:
+    """Run the CLI in a child process without blocking the running loop."""
+    # The operator's own NATS settings must not leak into the tests.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "NATSPUBSUB_"))}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "faststream_natspubsub.cli",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**env, "COLUMNS": "200", "NO_COLOR": "1"},
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout)
+    assert process.returncode is not None
+    return Result(process.returncode, out.decode(), err.decode())
+
+
+def at(server: EmbeddedNatsServer, *args: str) -> tuple[str, ...]:
+    return (*args, "--servers", server.url, "--env", "test", "--app", "orders")
+
+
+def assert_one_line_error(result: Result, code: int, text: str) -> None:
+    assert result.code == code, result
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1, result.err
+    assert text in lines[0]
+    assert "Traceback" not in result.out + result.err

@@ -6,19 +6,22 @@ command works, and shows exactly what a shell would see on stdout, stderr and ex
 
 from __future__ import annotations
 
-import asyncio
-import json
-import os
 import socket
-import sys
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import nats
 import pytest
 from nats.js.api import StreamConfig
-from support import consumer_idle, new_broker, running, wait_until
+from support import (
+    assert_one_line_error,
+    at,
+    consumer_idle,
+    natspubsub,
+    new_broker,
+    running,
+    wait_until,
+)
 from typer.testing import CliRunner
 
 from faststream_natspubsub import DeadLetterQueue, EventMetadata, NatsPubsub, PermanentError
@@ -29,46 +32,6 @@ from faststream_natspubsub.testing import EmbeddedNatsServer
 
 ORDERS_DURABLE = consumer_name("orders", "test.orders.order.created")
 PAID_DURABLE = consumer_name("orders", "test.orders.order.paid")
-
-
-@dataclass(frozen=True)
-class Result:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return json.loads(self.out)
-
-
-async def natspubsub(*args: str, timeout: float = 60.0) -> Result:
-    """Run the CLI in a child process without blocking the running loop."""
-    # The operator's own NATS settings must not leak into the tests.
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "NATSPUBSUB_"))}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "faststream_natspubsub.cli",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**env, "COLUMNS": "200", "NO_COLOR": "1"},
-    )
-    out, err = await asyncio.wait_for(process.communicate(), timeout)
-    assert process.returncode is not None
-    return Result(process.returncode, out.decode(), err.decode())
-
-
-def at(server: EmbeddedNatsServer, *args: str) -> tuple[str, ...]:
-    return (*args, "--servers", server.url, "--env", "test", "--app", "orders")
-
-
-def assert_one_line_error(result: Result, code: int, text: str) -> None:
-    assert result.code == code, result
-    lines = result.err.strip().splitlines()
-    assert len(lines) == 1, result.err
-    assert text in lines[0]
-    assert "Traceback" not in result.out + result.err
 
 
 def unused_port() -> int:
@@ -298,7 +261,7 @@ class FailingApp:
     def _handle(self, meta: EventMetadata) -> None:
         if not self.fixed:
             raise PermanentError("bug in the handler")
-        self.handled.append((meta.event_id, meta.metadata.get("replay_count", 0)))
+        self.handled.append((meta.event_id, meta.replay_count))
 
     async def dead_letters(self) -> int:
         dlq = DeadLetterQueue(self.pubsub.broker.connection.jetstream(), env="test", app="orders")

@@ -210,7 +210,7 @@ async def test_e07_the_kv_inbox_runs_the_handler_once_for_a_republished_event(
     assert outcome.duplicates == 1
     assert outcome.bucket == "natspubsub_inbox_dev_ledger"
     durable = consumer_name("ledger", "dev.ledger.entry.posted")
-    assert outcome.inbox == {f"{durable}.{outcome.first.event_id}": b"processed"}
+    assert outcome.inbox == {f"{durable}.entry=posted.{outcome.first.event_id}": b"processed"}
 
 
 @pytest.mark.nats

@@ -111,6 +111,7 @@ async def test_always_failing_ends_in_the_dlq_with_every_field(
         await wait_until(lambda: consumer_idle(js, "TEST_ORDERS", durable), message="idle")
         records = await dlq_of(pubsub).list()
         info = await js.consumer_info("TEST_ORDERS", durable)
+        stored = await js.get_msg("TEST_ORDERS", published.seq)
 
     assert deliveries == [1, 2, 3]
     assert len(records) == 1
@@ -125,7 +126,9 @@ async def test_always_failing_ends_in_the_dlq_with_every_field(
     assert record.envelope is not None
     assert record.envelope["message"] == {"id": 7}
     assert record.envelope["metadata"]["correlation_id"] == "c-7"
-    assert record.raw_base64 is None
+    assert record.original_bytes == stored.data  # exactly the bytes that were received
+    assert record.raw_size == len(stored.data)
+    assert record.raw_truncated is False
     assert record.error_type == "RuntimeError"
     assert record.error_message is not None
     assert record.error_message.startswith("boom")
@@ -431,9 +434,10 @@ async def test_a_replayed_record_is_handled_once_and_shows_the_replay(
     meta = handled[0]
     assert replay.event_id == published.event_id
     assert meta.event_id == published.event_id
-    assert meta.metadata["dlq_replay"]["dlq_seq"] == record.dlq_seq
-    assert meta.metadata["dlq_replay"]["reason"] == "permanent_error"
-    assert meta.metadata["replay_count"] == 1
+    assert meta.headers["Natspubsub-Replayed-From"] == f"DLQ_TEST_ORDERS:{record.dlq_seq}"
+    assert meta.headers["Natspubsub-Replay-Reason"] == "permanent_error"
+    assert meta.replay_count == 1
+    assert "dlq_replay" not in meta.metadata  # the body is republished unchanged
     assert remaining == []
     assert len(handled) == 1
 

@@ -12,6 +12,7 @@ import nats
 import nats.errors
 import pytest
 from nats.aio.client import Client
+from nats.js.api import DiscardPolicy
 from nats.js.errors import NotFoundError
 from support import new_broker, running, wait_until
 
@@ -50,7 +51,10 @@ class FakeJetStream:
     async def stream_info(self, name: str) -> Any:
         if name not in self.streams:
             raise NotFoundError(code=404, description="stream not found")
-        return SimpleNamespace(state=SimpleNamespace(messages=self.streams[name], consumer_count=1))
+        return SimpleNamespace(
+            state=SimpleNamespace(messages=self.streams[name], consumer_count=1, bytes=0),
+            config=SimpleNamespace(discard=DiscardPolicy.OLD, max_msgs=-1, max_bytes=-1),
+        )
 
     async def consumer_info(self, stream: str, durable: str) -> Any:
         if (stream, durable) not in self.consumers:

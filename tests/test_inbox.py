@@ -192,7 +192,7 @@ async def test_kv_inbox_remembers_across_an_app_restart(server: EmbeddedNatsServ
         stored = await js.get_msg("TEST_LEDGER", result.seq)
         await wait_until(lambda: effects == [result.event_id], message="the first handling")
         bucket = await js.key_value(inbox_bucket_name("test", "ledger"))
-        assert (await bucket.get(f"{durable}.{result.event_id}")).value == b"processed"
+        assert (await bucket.get(f"{durable}.entry=posted.{result.event_id}")).value == b"processed"
 
     second_app = build()
     async with running(second_app.broker):
@@ -319,7 +319,9 @@ async def test_a_claim_left_by_a_crashed_process_holds_the_event_back_until_its_
         # Given a claim of a process that died holding it, with 5 s of its lease left
         bucket = await js.key_value(inbox_bucket_name("test", "ledger"))
         expiry = time.time() + 5.0
-        await bucket.put(f"{durable}.evt-1", f"claimed {expiry:.3f} 0123456789ab".encode())
+        await bucket.put(
+            f"{durable}.entry=posted.evt-1", f"claimed {expiry:.3f} 0123456789ab".encode()
+        )
         await pubsub.publish("entry.posted", {"amount": 5}, event_id="evt-1")
         await wait_until(lambda: bool(handled), timeout=20, message="the handler")
         dead = await DeadLetterQueue(js, env="test", app="ledger").list()

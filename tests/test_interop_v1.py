@@ -99,7 +99,8 @@ async def test_events_of_1_0_apps_named_my_app_and_todoapp_reach_python_handlers
     # Then the handlers got the messages and 1.0's top-level fields as metadata
     body, meta = orders[0]
     assert body == {"order_id": "ORD-123", "total": 99.99}
-    assert meta.app_name == "orders"  # 1.0's producer
+    assert meta.app_name == "my_app"  # the subject is the truth for the app
+    assert meta.metadata["app_name"] == "orders"  # 1.0's producer, as the envelope claims
     assert meta.trace_id == "4bf92f3577b34da6a3ce929d0e0e4736"
     assert meta.subject == "production.my_app.order.created"
     assert meta.stream == "production-events-stream"

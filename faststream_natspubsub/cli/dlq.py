@@ -18,9 +18,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from ..codecs.display import describe
-from ..dlq import DeadLetterRecord
-from ..dlq_admin import DeadLetterNotFoundError, DeadLetterQueue
-from ..errors import NatsPubsubError
+from ..dlq_admin import DeadLetterQueue
+from ..errors import DeadLetterRecordError, NatsPubsubError, ReplayRefusedError
+from ..replay import replay_count, replay_target
 from ..subjects import validate_topic
 from .options import (
     EXIT_FAILED,
@@ -29,14 +29,18 @@ from .options import (
     common_options,
     connect,
     duration_option,
+    permission_violation,
     run,
     since_option,
     translate,
 )
-from .output import echo_error, echo_json, echo_table, shorten
+from .output import echo, echo_error, echo_json, echo_table, echo_warning, shorten
 
 if TYPE_CHECKING:
-    from ..publishing import PublishResult
+    from nats.aio.client import Client
+
+    from ..dlq_record import DeadLetterRecord
+    from ..replay import ReplayResult
 
 __all__ = ("app",)
 
@@ -94,7 +98,7 @@ def list_records(
         echo_json([_record_dict(r) for r in records])
         return
     if not records:
-        typer.echo("no dead-letter records")
+        echo("no dead-letter records")
         return
     echo_table(
         ("SEQ", "EVENT ID", "SUBJECT", "REASON", "ATTEMPTS", "DEAD-LETTERED AT", "ERROR"),
@@ -133,8 +137,9 @@ def show(
     _one_of(event_id, seq)
     _import_protobuf_modules(imports or [])
     record = run(_get(options, event_id, seq))
-    decoded = _decoded(record)
+    envelope = _displayed_envelope(record)
     if options.json:
+        decoded = envelope if record.envelope is None else None
         echo_json({**_record_dict(record), "decoded_envelope": decoded})
         return
     fields = [
@@ -148,26 +153,27 @@ def show(
         ("last failure", record.last_failure_at),
         ("dead-lettered", f"{record.dead_lettered_at} by {record.app} on {record.host}"),
         ("dlq seq", record.dlq_seq),
-        ("replayed before", _replay_count(record)),
+        ("replayed before", replay_count(record)),
+        ("body", _body_line(record)),
         ("error", _error_text(record)),
     ]
     width = max(len(name) for name, _ in fields) + 2
     for name, value in fields:
-        typer.echo(f"{name + ':':<{width}}{'-' if value is None else value}")
-    typer.echo("headers:")
+        echo(f"{name + ':':<{width}}{'-' if value is None else value}")
+    echo("headers:")
     for key, value in record.headers.items():
-        typer.echo(f"  {key}: {value}")
-    if record.envelope is not None:
-        typer.echo("envelope:")
-        echo_json(record.envelope)
+        echo(f"  {key}: {value}")
+    if envelope is not None:
+        if record.envelope is not None:
+            echo("envelope:")
+        else:  # decoded from the kept bytes, whatever their codec
+            echo(f"envelope ({record.content_type or 'application/json'}, decoded):")
+        echo_json(envelope)
     else:
-        if decoded is not None:  # another codec's bytes, kept as received
-            typer.echo(f"envelope ({record.content_type}, decoded):")
-            echo_json(decoded)
-        typer.echo(f"raw body (base64): {record.raw_base64}")
+        echo(f"raw body (base64): {record.raw_base64}")
     if record.traceback:
-        typer.echo("traceback:")
-        typer.echo(record.traceback.rstrip())
+        echo("traceback:")
+        echo(record.traceback.rstrip(), keep_newlines=True)
 
 
 @app.command()
@@ -187,9 +193,10 @@ def replay(
         bool, typer.Option("--keep", help="Keep the records in the DLQ after replaying.")
     ] = False,
 ) -> None:
-    """Publish records' events again to their original subjects, then drop the records.
+    """Publish records' events again to the subjects they were dead-lettered from.
 
-    The event keeps its event id; the envelope's metadata records the replay.
+    The body is sent exactly as received and headers record the replay; a record whose
+    subject is not an event subject of --env is refused. Then the records are dropped.
     """
     if all_records:
         if event_id is not None or seq is not None:
@@ -198,25 +205,18 @@ def replay(
         _one_of(event_id, seq, also="--all")
         if topic is not None:
             raise CliError("--topic goes with --all")
-    replayed, failures = run(
+    outcomes, skipped = run(
         _replay(options, event_id, seq, all_records, _topic(topic), dry_run, keep)
     )
+    for entry in skipped:
+        echo_warning(entry)
     if options.json:
-        echo_json(replayed)
-    elif not replayed and not failures:
-        typer.echo("nothing to replay")
-    else:
-        for item in replayed:
-            if dry_run:
-                typer.echo(f"would replay {_name(item)} to {item['subject']}")
-            else:
-                typer.echo(
-                    f"replayed {_name(item)} to {item['subject']} "
-                    f"(stream {item['stream']} seq {item['seq']})"
-                )
-    for failure in failures:
-        echo_error(failure)
-    if failures:
+        echo_json(outcomes)
+    elif not outcomes:
+        echo("nothing to replay")
+    for item in outcomes:
+        _report(item, dry_run=dry_run, json=options.json)
+    if any(item["outcome"] not in _DONE for item in outcomes):
         raise typer.Exit(EXIT_FAILED)
 
 
@@ -242,14 +242,17 @@ def purge(
     if options.json:
         echo_json({"stream": stream, "purged": removed})
     else:
-        typer.echo(f"purged {removed} record{'' if removed == 1 else 's'} from {stream}")
+        echo(f"purged {removed} record{'' if removed == 1 else 's'} from {stream}")
 
 
 # -- async bodies -----------------------------------------------------------------------
 
+# Outcomes of a replay that need nothing more from the operator.
+_DONE = frozenset({"replayed", "planned"})
+
 
 @asynccontextmanager
-async def _opened(options: CommonOptions) -> AsyncIterator[DeadLetterQueue]:
+async def _opened(options: CommonOptions) -> AsyncIterator[tuple[Client, DeadLetterQueue]]:
     """The DLQ of --app; a missing stream is an error here (a typo must not look empty)."""
     env, app_name = options.require_env(), options.require_app()
     async with connect(options) as nc:
@@ -260,18 +263,20 @@ async def _opened(options: CommonOptions) -> AsyncIterator[DeadLetterQueue]:
             raise CliError(
                 f"no dead-letter stream {dlq.stream} (check --env and --app)", EXIT_FAILED
             ) from None
-        yield dlq
+        yield nc, dlq
 
 
 async def _list(
     options: CommonOptions, topic: str | None, since: datetime | None, limit: int
 ) -> list[DeadLetterRecord]:
-    async with _opened(options) as dlq:
-        return await dlq.list(topic=topic, since=since, limit=limit)
+    async with _opened(options) as (_, dlq):
+        records = await dlq.list(topic=topic, since=since, limit=limit)
+        _warn_skipped(dlq)
+        return records
 
 
 async def _get(options: CommonOptions, event_id: str | None, seq: int | None) -> DeadLetterRecord:
-    async with _opened(options) as dlq:
+    async with _opened(options) as (_, dlq):
         return await _find(dlq, event_id, seq)
 
 
@@ -279,15 +284,7 @@ async def _find(dlq: DeadLetterQueue, event_id: str | None, seq: int | None) -> 
     if event_id is not None:
         return await dlq.get(event_id)
     assert seq is not None
-    try:
-        raw = await dlq.js.get_msg(dlq.stream, seq=seq)
-    except NotFoundError:
-        raise DeadLetterNotFoundError(
-            f"no dead-letter record at seq {seq} of {dlq.stream}"
-        ) from None
-    if raw.data is None:
-        raise DeadLetterNotFoundError(f"no dead-letter record at seq {seq} of {dlq.stream}")
-    return DeadLetterRecord.from_json(raw.data, dlq_seq=raw.seq)
+    return await dlq.get_by_seq(seq)
 
 
 async def _replay(
@@ -299,16 +296,16 @@ async def _replay(
     dry_run: bool,
     keep: bool,
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    async with _opened(options) as dlq:
+    async with _opened(options) as (nc, dlq):
         if all_records:
             # Collected first: replaying deletes records from the stream being read.
             records = [record async for record in dlq.records(topic=topic)]
         else:
             records = [await _find(dlq, event_id, seq)]
+        skipped = [_skipped_line(dlq, entry.seq, entry.reason) for entry in dlq.skipped]
         if dry_run:
-            return [_planned(r) for r in records], []
-        replayed: list[dict[str, Any]] = []
-        failures: list[str] = []
+            return [_planned(dlq, r) for r in records], skipped
+        outcomes: list[dict[str, Any]] = []
         console = Console(stderr=True)
         with Progress(
             TextColumn("replaying"),
@@ -320,22 +317,57 @@ async def _replay(
             disable=len(records) < 2 or options.json or not console.is_terminal,
         ) as progress:
             task = progress.add_task("replay", total=len(records))
+            refused_delete: str | None = None
             for record in records:
-                try:
-                    result = await dlq.replay(record, keep=keep, timeout=options.timeout)
-                except (NatsPubsubError, nats.errors.Error, TimeoutError) as exc:
-                    failures.append(
-                        f"replay of {_name(_planned(record))} failed: {translate(exc).message}"
-                    )
-                else:
-                    replayed.append(_replayed(record, result))
+                item = await _replay_one(nc, dlq, record, keep, refused_delete, options.timeout)
+                refused_delete = refused_delete or item.pop("refused_delete", None)
+                outcomes.append(item)
                 progress.advance(task)
-        return replayed, failures
+        return outcomes, skipped
+
+
+async def _replay_one(
+    nc: Client,
+    dlq: DeadLetterQueue,
+    record: DeadLetterRecord,
+    keep: bool,
+    refused_delete: str | None,
+    timeout: float,
+) -> dict[str, Any]:
+    """Replay one record; what happened, as a dict for the report (never raises).
+
+    ``refused_delete`` is set once the server refused a deletion for lack of permission:
+    the records that follow are then not deleted (each would wait for the timeout).
+    """
+    item = _outcome(record, "failed")
+    try:
+        result = await dlq.replay(record, keep=keep or refused_delete is not None, timeout=timeout)
+    except (NatsPubsubError, nats.errors.Error, TimeoutError, OSError) as exc:
+        refused = isinstance(exc, ReplayRefusedError | DeadLetterRecordError)
+        item["outcome"], item["detail"] = "refused" if refused else "failed", translate(exc).message
+        return item
+    item.update(_published(result))
+    if result.record_deleted or (keep and refused_delete is None):
+        item["outcome"] = "replayed"
+        return item
+    item["outcome"] = "replayed_kept"
+    if refused_delete is not None:
+        item["detail"] = f"record kept: {refused_delete}"
+        return item
+    violation = permission_violation(nc, f"$JS.API.STREAM.MSG.DELETE.{dlq.stream}")
+    if violation is not None:
+        item["refused_delete"] = f"no permission to delete it ({violation})"
+        item["detail"] = f"record kept: {item['refused_delete']}"
+    else:
+        item["detail"] = f"record kept: {result.delete_error}"
+    return item
 
 
 async def _purge(options: CommonOptions, cutoff: datetime | None) -> tuple[str, int]:
-    async with _opened(options) as dlq:
-        return dlq.stream, await dlq.purge(older_than=cutoff)
+    async with _opened(options) as (_, dlq):
+        removed = await dlq.purge(older_than=cutoff)
+        _warn_skipped(dlq)
+        return dlq.stream, removed
 
 
 # -- helpers --------------------------------------------------------------------------
@@ -351,30 +383,67 @@ def _topic(topic: str | None) -> str | None:
     return validate_topic(topic) if topic is not None else None
 
 
+def _warn_skipped(dlq: DeadLetterQueue) -> None:
+    for entry in dlq.skipped:
+        echo_warning(_skipped_line(dlq, entry.seq, entry.reason))
+
+
+def _skipped_line(dlq: DeadLetterQueue, seq: int, reason: str) -> str:
+    return f"skipped {dlq.stream} seq {seq}: not a dead-letter record ({reason})"
+
+
 def _record_dict(record: DeadLetterRecord) -> dict[str, Any]:
     return {**dataclasses.asdict(record), "topic": record.topic}
 
 
-def _planned(record: DeadLetterRecord) -> dict[str, Any]:
+def _outcome(record: DeadLetterRecord, outcome: str) -> dict[str, Any]:
     return {
         "event_id": record.event_id,
         "dlq_seq": record.dlq_seq,
         "subject": record.original_subject,
+        "outcome": outcome,
+        "detail": None,
         "stream": None,
         "seq": None,
         "duplicate": False,
     }
 
 
-def _replayed(record: DeadLetterRecord, result: PublishResult) -> dict[str, Any]:
+def _planned(dlq: DeadLetterQueue, record: DeadLetterRecord) -> dict[str, Any]:
+    item = _outcome(record, "planned")
+    try:
+        item["subject"] = replay_target(record, env=dlq.env, prefix=dlq.subject_prefix).subject
+    except NatsPubsubError as exc:
+        item["outcome"], item["detail"] = "refused", str(exc)
+    return item
+
+
+def _published(result: ReplayResult) -> dict[str, Any]:
     return {
         "event_id": result.event_id,
-        "dlq_seq": record.dlq_seq,
         "subject": result.subject,
         "stream": result.stream,
         "seq": result.seq,
         "duplicate": result.duplicate,
     }
+
+
+def _report(item: dict[str, Any], *, dry_run: bool, json: bool) -> None:
+    """The line for one record: stdout for what was done, stderr for what was not."""
+    name = _name(item)
+    outcome = item["outcome"]
+    if outcome in ("refused", "failed"):
+        echo_error(f"replay of {name} {outcome}: {item['detail']}")
+    elif json:
+        if outcome == "replayed_kept":
+            echo_warning(f"{name} was replayed to {item['subject']}, {item['detail']}")
+    elif dry_run:
+        echo(f"would replay {name} to {item['subject']}")
+    else:
+        where = f"(stream {item['stream']} seq {item['seq']})"
+        echo(f"replayed {name} to {item['subject']} {where}")
+        if outcome == "replayed_kept":
+            echo_warning(f"{name} was replayed, {item['detail']}")
 
 
 def _name(item: dict[str, Any]) -> str:
@@ -392,17 +461,19 @@ def _import_protobuf_modules(modules: list[str]) -> None:
             raise CliError(f"--import {module}: {exc}") from None
 
 
-def _decoded(record: DeadLetterRecord) -> dict[str, Any] | None:
-    """The envelope of a record kept as raw bytes, decoded by its content type, for display."""
-    if record.envelope is not None or record.raw_base64 is None:
-        return None
-    return describe(record.original_bytes, record.headers)
+def _body_line(record: DeadLetterRecord) -> str:
+    if record.raw_size is None:
+        return "kept as the decoded envelope (a record of an earlier version)"
+    kept = "kept whole" if not record.raw_truncated else f"first {len(record.raw_head)} kept"
+    return f"{record.raw_size} bytes ({kept}), sha256 {record.raw_sha256}"
 
 
-def _replay_count(record: DeadLetterRecord) -> int:
-    # A replayed event that failed again carries the count in its envelope's metadata.
-    metadata = (record.envelope or {}).get("metadata") or {}
-    return int(metadata.get("replay_count", 0))
+def _displayed_envelope(record: DeadLetterRecord) -> dict[str, Any] | None:
+    """The stored envelope, or one decoded from the kept bytes by their content type, whatever
+    the codec (bounded, like a consumer); None when the bytes are not an envelope."""
+    if record.envelope is not None or record.raw_truncated or record.raw_base64 is None:
+        return record.envelope
+    return describe(record.raw_head, record.headers)
 
 
 def _error_text(record: DeadLetterRecord) -> str | None:

@@ -10,10 +10,12 @@ import asyncio
 import functools
 import importlib.util
 import inspect
+import logging
 import math
 import os
 import socket
 import ssl
+import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -27,6 +29,8 @@ import nats.errors
 import typer
 from nats.js.errors import APIError, ServiceUnavailableError
 
+from ..compat import mark_tls_stream
+from ..connection import describe_tls_error
 from ..dlq_admin import DeadLetterNotFoundError
 from ..errors import NatsPubsubError, SubjectError
 from ..subjects import normalize_app, normalize_env
@@ -44,6 +48,7 @@ __all__ = (
     "common_options",
     "connect",
     "duration_option",
+    "permission_violation",
     "run",
     "since_option",
     "translate",
@@ -275,6 +280,7 @@ def common_options(
 
     @functools.wraps(command)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> None:
+        _quiet_library_logs()
         values: dict[str, Any] = {name: kwargs.pop(name) for name in _OPTION_NAMES}
         servers = tuple(s.strip() for s in str(values.pop("servers")).split(",") if s.strip())
         try:
@@ -292,6 +298,17 @@ def common_options(
     # Typer also reads type hints; they are all in the signature already.
     wrapper.__annotations__ = {}
     return wrapper
+
+
+def _quiet_library_logs() -> None:
+    """The commands report what they skip or fail themselves, as single escaped lines.
+
+    Without logging configured, Python would print the package's own warnings (about a
+    foreign entry in a DLQ, say) raw on stderr as well; a handler on its logger stops that.
+    """
+    library = logging.getLogger("faststream_natspubsub")
+    if not any(isinstance(h, logging.NullHandler) for h in library.handlers):
+        library.addHandler(logging.NullHandler())
 
 
 def run(coroutine: Coroutine[Any, Any, T]) -> T:
@@ -330,10 +347,29 @@ async def connect(options: CommonOptions) -> AsyncIterator[Client]:
             cause = failures[-1]
         reason = _connect_failure(cause, options.timeout)
         raise CliError(f"cannot connect to {options.display_servers}: {reason}") from None
+    _SERVER_ERRORS[nc] = failures
+    mark_tls_stream(nc)  # else asyncio warns about eof_received at every TLS close
     try:
         yield nc
     finally:
         await nc.close()
+
+
+# What the server reported on each open connection's error callback (for example a
+# permissions violation: the server answers a refused request with nothing but this).
+_SERVER_ERRORS: weakref.WeakKeyDictionary[Client, list[Exception]] = weakref.WeakKeyDictionary()
+
+
+def permission_violation(nc: Client, subject: str) -> str | None:
+    """The server's "Permissions Violation" about publishing to ``subject`` on ``nc``, if any.
+
+    nats-py hands the server's text over lower-cased; the message names ``subject`` as given.
+    """
+    wanted = f'permissions violation for publish to "{subject.lower()}"'
+    for error in _SERVER_ERRORS.get(nc, ()):
+        if wanted in str(error).lower():
+            return f'permissions violation for publish to "{subject}"'
+    return None
 
 
 def _connect_failure(exc: BaseException, timeout: float) -> str:
@@ -344,8 +380,10 @@ def _connect_failure(exc: BaseException, timeout: float) -> str:
         return "connection refused"
     if isinstance(exc, socket.gaierror):
         return "unknown host"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS failed: {describe_tls_error(exc)} (check --tls-ca)"
     if isinstance(exc, ssl.SSLError):
-        return f"TLS failed: {exc.reason or exc}"
+        return f"TLS failed: {describe_tls_error(exc)}"
     if isinstance(exc, TimeoutError):
         return f"no answer within {timeout:g}s"
     return text or type(exc).__name__

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from nats.js.errors import NotFoundError
 
+from ..dlq import dlq_stream_settings
 from ..facade import DLQ_MAX_AGE
 from ..subjects import dlq_stream_name, dlq_subject_prefix, stream_name
 from ..topology import StreamSettings, StreamSpec, ensure_stream
@@ -91,7 +92,7 @@ def ensure(
     ]
     if dlq:
         # The same settings as NatsPubsub(dlq=True) gives its DLQ stream.
-        dlq_settings = StreamSettings(
+        dlq_settings = dlq_stream_settings(
             replicas=replicas, storage=settings.storage, max_age=max_age or None
         )
         specs.append(

@@ -29,7 +29,7 @@ from ..compat import (
 )
 from ..dlq import DeadLetterReason
 from ..errors import BatchFailure, MalformedEnvelopeError
-from ..inbox import ClaimResult
+from ..inbox import ClaimResult, inbox_key
 from ..metadata import InboundEvent
 from .failure import UNFINISHED, Delivery, FailureMiddleware, delivery_count, terminate_raw
 from .heartbeat import Beat
@@ -207,7 +207,7 @@ class _BatchRun:
         prefix, lease = inbox.scope(plan.durable, plan.ack_wait)
         claimed: list[_Item] = []
         for item in items:
-            key = prefix + item.envelope.event_id
+            key = inbox_key(prefix, item.raw.subject, item.envelope.event_id)
             outcome = await inbox.claim(key, lease=lease)
             if outcome is ClaimResult.PROCESSED:
                 inbox.skipped(item.raw.subject, key)

@@ -27,7 +27,13 @@ from pydantic_core import from_json
 
 from ..compat import mark_settled, message_client
 from ..dlq import DeadLetterReason, DeadLetterWriter, FailedDelivery
-from ..errors import MalformedEnvelopeError, PermanentError, PublishError, RetryLater
+from ..errors import (
+    DeadLetterQueueFullError,
+    MalformedEnvelopeError,
+    PermanentError,
+    PublishError,
+    RetryLater,
+)
 from ..metrics import PubsubMetrics
 from ..retry import RetryPolicy
 from ..subjects import normalize_env
@@ -190,7 +196,10 @@ class FailureMiddleware:
         try:
             await self.dlq.write(failure, publish)
         except (PublishError, NatsError) as dlq_error:
-            logger.error(
+            # A full DLQ is logged once a minute by the writer; one line per event is enough.
+            full = isinstance(dlq_error, DeadLetterQueueFullError)
+            logger.log(
+                logging.WARNING if full else logging.ERROR,
                 "event %s on %s could not be dead-lettered (%s: %s); it will be retried",
                 delivery.event_id,
                 delivery.subject,

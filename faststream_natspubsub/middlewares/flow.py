@@ -22,6 +22,7 @@ from faststream.exceptions import AckMessage, HandlerException
 
 from ..dlq import DeadLetterReason
 from ..errors import MalformedEnvelopeError
+from ..inbox import inbox_key
 from .failure import Delivery, delivery_count
 
 if TYPE_CHECKING:
@@ -65,7 +66,7 @@ async def consume_event(
     key: str | None = None
     if inbox is not None:
         prefix, lease = inbox.scope(plan.durable, plan.ack_wait)
-        key = prefix + event_id
+        key = inbox_key(prefix, subject, event_id)
         try:
             await inbox.admit(raw, key, subject, lease)
         except AckMessage:  # already processed: acknowledged without the handler

@@ -26,7 +26,7 @@ from ..compat import (
     subscriber_ack_wait,
     subscriber_durable,
 )
-from ..inbox import ClaimResult, InboxStore, KvInboxStore, LeaseReporter
+from ..inbox import ClaimResult, InboxStore, KvInboxStore, LeaseReporter, inbox_key
 from ..metadata import current_inbound
 from ..metrics import PubsubMetrics
 from ..tracing import record_span_event
@@ -120,7 +120,7 @@ class InboxMiddleware:
         prefix, lease = self.scope(
             subscriber_durable(subscriber), subscriber_ack_wait(subscriber) or DEFAULT_ACK_WAIT
         )
-        key = prefix + inbound.envelope.event_id
+        key = inbox_key(prefix, inbound.subject, inbound.envelope.event_id)
         await self.admit(msg.raw_message, key, inbound.subject, lease)
         return await self.run(key, msg, call_next)
 

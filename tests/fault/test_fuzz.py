@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import hashlib
 import json
 import logging
 import re
@@ -128,7 +129,12 @@ def assert_malformed(consumer: MemoryConsumer, data: bytes, **headers: str) -> N
     handled, dead = consumer.deliver(data, headers)
     assert handled == []
     assert [record.reason for record in dead] == ["malformed"]
-    assert dead[0].original_bytes == data
+    record = dead[0]
+    assert (record.raw_size, record.raw_sha256) == (len(data), hashlib.sha256(data).hexdigest())
+    if record.raw_truncated:  # too large for one message: the head, its size and hash
+        assert data.startswith(record.raw_head)
+    else:
+        assert record.original_bytes == data
 
 
 def assert_handled_once(consumer: MemoryConsumer, data: bytes, event_id: str, **h: str) -> None:
