@@ -19,6 +19,7 @@ from .errors import ConfigurationError
 from .health import DEFAULT_MAX_PENDING, HealthReport, check_health, health_route
 from .host import BrokerHost
 from .inbox import DEFAULT_INBOX_TTL, InboxStore, KvInboxStore, MemoryInboxStore, inbox_bucket_name
+from .inbox_prefix import bind_inbox_prefix
 from .lifecycle import PubsubLifecycle
 from .metrics import PubsubMetrics
 from .middlewares.batch import BatchMiddleware
@@ -26,6 +27,7 @@ from .middlewares.envelope import EnvelopeMiddleware
 from .middlewares.failure import FailureMiddleware
 from .middlewares.heartbeat import AckHeartbeatMiddleware
 from .middlewares.inbox import InboxMiddleware
+from .permissions import AppAccess, ConsumerAccess, PermissionSet, permissions_for
 from .publisher import EventPublisher
 from .registrar import TopicRegistrar
 from .retry import RetryPolicy
@@ -95,18 +97,27 @@ class NatsPubsub:
         tracing: bool | None = None,
         compat: str | None = None,
         topology: str = "create",
+        inbox_prefix: str | None = None,
     ) -> None:
         """``compat="natspubsub-1.0"`` also writes what NatsPubsub 1.0 consumers read (the
         message again as ``payload``, ``producer``, a top-level ``trace_id``), for fleets that
         still run them; it roughly doubles the message's bytes on the wire.
         ``topology="verify"`` creates and updates nothing: the start checks that the streams
-        and consumers an operator declared fit the app."""
+        and consumers an operator declared fit the app.
+        ``inbox_prefix`` is where the replies to the app's requests and pulls go (the
+        broker's, ``_INBOX`` by default): give each app its own (``"_INBOX_orders"``) and
+        allow its user only that, so no other client can read its pulled events. It is set
+        on the broker's connection and handed to every subscriber of the app."""
         if topology not in ("create", "verify"):
             raise ConfigurationError(f"topology must be 'create' or 'verify', not {topology!r}")
         self.topology_mode = topology
         self.broker = broker
         self.env = normalize_env(env)
         self.app = normalize_app(app)
+        existing = BrokerHost.find(broker)
+        self.inbox_prefix = bind_inbox_prefix(
+            broker, inbox_prefix, first_app=existing is None or not existing.hosts_apps
+        )
         self.retry = retry or RetryPolicy()
         self.stream_settings = streams or StreamSettings()
         self.topology = Topology()
@@ -117,6 +128,7 @@ class NatsPubsub:
             stream_settings=self.stream_settings,
             topology=self.topology,
         )
+        declarations.inbox_prefix = self.inbox_prefix
         self.stream = declarations.stream
         self.dlq_stream = dlq_stream_name(self.env, self.app) if dlq else None
         self.dlq_subject_prefix = dlq_subject_prefix(self.env, self.app)
@@ -187,6 +199,8 @@ class NatsPubsub:
             metrics=self.metrics,
         )
         declarations.dlq_stream = self.dlq_stream
+        host = BrokerHost.of(broker)
+        self.envelope.permissions = host.permissions
         lifecycle = PubsubLifecycle(
             declarations=declarations,
             verify_only=topology == "verify",
@@ -194,9 +208,10 @@ class NatsPubsub:
             dead_letters=self.dead_letters,
             publish=broker.publish,
             metrics=self.metrics,
+            watch=host.permissions,
+            access=self._access,
             handler_targets=self.envelope.targets,
         )
-        host = BrokerHost.of(broker)
         host.add_app(self.runtime, lifecycle, tracing=tracing)
         self._registrar = TopicRegistrar(
             runtime=self.runtime, declarations=declarations, host=host, lifecycle=lifecycle
@@ -206,6 +221,7 @@ class NatsPubsub:
             runtime=self.runtime,
             subject_for=declarations.subject_for,
             before_publish=lifecycle.own_stream_ready,
+            permissions=host.permissions,
         )
 
     # -- declaring -----------------------------------------------------------------------
@@ -320,12 +336,17 @@ class NatsPubsub:
             connection: NatsClient | None = self.broker.connection
         except IncorrectState:  # not connected (yet, or any more)
             connection = None
-        return await check_health(
+        report = await check_health(
             connection,
             streams=list(self._registrar.declarations.needed().streams),
             consumers=list(self.topology.consumers),
             max_pending=max_pending,
+            watch=self._registrar.host.permissions,
         )
+        permissions = self._registrar.lifecycle.permissions_health()
+        if permissions is None:
+            return report
+        return HealthReport.from_components({**report.components, "permissions": permissions})
 
     def health_route(self, *, max_pending: int = DEFAULT_MAX_PENDING) -> GetHandler:
         """An ASGI route for FastStream's ``AsgiFastStream``: 200, or 503 when unhealthy.
@@ -337,6 +358,46 @@ class NatsPubsub:
             return await self.health(max_pending=max_pending)
 
         return health_route(check)
+
+    # -- permissions ---------------------------------------------------------------------
+
+    def permissions(self, *roles: str) -> PermissionSet:
+        """The least NATS permissions this app needs for ``roles`` (``publisher``,
+        ``consumer``, ``health``, ``operator``), derived from its declared topology.
+
+        ``pubsub.permissions("consumer", "health").to_config()`` is the ``permissions {}``
+        block of the app's nats-server user; declare every subscriber first.
+        """
+        return permissions_for(self._access(), roles)
+
+    def _access(self) -> AppAccess:
+        registrar = self._registrar
+        kv = self.inbox_store if isinstance(self.inbox_store, KvInboxStore) else None
+        consumers = []
+        for subscriber, _subject in registrar.lifecycle.subscribers:
+            plan = registrar.host.plan_for(subscriber)
+            if plan is None:
+                continue
+            consumers.append(
+                ConsumerAccess(
+                    stream=plan.stream,
+                    durable=plan.durable,
+                    filter_subject=plan.subject,
+                    inbox=kv is not None and plan.inbox is not None,
+                )
+            )
+        return AppAccess(
+            env=self.env,
+            app=self.app,
+            own_stream=self.stream,
+            start_streams=tuple(registrar.declarations.needed().streams),
+            consumers=tuple(consumers),
+            dlq_stream=self.dlq_stream,
+            dlq_prefix=self.dlq_subject_prefix,
+            kv_bucket=kv.bucket if kv is not None else None,
+            inbox_prefix=self.inbox_prefix,
+            verify_only=self.topology_mode == "verify",
+        )
 
     # -- lifecycle -----------------------------------------------------------------------
 

@@ -315,6 +315,7 @@ async def test_e11_reports_health_in_code_and_over_http(server: EmbeddedNatsServ
     assert set(report.components) == {
         "connection",
         "jetstream",
+        "permissions",
         "stream:DEV_ORDERS",
         "stream:DLQ_DEV_ORDERS",
         f"consumer:DEV_ORDERS/{consumer_name('orders', 'dev.orders.order.created')}",

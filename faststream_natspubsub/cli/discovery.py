@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..errors import PermissionDeniedError
 from ..subjects import dlq_stream_name, stream_name
 
 if TYPE_CHECKING:
     from nats.js import JetStreamManager
     from nats.js.api import ConsumerInfo, StreamInfo
+
+    from ..violations import PermissionWatch
 
 __all__ = ("app_consumers", "env_streams", "is_app_consumer", "list_consumers", "list_streams")
 
@@ -21,12 +24,22 @@ async def list_streams(jsm: JetStreamManager) -> list[StreamInfo]:
     return found
 
 
-async def list_consumers(jsm: JetStreamManager, stream: str) -> list[ConsumerInfo]:
-    """Every consumer of ``stream``, all pages."""
+async def list_consumers(
+    jsm: JetStreamManager, stream: str, watch: PermissionWatch | None = None
+) -> list[ConsumerInfo] | None:
+    """Every consumer of ``stream``, all pages; None when the user may not list them (a
+    user made for one app lists the streams of that app only)."""
     found: list[ConsumerInfo] = []
-    while page := await jsm.consumers_info(stream, offset=len(found)):
-        found.extend(page)
-    return found
+    subject = f"$JS.API.CONSUMER.LIST.{stream}"
+    try:
+        while True:
+            request = jsm.consumers_info(stream, offset=len(found))
+            page = await (watch.guard(request, subject=subject) if watch else request)
+            if not page:
+                return found
+            found.extend(page)
+    except PermissionDeniedError:
+        return None
 
 
 async def env_streams(jsm: JetStreamManager, env: str) -> list[StreamInfo]:
@@ -44,14 +57,16 @@ def is_app_consumer(app: str, durable: str) -> bool:
     return durable.startswith(f"{app}__")
 
 
-async def app_consumers(jsm: JetStreamManager, env: str, app: str) -> list[tuple[str, str]]:
-    """``(stream, durable)`` of ``app``'s consumers on any stream of ``env``."""
+async def app_consumers(
+    jsm: JetStreamManager, env: str, app: str, watch: PermissionWatch | None = None
+) -> list[tuple[str, str]]:
+    """``(stream, durable)`` of ``app``'s consumers on any stream of ``env`` whose consumers
+    the user may list."""
     found: list[tuple[str, str]] = []
     for stream in await env_streams(jsm, env):
         name = stream.config.name or ""
-        found += [
-            (name, c.name) for c in await list_consumers(jsm, name) if is_app_consumer(app, c.name)
-        ]
+        consumers = await list_consumers(jsm, name, watch) or []
+        found += [(name, c.name) for c in consumers if is_app_consumer(app, c.name)]
     return found
 
 

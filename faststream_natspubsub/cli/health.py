@@ -8,6 +8,7 @@ from typing import Annotated
 import nats.errors
 import typer
 
+from ..errors import PermissionDeniedError
 from ..health import (
     DEFAULT_MAX_PENDING,
     HEALTH_TIMEOUT,
@@ -16,7 +17,7 @@ from ..health import (
     check_health,
 )
 from .discovery import app_consumers, app_streams
-from .options import CliError, CommonOptions, common_options, connect, run
+from .options import CliError, CommonOptions, common_options, connect, run, watch_of
 from .output import echo_error, echo_json, echo_table
 
 __all__ = ("health",)
@@ -71,13 +72,15 @@ async def _check(
     try:
         async with connect(options) as nc:
             jsm = nc.jsm(timeout=min(options.timeout, HEALTH_TIMEOUT))
+            watch = watch_of(nc)
             try:
-                found = await app_consumers(jsm, env, app_name)
-            except (nats.errors.Error, TimeoutError, OSError):
-                found = []  # check_health reports JetStream as unreachable
+                with watch.guarding_request("$JS.API.STREAM.LIST"):
+                    found = await app_consumers(jsm, env, app_name, watch)
+            except (nats.errors.Error, TimeoutError, OSError, PermissionDeniedError):
+                found = []  # check_health reports JetStream (or the refusal) itself
             consumers = found + [c for c in extra if c not in found]
             report = await check_health(
-                nc, streams=streams, consumers=consumers, max_pending=max_pending
+                nc, streams=streams, consumers=consumers, max_pending=max_pending, watch=watch
             )
             return report, None
     except CliError as exc:
