@@ -47,8 +47,12 @@ class ConnectionWatch:
         self._kwargs = kwargs = broker_connection_kwargs(broker)
         self._original = kwargs.get("error_cb")
         self._tls_failure: asyncio.Future[ssl.SSLError] | None = None
-        self.permissions = PermissionWatch()
+        self.permissions = PermissionWatch(inbox_prefix=self._inbox_prefix())
         kwargs["error_cb"] = self._on_error
+
+    def _inbox_prefix(self) -> str:
+        prefix = self._kwargs.get("inbox_prefix") or "_INBOX"
+        return prefix.decode() if isinstance(prefix, bytes) else str(prefix)
 
     async def _on_error(self, exc: Exception) -> None:
         self.permissions.hear(exc)
@@ -65,8 +69,8 @@ class ConnectionWatch:
 
     async def connect(self, connect: Callable[[], Awaitable[Client]]) -> Client:
         """Run ``connect``; raise the TLS error as soon as one happens instead of waiting."""
-        prefix = self._kwargs.get("inbox_prefix") or "_INBOX"
-        self.permissions.inbox_prefix = prefix.decode() if isinstance(prefix, bytes) else prefix
+        self.permissions.inbox_prefix = self._inbox_prefix()
+        self.permissions.connected()
         loop = asyncio.get_running_loop()
         self._tls_failure = failure = loop.create_future()
         attempt: asyncio.Future[Any] = asyncio.ensure_future(connect())

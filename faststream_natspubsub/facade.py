@@ -8,6 +8,7 @@ declaring (:mod:`.declaring`), registering subscribers (:mod:`.registrar`), publ
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any, Final
 
 from faststream.exceptions import IncorrectState
@@ -19,7 +20,7 @@ from .errors import ConfigurationError
 from .health import DEFAULT_MAX_PENDING, HealthReport, check_health, health_route
 from .host import BrokerHost
 from .inbox import DEFAULT_INBOX_TTL, InboxStore, KvInboxStore, MemoryInboxStore, inbox_bucket_name
-from .inbox_prefix import bind_inbox_prefix
+from .inbox_prefix import bind_inbox_prefix, check_inbox_prefix
 from .lifecycle import PubsubLifecycle
 from .metrics import PubsubMetrics
 from .middlewares.batch import BatchMiddleware
@@ -361,14 +362,19 @@ class NatsPubsub:
 
     # -- permissions ---------------------------------------------------------------------
 
-    def permissions(self, *roles: str) -> PermissionSet:
+    def permissions(self, *roles: str, inbox_prefix: str | None = None) -> PermissionSet:
         """The least NATS permissions this app needs for ``roles`` (``publisher``,
         ``consumer``, ``health``, ``operator``), derived from its declared topology.
 
         ``pubsub.permissions("consumer", "health").to_config()`` is the ``permissions {}``
         block of the app's nats-server user; declare every subscriber first.
+        ``inbox_prefix`` is the reply prefix of the user the set is for, when it is not the
+        app's (an operator running ``natspubsub --inbox-prefix _INBOX_ops``).
         """
-        return permissions_for(self._access(), roles)
+        access = self._access()
+        if inbox_prefix is not None:
+            access = dataclasses.replace(access, inbox_prefix=check_inbox_prefix(inbox_prefix))
+        return permissions_for(access, roles)
 
     def _access(self) -> AppAccess:
         registrar = self._registrar

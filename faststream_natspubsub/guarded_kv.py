@@ -42,11 +42,12 @@ class GuardedKeyValue:
         if subject.startswith(self._reads):
             kind = "STREAM.MSG.GET" if "msg.get" in subject else "DIRECT.GET"
             return f"$JS.API.{kind}.KV_{self._bucket}"
-        return subject
+        return self._watch.named(violation)
 
     async def _run(self, operation: Any) -> Any:
-        with self._watch.guarding(self._refuses, name=self._name):
-            return await operation
+        return await self._watch.run(
+            operation, self._watch.guarding(self._refuses, name=self._name)
+        )
 
     async def create(self, key: str, value: bytes) -> int:
         return int(await self._run(self._kv.create(key, value)))

@@ -333,10 +333,11 @@ def _operator(access: AppAccess) -> list[Permission]:
     found = [
         Permission("publish", f"{_API}.INFO", "health: JetStream answers"),
         Permission("publish", f"{_API}.STREAM.LIST", "topology show, health: the env's streams"),
-    ]
-    found += [
-        Permission("publish", f"{_API}.CONSUMER.LIST.{stream}", "topology show, health: consumers")
-        for stream in dict.fromkeys([*own_streams, *sources])
+        # The command finds an app's consumers by name on every stream of the env: it cannot
+        # know which streams the app reads. Metadata only, like STREAM.LIST; no events.
+        Permission(
+            "publish", f"{_API}.CONSUMER.LIST.*", "topology show, health: the app's consumers"
+        ),
     ]
     for stream in own_streams:
         found += [

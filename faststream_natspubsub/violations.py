@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import re
 from collections import deque
 from dataclasses import dataclass
@@ -139,6 +140,14 @@ class PermissionWatch:
         self._count = 0
         self._guards: list[_Guard] = []
         self._listeners: list[Callable[[Violation], None]] = []
+        self.reply_refusal: Violation | None = None
+        """A refused subscription under the inbox prefix: nats-py keeps using its one reply
+        subscription, so every later request of the connection fails without a new word
+        from the server."""
+
+    def connected(self) -> None:
+        """A new connection: its reply subscription is made afresh."""
+        self.reply_refusal = None
 
     @property
     def count(self) -> int:
@@ -166,6 +175,8 @@ class PermissionWatch:
             return None
         self._heard.append(violation)
         self._count += 1
+        if self.replies_refused(violation):
+            self.reply_refusal = violation
         claimed: set[asyncio.Task[object]] = set()
         for guard in reversed(self._guards):  # the innermost guard of a task first
             if guard.task in claimed or guard.violation is not None:
@@ -202,6 +213,9 @@ class PermissionWatch:
         if task is None:  # not in a task: nothing to interrupt
             yield
             return
+        refused = self.reply_refusal
+        if refused is not None and match(refused):  # no answer can come: do not wait for one
+            raise refused.error(name(refused) if name else None, what=what)
         guard = _Guard(task, match)
         self._guards.append(guard)
         try:
@@ -225,14 +239,32 @@ class PermissionWatch:
         """:meth:`guarding` for a request (or JetStream publish) to ``subject``."""
 
         def name(violation: Violation) -> str:
-            if violation.is_for("publish", subject):
-                return subject
-            return restore_case(violation.subject)
+            return subject if violation.is_for("publish", subject) else self.named(violation)
 
         return self.guarding(self.for_request(subject), name=name, what=what)
+
+    def named(self, violation: Violation, names: Iterable[str] = ()) -> str:
+        """The refused subject to tell a person: the inbox prefix's ``<prefix>.>`` for a
+        reply subscription (what to allow), else the subject in its case where known."""
+        if self.replies_refused(violation):
+            return f"{self.inbox_prefix}.>"
+        return restore_case(violation.subject, names=names)
 
     async def guard(self, awaitable: Awaitable[T], *, subject: str, what: str = "") -> T:
         """Await a request (or JetStream publish) to ``subject``; a violation refusing it
         raises :class:`PermissionDeniedError` at once instead of waiting for the timeout."""
-        with self.guarding_request(subject, what=what):
+        return await self.run(awaitable, self.guarding_request(subject, what=what))
+
+    @staticmethod
+    async def run(awaitable: Awaitable[T], guarded: contextlib.AbstractContextManager[None]) -> T:
+        """Await ``awaitable`` inside ``guarded`` (closed unawaited if the guard refuses
+        at once)."""
+        try:
+            guarded.__enter__()
+        except BaseException:
+            if inspect.iscoroutine(awaitable):
+                awaitable.close()
+            raise
+        with contextlib.ExitStack() as stack:
+            stack.push(guarded)
             return await awaitable

@@ -13,6 +13,7 @@ import pytest
 from permission_support import (
     ADMIN,
     FAST_RETRY,
+    NOWHERE,
     PAID,
     consumer_set,
     consumer_state,
@@ -204,3 +205,41 @@ def test_fast_retry_keeps_max_deliver_small() -> None:
     # The scenario pushes the poison event max_deliver times; keep that quick.
     assert FAST_RETRY.max_deliver <= 8
     assert ADMIN == "admin"
+
+
+def _health_set() -> PermissionSet:
+    return orders_app(NOWHERE).pubsub.permissions("health")
+
+
+HEALTH = _health_set()
+
+
+async def _health_as_monitor(server: EmbeddedNatsServer) -> Any:
+    """``health()`` of orders, from a process that only connects (a probe's own user)."""
+    orders = orders_app(server.url, user="monitor")
+    await orders.pubsub.broker.connect()
+    try:
+        return await orders.pubsub.health()
+    finally:
+        await orders.pubsub.broker.stop()
+
+
+async def test_health_works_with_exactly_its_set() -> None:
+    async with EmbeddedNatsServer(config=users_config({"monitor": HEALTH})) as server:
+        await declare_as_admin(server.url)
+        report = await _health_as_monitor(server)
+    assert report.status is HealthStatus.HEALTHY, report.to_dict()
+
+
+@pytest.mark.parametrize("missing", _entries(HEALTH))
+async def test_health_without_any_one_permission_is_unhealthy_naming_it(
+    missing: Permission,
+) -> None:
+    config = users_config({"monitor": HEALTH.without(missing)})
+    async with EmbeddedNatsServer(config=config) as server:
+        await declare_as_admin(server.url)
+        started = time.monotonic()
+        report = await _health_as_monitor(server)
+    assert report.status is HealthStatus.UNHEALTHY
+    assert _names(json.dumps(report.to_dict()), missing), report.to_dict()
+    assert time.monotonic() - started < 1.5  # the refusal, not a timeout, ended each check

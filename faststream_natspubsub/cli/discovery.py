@@ -58,14 +58,22 @@ def is_app_consumer(app: str, durable: str) -> bool:
 
 
 async def app_consumers(
-    jsm: JetStreamManager, env: str, app: str, watch: PermissionWatch | None = None
+    jsm: JetStreamManager,
+    env: str,
+    app: str,
+    watch: PermissionWatch | None = None,
+    refused: list[str] | None = None,
 ) -> list[tuple[str, str]]:
-    """``(stream, durable)`` of ``app``'s consumers on any stream of ``env`` whose consumers
-    the user may list."""
+    """``(stream, durable)`` of ``app``'s consumers on any stream of ``env``; the streams
+    whose consumers the user may not list are added to ``refused``."""
     found: list[tuple[str, str]] = []
     for stream in await env_streams(jsm, env):
         name = stream.config.name or ""
-        consumers = await list_consumers(jsm, name, watch) or []
+        consumers = await list_consumers(jsm, name, watch)
+        if consumers is None:
+            if refused is not None:
+                refused.append(name)
+            continue
         found += [(name, c.name) for c in consumers if is_app_consumer(app, c.name)]
     return found
 

@@ -35,12 +35,14 @@ from ..dlq_admin import DeadLetterNotFoundError
 from ..errors import ConfigurationError, NatsPubsubError, SubjectError
 from ..inbox_prefix import DEFAULT_INBOX_PREFIX, check_inbox_prefix
 from ..subjects import dlq_stream_name, normalize_app, normalize_env, stream_name
-from ..violations import PermissionWatch, restore_case
+from ..violations import PermissionWatch
 from .durations import parse_duration, parse_since
 from .output import echo_error
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
+
+    from ..violations import Violation
 
 __all__ = (
     "EXIT_FAILED",
@@ -377,11 +379,13 @@ async def connect(options: CommonOptions) -> AsyncIterator[Client]:
     _WATCHES[nc] = watch
     mark_tls_stream(nc)  # else asyncio warns about eof_received at every TLS close
     names = options.known_names()
+
+    def name(violation: Violation) -> str:
+        return watch.named(violation, names)
+
     try:
         # A refused request the command does not handle itself ends it at once, as one line.
-        with watch.guarding(
-            lambda _violation: True, name=lambda v: restore_case(v.subject, names=names)
-        ):
+        with watch.guarding(lambda _violation: True, name=name):
             yield nc
     finally:
         await nc.close()

@@ -70,7 +70,8 @@ def permissions(
     inbox_prefix: Annotated[
         str | None,
         typer.Option(
-            help="The app's reply prefix (NatsPubsub(inbox_prefix=...)); default _INBOX.",
+            help="The reply prefix of the user the block is for: the app's "
+            "(NatsPubsub(inbox_prefix=...)), or the operator's own; default the app's, _INBOX.",
             show_default=False,
             rich_help_panel=_TARGET,
         ),
@@ -106,7 +107,7 @@ def permissions(
             pubsub = _imported(source)
         else:
             pubsub = _described(env, app, topic or [], dlq, inbox, inbox_prefix, topology)
-        found = pubsub.permissions(*role)
+        found = pubsub.permissions(*role, inbox_prefix=inbox_prefix)
     except CliError as exc:
         echo_error(exc.message)
         raise typer.Exit(exc.code) from None
