@@ -9,7 +9,7 @@ NatsPubsubError
 ├── PublishError                       the server did not store the event
 │   ├── DeadLetterQueueFullError       the DLQ stream is at its limits and refuses records
 │   └── PermissionDeniedError          the server refused a publish or subscription: no permission
-├── TopologyError                      a stream or consumer could not be declared or verified
+├── TopologyError                      the app cannot start: its topology or a permission it needs
 ├── DeadLetterNotFoundError (LookupError)   no dead-letter record matches
 ├── DeadLetterRecordError (ValueError)  a DLQ entry is not a readable dead-letter record
 ├── ReplayRefusedError                 a record that replay must not publish
@@ -119,7 +119,8 @@ class PermissionDeniedError(PublishError):
 
 
 class TopologyError(NatsPubsubError):
-    """A stream or consumer the application needs could not be declared or verified."""
+    """A stream or consumer the application needs could not be declared or verified, or the
+    server refuses a permission the app needs (the message names each one)."""
 
 
 class DeadLetterNotFoundError(NatsPubsubError, LookupError):

@@ -363,3 +363,8 @@ async def test_e12_in_memory_the_same_modules_under_test_nats_pubsub() -> None:
         await shop.publish("order.placed", e12.OrderPlaced(order_id="ORD-0", amount=0))
     assert [i.order_id for i, _ in seen.invoices] == ["ORD-9"]
     assert [(r.reason, r.app) for r in tp.dead_letters] == [("permanent_error", "billing")]
+
+
+@pytest.mark.nats
+async def test_e14_two_apps_run_with_exactly_their_generated_permissions() -> None:
+    assert await load("e14_permissions").main() == ["ORD-1"]
