@@ -29,6 +29,11 @@ class GuardedKeyValue:
         self._reads = (f"$js.api.stream.msg.get.kv_{lowered}", f"$js.api.direct.get.kv_{lowered}")
         self._refused = (self._write_prefix, *self._reads)
 
+    @property
+    def unguarded(self) -> KeyValue:
+        """The nats-py bucket itself."""
+        return self._kv
+
     def _refuses(self, violation: Violation) -> bool:
         subject = violation.subject
         return self._watch.replies_refused(violation) or (

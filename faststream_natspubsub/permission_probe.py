@@ -9,8 +9,8 @@ right is there and the server reports a violation when it is not:
 - an "ack" on ``$JS.ACK.<stream>.<durable>.<probe>``, which no delivery has (ignored);
 - a dead-letter write whose ``Nats-Expected-Stream`` no stream has (refused, not stored);
 - an advisory reader create naming another stream in its body (refused), and its pull;
-- a KV write expecting a last sequence the key cannot have (refused) and a KV read of a key
-  that does not exist.
+- a KV write expecting a last sequence the key cannot have (refused), and a KV read without
+  a reply subject (a read whose answer goes nowhere).
 
 Then two round trips to the server: nats-py may write a ``PING`` before publishes still in
 its buffer, so the second ``PONG`` is the one that surely follows their answers.
@@ -18,21 +18,18 @@ its buffer, so the second ``PONG`` is the one that surely follows their answers.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from typing import TYPE_CHECKING, Final
 
-from nats.js.errors import KeyNotFoundError
-
 from .advisory_read import reader_name
+from .compat import kv_reads_directly
 from .dlq import dlq_subject
-from .errors import PermissionDeniedError
+from .guarded_kv import GuardedKeyValue
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.js.kv import KeyValue
 
-    from .guarded_kv import GuardedKeyValue
     from .permissions import AppAccess
     from .violations import PermissionWatch, Violation
 
@@ -76,13 +73,17 @@ async def probe_consumer_rights(
         )
         await nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{reader}", b'{"batch":1}')
     if kv is not None and access.kv_bucket is not None:
+        bucket = access.kv_bucket
+        key = f"$KV.{bucket}.{PROBE_TOKEN}"
         await nc.publish(
-            f"$KV.{access.kv_bucket}.{PROBE_TOKEN}",
-            b"",
-            headers={"Nats-Expected-Last-Subject-Sequence": _IMPOSSIBLE_SEQUENCE},
+            key, b"", headers={"Nats-Expected-Last-Subject-Sequence": _IMPOSSIBLE_SEQUENCE}
         )
-        with contextlib.suppress(KeyNotFoundError, PermissionDeniedError):
-            await kv.get(PROBE_TOKEN)
+        nats_kv = kv.unguarded if isinstance(kv, GuardedKeyValue) else kv
+        if kv_reads_directly(nats_kv):  # a bucket made with direct gets (nats kv add)
+            await nc.publish(f"$JS.API.DIRECT.GET.KV_{bucket}.{key}", b"")
+        else:
+            read = json.dumps({"last_by_subj": key}).encode()
+            await nc.publish(f"$JS.API.STREAM.MSG.GET.KV_{bucket}", read)
     await nc.flush()
     await nc.flush()
     return watch.since(mark)

@@ -226,3 +226,25 @@ def test_the_command_refuses_bad_input_in_one_line(args: tuple[str, ...], error:
     assert error in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert "Traceback" not in result.stdout + result.stderr
+
+
+async def test_a_refused_request_is_one_line_naming_it_at_once_not_a_timeout() -> None:
+    # Given an operator without the right to purge the DLQ
+    purge = next(p for p in OPERATOR.permissions if ".PURGE." in p.subject)
+    config = users_config({"ops": OPERATOR.without(purge)})
+    async with EmbeddedNatsServer(config=config) as server:
+        assert (await natspubsub(server.url, "topology", "ensure")).code == 0
+        started = asyncio.get_running_loop().time()
+
+        # When it purges (the request's timeout is 3 s)
+        ran = await natspubsub(server.url, "dlq", "purge", "--yes")
+        elapsed = asyncio.get_running_loop().time() - started
+
+    # Then one line names the permission, before the timeout
+    assert ran.code == 1
+    assert ran.err.strip() == (
+        "natspubsub: error: permission denied: the user may not publish to "
+        '"$JS.API.STREAM.PURGE.DLQ_TEST_ORDERS" (add it to the user\'s publish allow list; '
+        "`natspubsub permissions` prints what an app needs)"
+    )
+    assert elapsed < 2.0
