@@ -38,10 +38,16 @@ from faststream_natspubsub.testing import EmbeddedNatsServer
 
 pytestmark = pytest.mark.nats
 
-INBOXES = pytest.mark.parametrize("inbox", [None, "kv"], ids=["no-inbox", "kv-inbox"])
+VARIANTS = pytest.mark.parametrize(
+    ("inbox", "topology"),
+    [(None, "create"), ("kv", "create"), ("kv", "verify")],
+    ids=["no-inbox", "kv-inbox", "kv-inbox-verify"],
+)
 
 
-async def _scenario(server: EmbeddedNatsServer, inbox: str | None) -> tuple[Any, Any]:
+async def _scenario(
+    server: EmbeddedNatsServer, inbox: str | None, topology: str = "create"
+) -> tuple[Any, Any]:
     """A poison event the consumer gave up on, then ok, flaky and bad events; orders runs
     until each is handled or dead-lettered. Returns the app and its health."""
     await push_to_max_deliver(server.url, body={"kind": "poison"})
@@ -49,7 +55,7 @@ async def _scenario(server: EmbeddedNatsServer, inbox: str | None) -> tuple[Any,
     async with running_broker(payments.broker):
         for kind in ("ok", "flaky", "bad"):
             await payments.publish("payment.done", {"kind": kind})
-        orders = orders_app(server.url, inbox=inbox)
+        orders = orders_app(server.url, inbox=inbox, topology=topology)
         async with running_broker(orders.pubsub.broker):
             await wait_until(
                 lambda: orders.attempts["flaky"] == 2 and orders.attempts["ok"] == 1,
@@ -64,18 +70,20 @@ async def _scenario(server: EmbeddedNatsServer, inbox: str | None) -> tuple[Any,
     return orders, health
 
 
-@INBOXES
+@VARIANTS
 async def test_a_consumer_retries_dead_letters_and_hears_advisories_with_exactly_its_set(
-    inbox: str | None,
+    inbox: str | None, topology: str
 ) -> None:
-    # Given a server whose users have exactly the generated sets
-    config = users_config({"orders": consumer_set(inbox), "payments": publisher_set()})
+    # Given a server whose users have exactly the generated sets (and, for an app that only
+    # verifies its topology, an operator who declared it)
+    rights = consumer_set(inbox, topology)
+    config = users_config({"orders": rights, "payments": publisher_set()})
     async with EmbeddedNatsServer(config=config) as server:
         await declare_as_admin(server.url, inbox)
 
         # When payments publishes and orders consumes, with a retry, a permanent failure and
         # an event its consumer gave up on (MAX_DELIVERIES)
-        orders, health = await _scenario(server, inbox)
+        orders, health = await _scenario(server, inbox, topology)
         records = await dlq_records(server.url)
         state = await consumer_state(server.url, "TEST_PAYMENTS", PAID)
 
