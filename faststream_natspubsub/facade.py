@@ -65,6 +65,7 @@ if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
 
     from .batch import BatchSettings
+    from .console import OperationsConsole
 
 __all__ = ("DLQ_MAX_AGE", "NatsPubsub", "PubsubRouter")
 
@@ -505,6 +506,18 @@ class NatsPubsub:
             )
 
         return health
+
+    def console(self, **options: Any) -> OperationsConsole:
+        """The operations console of this app, an ASGI app on the broker's connection.
+
+        ``AsgiFastStream(broker, asgi_routes=[("/natspubsub", pubsub.console(token=...))])``;
+        ``options`` are those of :class:`~faststream_natspubsub.console.OperationsConsole`.
+        """
+        from .console import OperationsConsole
+
+        return OperationsConsole(
+            lambda: self.broker.connection, env=self.env, app=self.app, **options
+        )
 
     # -- lifecycle -----------------------------------------------------------------------
 
