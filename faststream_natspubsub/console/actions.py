@@ -25,7 +25,7 @@ from pydantic_core import from_json, to_json
 
 from ..dlq_admin import DeadLetterNotFoundError
 from ..errors import NatsPubsubError
-from .query import DeadLetterFilter, load_records
+from .query import DeadLetterFilter
 
 if TYPE_CHECKING:
     from ..dlq import DeadLetterRecord
@@ -224,7 +224,7 @@ class ActionRunner:
         try:
             if job.request.seq is not None:
                 job.total = 1
-                await self._one(job, job.request.seq, None)
+                await self._one(job, job.request.seq)
             elif job.request.kind is ActionKind.PURGE and job.request.filter.subject_only:
                 await self._purge_by_subject(job)
             else:
@@ -261,36 +261,23 @@ class ActionRunner:
         await self.backend.index.refresh(self.backend.nc())
         seqs = self._targets(job)
         job.total = len(seqs)
-        for start in range(0, len(seqs), self.concurrency * 8):
-            chunk = seqs[start : start + self.concurrency * 8]
-            bodies = None
-            if job.request.filter.text:
-                loaded = await load_records(self.backend.nc(), self.backend.stream, chunk)
-                bodies = {seq: item.record for seq, item in loaded.items()}
-            await self._gathered(job, chunk, bodies)
-
-    async def _gathered(self, job: Job, seqs: list[int], bodies: dict[int, Any] | None) -> None:
         gate = asyncio.Semaphore(self.concurrency)
 
         async def one(seq: int) -> None:
             async with gate:
-                await self._one(job, seq, bodies)
+                await self._one(job, seq)
 
-        await asyncio.gather(*(one(seq) for seq in seqs))
+        # In chunks: a set of 100k records must not become 100k tasks at once.
+        for start in range(0, len(seqs), self.concurrency * 8):
+            await asyncio.gather(*(one(seq) for seq in seqs[start : start + self.concurrency * 8]))
 
-    async def _one(self, job: Job, seq: int, bodies: dict[int, Any] | None) -> None:
+    async def _one(self, job: Job, seq: int) -> None:
         if seq in self._busy:
             job.skipped += 1
             job.processed += 1
             return
         self._busy.add(seq)
         try:
-            if bodies is not None:
-                record = bodies.get(seq)
-                if record is None or not job.request.filter.text_matches(record):
-                    job.skipped += 1
-                    job.processed += 1
-                    return
             if job.request.kind is ActionKind.REPLAY:
                 await self._replay(job, seq)
             else:

@@ -33,7 +33,7 @@ from .idempotency import (
     MemoryIdempotencyStore,
     console_bucket_name,
 )
-from .index import DEFAULT_INDEX_LIMIT
+from .index import DEFAULT_INDEX_LIMIT, IndexBuildingError
 from .overview import collect_overview
 from .pages import (
     FilterChoices,
@@ -41,6 +41,7 @@ from .pages import (
     confirm_page,
     dlq_page,
     error_page,
+    indexing_page,
     job_page,
     login_page,
     overview_page,
@@ -77,6 +78,8 @@ Send = Callable[[Message], Awaitable[None]]
 MAX_BODY: Final = 64 * 1024
 # Seconds an action request waits for its job before showing the progress page.
 ACTION_WAIT: Final = 1.5
+# Seconds a page waits for the index; a first build of a large DLQ shows its progress instead.
+INDEX_WAIT: Final = 1.0
 _KEY_RE: Final = re.compile(r"[A-Za-z0-9_-]{16,64}")
 _ASSETS: Final = {"console.css": "text/css", "console.js": "text/javascript"}
 _CSP: Final = (
@@ -230,6 +233,9 @@ class OperationsConsole:
             response = await self._dispatch(request, receive, cookie)
         except _BadRequest as exc:
             response = self._error(request, cookie, exc.status, exc.message)
+        except IndexBuildingError as exc:
+            ctx = self._context(request, None, cookie)
+            response = _html(200, indexing_page(ctx, exc.done, exc.total))
         except NotConnectedError as exc:
             response = self._error(request, cookie, 503, str(exc))
         except (ConsoleError, nats.errors.Error, TimeoutError) as exc:
@@ -318,7 +324,7 @@ class OperationsConsole:
 
     async def _overview(self, request: _Request, ctx: PageContext) -> _Response:
         nc = self.backend.nc()
-        await self.backend.index.refresh(nc)
+        await self.backend.index.refresh(nc, wait=INDEX_WAIT)
         overview = await collect_overview(
             nc,
             env=self.backend.env,
@@ -333,7 +339,7 @@ class OperationsConsole:
     async def _dlq(self, request: _Request, ctx: PageContext) -> _Response:
         nc = self.backend.nc()
         index = self.backend.index
-        state = await index.refresh(nc)
+        state = await index.refresh(nc, wait=INDEX_WAIT)
         choices = _choices(index.subjects, index.reasons, self.backend.prefix)
         try:
             flt = DeadLetterFilter.from_query(request.query)
@@ -342,7 +348,7 @@ class OperationsConsole:
         except (FilterError, _BadRequest) as exc:
             message = exc.message if isinstance(exc, _BadRequest) else str(exc)
             return _html(400, dlq_page(ctx, DeadLetterFilter(), None, choices, error=message))
-        found = await page(nc, index, flt, prefix=self.backend.prefix, before=before, after=after)
+        found = page(index, flt, prefix=self.backend.prefix, before=before, after=after)
         return _html(200, dlq_page(ctx, flt, found, choices, dlq_exists=state.exists))
 
     async def _record(self, request: _Request, ctx: PageContext) -> _Response:
@@ -350,7 +356,7 @@ class OperationsConsole:
         if seq is None:
             raise _BadRequest(400, "which record? (seq is missing)")
         nc = self.backend.nc()
-        await self.backend.index.refresh(nc)
+        await self.backend.index.refresh(nc, wait=INDEX_WAIT)
         loaded = await load_record(nc, self.backend.stream, seq)
         if loaded is None:
             raise _BadRequest(404, f"no record at seq {seq}: replayed or purged meanwhile?")
@@ -363,7 +369,7 @@ class OperationsConsole:
         action = _action_request(request.query)
         count: int | None = 1
         if action.seq is None:
-            await self.backend.index.refresh(self.backend.nc())
+            await self.backend.index.refresh(self.backend.nc(), wait=INDEX_WAIT)
             where = action.filter.index_filter(self.backend.prefix, upto_seq=action.upto)
             count = self.backend.index.count(where)
             back = "?" + _query({"view": "dlq", **action.filter.to_query()})

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
 
 from nats.js.api import KeyValueConfig
@@ -57,9 +58,16 @@ class IdempotencyStore(Protocol):
 class MemoryIdempotencyStore:
     """Claims in this process only; bounded, keys expire after ``ttl`` seconds."""
 
-    def __init__(self, *, ttl: float = DEFAULT_KEY_TTL, max_keys: int = DEFAULT_MAX_KEYS) -> None:
+    def __init__(
+        self,
+        *,
+        ttl: float = DEFAULT_KEY_TTL,
+        max_keys: int = DEFAULT_MAX_KEYS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.ttl = ttl
         self.max_keys = max_keys
+        self._clock = clock
         self._values: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
 
     async def claim(self, key: str, value: bytes) -> bytes | None:
@@ -68,14 +76,14 @@ class MemoryIdempotencyStore:
         found = self._values.get(key)
         if found is not None:
             return found[1]
-        self._values[key] = (time.monotonic() + self.ttl, value)
+        self._values[key] = (self._clock() + self.ttl, value)
         while len(self._values) > self.max_keys:
             self._values.popitem(last=False)
         return None
 
     async def update(self, key: str, value: bytes) -> None:
         found = self._values.get(key)
-        expires = found[0] if found else time.monotonic() + self.ttl
+        expires = found[0] if found else self._clock() + self.ttl
         self._values[key] = (expires, value)
 
     async def get(self, key: str) -> bytes | None:
@@ -84,7 +92,7 @@ class MemoryIdempotencyStore:
         return found[1] if found else None
 
     def _expire(self) -> None:
-        now = time.monotonic()
+        now = self._clock()
         while self._values:
             key, (expires, _) = next(iter(self._values.items()))
             if expires > now:

@@ -24,18 +24,20 @@ from .html import (
     render,
     url,
 )
+from .index import UNREADABLE
 
 if TYPE_CHECKING:
     from .actions import ActionRequest
     from .index import IndexEntry
     from .overview import Overview
-    from .query import DeadLetterFilter, LoadedRecord, Page, Row
+    from .query import DeadLetterFilter, LoadedRecord, Page
 
 __all__ = (
     "PageContext",
     "confirm_page",
     "dlq_page",
     "error_page",
+    "indexing_page",
     "job_page",
     "layout",
     "login_page",
@@ -45,6 +47,7 @@ __all__ = (
 
 # CSS class per known reason; anything else (records are untrusted) gets the neutral one.
 _REASON_CLASS: Final = {
+    UNREADABLE: "reason-unreadable",
     DeadLetterReason.PERMANENT_ERROR.value: "reason-permanent",
     DeadLetterReason.MAX_ATTEMPTS_EXCEEDED.value: "reason-attempts",
     DeadLetterReason.MALFORMED.value: "reason-malformed",
@@ -428,25 +431,15 @@ def _filter_bar(flt: DeadLetterFilter, choices: FilterChoices) -> Html:
 
 
 def _summary(flt: DeadLetterFilter, page: Page) -> Html:
-    if page.total is not None:
-        text = f"{page.total:,} record{'' if page.total == 1 else 's'}"
-        text += " match" if flt.active else " in the DLQ"
-        if page.rows:
-            text += f" · showing {len(page.rows)}, newest first"
-    else:
-        text = f"{len(page.rows)} shown · {page.searched:,} records searched for the error text"
-    note = _NOTHING
-    if page.search_stopped_at is not None:
-        note = render(
-            ' · <span class="muted">the search stopped at record {seq} to keep the page fast; '
-            "use <em>Older</em> to search further back.</span>",
-            seq=page.search_stopped_at,
-        )
-    return render('<p class="summary" id="summary">{text}{note}</p>', text=text, note=note)
+    text = f"{page.total:,} record{'' if page.total == 1 else 's'}"
+    text += (" match" if page.total != 1 else " matches") if flt.active else " in the DLQ"
+    if page.rows:
+        text += f" · showing {len(page.rows)}, newest first"
+    return render('<p class="summary" id="summary">{text}</p>', text=text)
 
 
 def _bulk_actions(flt: DeadLetterFilter, page: Page) -> Html:
-    count = "" if page.total is None else f" {page.total:,}"
+    count = f" {page.total:,}"
     common = {"view": "confirm", **flt.to_query(), "upto": page.upto}
     return render(
         '<div class="bulk"><span>All matching{count} records:</span>'
@@ -458,7 +451,7 @@ def _bulk_actions(flt: DeadLetterFilter, page: Page) -> Html:
     )
 
 
-def _rows(rows: list[Row]) -> Html:
+def _rows(rows: list[IndexEntry]) -> Html:
     if not rows:
         return Html('<p class="empty">No dead letters match.</p>')
     body = [
@@ -467,36 +460,32 @@ def _rows(rows: list[Row]) -> Html:
             '<td title="{time}">{age}</td><td><span class="muted">{app}/</span>{topic}</td>'
             '<td>{badge}</td><td class="num">{attempts}</td><td class="mono small">{event}</td>'
             '<td class="error-cell">{error}</td></tr>',
-            href=url({"view": "record", "seq": row.entry.seq}),
-            seq=row.entry.seq,
-            time=format_time(_stored(row.entry)),
-            age=age(_stored(row.entry)),
-            app=_split_topic(row.entry.subject)[0],
-            topic=_split_topic(row.entry.subject)[1],
-            badge=reason_badge(row.entry.reason),
-            attempts=row.entry.attempts,
-            event=row.entry.event_id or "-",
-            error=_error_cell(row),
+            href=url({"view": "record", "seq": entry.seq}),
+            seq=entry.seq,
+            time=format_time(_stored(entry)),
+            age=age(_stored(entry)),
+            app=_split_topic(entry.subject)[0],
+            topic=_split_topic(entry.subject)[1],
+            badge=reason_badge(entry.reason),
+            attempts=entry.attempts,
+            event=entry.event_id or "-",
+            error=_error_cell(entry),
         )
-        for row in rows
+        for entry in rows
     ]
     return _table(
         ("#", "Stored", "Topic", "Reason", "Attempts", "Event id", "Error"), body, numeric=(0, 4)
     )
 
 
-def _error_cell(row: Row) -> Html:
-    loaded = row.loaded
-    if loaded is None:
-        return Html('<span class="muted">gone (deleted meanwhile)</span>')
-    if loaded.record is None:
-        return render('<span class="status bad">unreadable</span> {p}', p=loaded.problem or "")
-    error_type = loaded.record.error_type
-    message = loaded.record.error_message
-    first = str(message).strip().splitlines()[0] if message and str(message).strip() else ""
+def _error_cell(entry: IndexEntry) -> Html:
+    if entry.reason == UNREADABLE:
+        return render('<span class="muted">{p}</span>', p=entry.error_message)
+    message = entry.error_message.strip()
+    first = message.splitlines()[0] if message else ""
     if len(first) > _ERROR_CELL:
         first = first[: _ERROR_CELL - 1] + "…"
-    return render("<strong>{t}</strong> {m}", t=error_type or "", m=first)
+    return render("<strong>{t}</strong> {m}", t=entry.error_type, m=first)
 
 
 def _pager(flt: DeadLetterFilter, page: Page) -> Html:
@@ -543,7 +532,7 @@ def record_page(
             '<div class="record-head"><h1>Record {seq} {badge}</h1>{actions}</div>',
             back=url({"view": "dlq"}),
             seq=loaded.seq,
-            badge=reason_badge(reason or header_reason),
+            badge=reason_badge(UNREADABLE if record is None else reason or header_reason),
             actions=_record_actions(ctx, loaded, key) if ctx.actions else _NOTHING,
         )
     ]
@@ -891,6 +880,23 @@ def login_page(ctx: PageContext, *, error: str | None, next_url: str) -> Html:
         next=next_url,
     )
     return layout(ctx, "Log in", body)
+
+
+def indexing_page(ctx: PageContext, done: int, total: int) -> Html:
+    """Shown while a first index build runs; the page asks again every second."""
+    body = render(
+        '<div class="job"><h1>Reading the dead-letter queue…</h1>'
+        "<p>The console reads the headers of every record once when it starts; afterwards "
+        "it reads only new records.</p>"
+        '<progress max="{total}" value="{done}"></progress>'
+        '<p class="muted">{done_text} of about {total_text} records read.</p></div>',
+        total=max(total, 1),
+        done=done,
+        done_text=format_count(done),
+        total_text=format_count(total),
+    )
+    refresh = Html('<meta http-equiv="refresh" content="1">')
+    return layout(ctx, "Reading the DLQ", body, head=refresh)
 
 
 def error_page(ctx: PageContext, status: int, message: str) -> Html:
