@@ -302,7 +302,8 @@ class OperationsConsole:
 
     def _unauthorised(self, request: _Request, cookie: str) -> _Response:
         if self.auth.uses_login:
-            return _redirect("?" + _query({"view": "login", "next": "?" + request.query_string}))
+            back = "?" + request.query_string if request.query_string else "?view=overview"
+            return _redirect("?" + _query({"view": "login", "next": back}))
         ctx = self._context(request, None, cookie)
         return _html(401, error_page(ctx, 401, "not authorised for the natspubsub console"))
 

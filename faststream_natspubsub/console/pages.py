@@ -457,7 +457,8 @@ def _rows(rows: list[IndexEntry]) -> Html:
     body = [
         render(
             '<tr><td class="num"><a href="{href}">{seq}</a></td>'
-            '<td title="{time}">{age}</td><td><span class="muted">{app}/</span>{topic}</td>'
+            '<td class="when" title="{time}">{age}</td>'
+            '<td><span class="muted">{app}/</span>{topic}</td>'
             '<td>{badge}</td><td class="num">{attempts}</td><td class="mono small">{event}</td>'
             '<td class="error-cell">{error}</td></tr>',
             href=url({"view": "record", "seq": entry.seq}),
@@ -828,13 +829,15 @@ def job_page(ctx: PageContext, job: dict[str, Any], *, here: bool) -> Html:
         render(
             '<div class="job" id="job" data-state="{state}" {poll}><h1>{title}</h1>'
             '<p><span class="status {tone}" id="job-state">{state}</span> '
-            "started by {op}{elsewhere}</p>{progress}{counts}</div>",
+            "started by {op}{elsewhere} at {started}{took}</p>{progress}{counts}</div>",
             state=state,
             poll=render('data-job-poll="{u}"', u=_job_json(job)) if running else _NOTHING,
             title=str(job.get("describe", "Action")).capitalize(),
             tone=tone,
             op=job.get("operator", "?"),
             elsewhere="" if here else " (in another console process)",
+            started=_clock(job.get("started_at")),
+            took=_took(job),
             progress=progress,
             counts=counts,
         )
@@ -855,6 +858,19 @@ def job_page(ctx: PageContext, job: dict[str, Any], *, here: bool) -> Html:
     # Without JavaScript the page reloads itself while the action runs.
     head = _REFRESH if running else _NOTHING
     return layout(ctx, "Action", join(parts), head=head)
+
+
+def _clock(value: Any) -> str:
+    if not isinstance(value, (int, float)):
+        return "?"
+    return format_time(datetime.fromtimestamp(value, timezone.utc))
+
+
+def _took(job: dict[str, Any]) -> str:
+    started, finished = job.get("started_at"), job.get("finished_at")
+    if not isinstance(started, (int, float)) or not isinstance(finished, (int, float)):
+        return ""
+    return f", took {max(0.0, finished - started):.1f} s"
 
 
 _REFRESH: Final = Html('<noscript><meta http-equiv="refresh" content="2"></noscript>')

@@ -4,25 +4,32 @@ from __future__ import annotations
 
 import asyncio
 import html
+import os
 import re
 import socket
-from collections.abc import AsyncIterator, Sequence
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
 import httpx
 import nats
 import uvicorn
+from faststream.asgi import AsgiFastStream
+from faststream.nats import NatsBroker
 from nats.aio.client import Client
 from nats.js.api import StreamConfig
 from nats.js.errors import NotFoundError
 from support import wait_until
 
+from faststream_natspubsub import EventMetadata, NatsPubsub
+from faststream_natspubsub.console import OperationsConsole
 from faststream_natspubsub.dlq import DeadLetterReason, DeadLetterWriter, FailedDelivery
 from faststream_natspubsub.envelope import EnvelopeCodec
 from faststream_natspubsub.subjects import dlq_stream_name, dlq_subject_prefix
+from faststream_natspubsub.testing import EmbeddedNatsServer
 
 CONSOLE_TOKEN = "console-token-for-tests-0123456789"
 REASONS = (
@@ -174,6 +181,84 @@ async def connected(url: str) -> AsyncIterator[Client]:
         await nc.close()
 
 
+CONSOLE_PATH = "/natspubsub"
+
+
+@dataclass
+class LiveConsole:
+    """The app (``billing``, consuming every topic of ``orders``) and its mounted console."""
+
+    server: EmbeddedNatsServer
+    env: str
+    app: str
+    broker: NatsBroker
+    pubsub: NatsPubsub
+    console: OperationsConsole
+    base_url: str
+    handled: list[EventMetadata] = field(default_factory=list)
+    """Events the app's consumer handled (replays arrive here)."""
+
+    @property
+    def nc(self) -> Client:
+        connection = self.broker.connection
+        assert isinstance(connection, Client)
+        return connection
+
+    def client(self, **kwargs: Any) -> httpx.AsyncClient:
+        """An HTTP client on the console's origin (cookies kept, redirects not followed)."""
+        kwargs.setdefault("follow_redirects", False)
+        return httpx.AsyncClient(base_url=self.base_url, timeout=30.0, **kwargs)
+
+    @property
+    def dlq_stream(self) -> str:
+        return f"DLQ_{self.env.upper()}_{self.app.upper()}"
+
+
+@asynccontextmanager
+async def live_console(
+    server: EmbeddedNatsServer,
+    *,
+    setup: Callable[[NatsPubsub], object] | None = None,
+    env: str | None = None,
+    **console_options: Any,
+) -> AsyncIterator[LiveConsole]:
+    """Start the app with the console mounted at ``/natspubsub`` in an ``AsgiFastStream``.
+
+    ``setup`` may declare more subscribers on the app before it starts.
+    """
+    env = env or f"t{uuid.uuid4().hex[:8]}"
+    broker = NatsBroker(server.url, logger=None)
+    pubsub = NatsPubsub(broker, env=env, app="billing")
+    handled: list[EventMetadata] = []
+
+    @pubsub.subscriber(">", app="orders")
+    async def on_order_event(body: dict[str, Any], meta: EventMetadata) -> None:
+        handled.append(meta)
+
+    if setup is not None:
+        setup(pubsub)
+    console_options.setdefault("token", CONSOLE_TOKEN)
+    console_options.setdefault("actions", True)
+    console = pubsub.console(**console_options)
+    asgi = AsgiFastStream(broker, asgi_routes=[(CONSOLE_PATH, console)])
+    await broker.start()
+    try:
+        async with http_server(asgi) as base_url:
+            yield LiveConsole(
+                server=server,
+                env=env,
+                app="billing",
+                broker=broker,
+                pubsub=pubsub,
+                console=console,
+                base_url=base_url,
+                handled=handled,
+            )
+    finally:
+        await console.shutdown()
+        await broker.stop()
+
+
 _CSRF_RE = re.compile(r'name="csrf" value="([^"]+)"')
 _KEY_RE = re.compile(r'name="key" value="([^"]+)"')
 
@@ -207,3 +292,44 @@ def seqs_on_page(html: str) -> list[int]:
 
 def all_seqs(pages: Sequence[list[int]]) -> list[int]:
     return [seq for page in pages for seq in page]
+
+
+# -- a real browser ------------------------------------------------------------------------
+
+CHROMIUM = "/usr/bin/chromium"
+"""Debian's Chromium (``apt-get install chromium``; ``.ci/run`` installs it)."""
+CHROMIUM_ARGS = [
+    "--no-sandbox",  # the tests run as root in CI containers
+    "--headless",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+SKIP_BROWSER_ENV = "NATSPUBSUB_SKIP_BROWSER_TESTS"
+
+
+class BrowserUnavailableError(RuntimeError):
+    """Playwright or Chromium is missing; the message says how to get them."""
+
+
+@asynccontextmanager
+async def chromium() -> AsyncIterator[Any]:
+    """A headless Chromium driven by Playwright (its own browser download is not used)."""
+    try:
+        from playwright.async_api import async_playwright
+    except ImportError:
+        raise BrowserUnavailableError(
+            "Playwright is not installed: pip install -e '.[dev]'"
+        ) from None
+    if not os.access(CHROMIUM, os.X_OK):
+        raise BrowserUnavailableError(
+            f"no Chromium at {CHROMIUM}: apt-get install -y chromium (.ci/run installs it)"
+        )
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            await browser.close()

@@ -285,3 +285,15 @@ async def test_an_outbox_provider_may_be_a_function_or_an_object_sync_or_async()
 async def test_an_outbox_provider_must_answer_with_stats() -> None:
     with pytest.raises(TypeError, match="must return OutboxStats"):
         await read_outbox_stats(lambda: {"pending": 1})  # type: ignore[arg-type,return-value]
+
+
+# -- the browser tests' own guard --------------------------------------------------------------
+
+
+async def test_a_missing_chromium_is_an_error_not_a_skip(monkeypatch: pytest.MonkeyPatch) -> None:
+    import console_support
+
+    monkeypatch.setattr(console_support, "CHROMIUM", "/nonexistent/chromium")
+    with pytest.raises(console_support.BrowserUnavailableError, match="install"):
+        async with console_support.chromium():
+            pass
