@@ -301,3 +301,16 @@ def test_e10_the_example_tests_pass_under_pytest() -> None:
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
     assert "3 passed" in completed.stdout
+
+
+@pytest.mark.nats
+async def test_e11_the_console_is_served_inside_the_asgi_app(server: EmbeddedNatsServer) -> None:
+    outcome = await load("e11_console").main(server.url)
+
+    assert outcome.health == 200
+    assert outcome.without_token == 303  # to the login form
+    assert "dev / payments" in outcome.overview
+    assert "permanent_error" in outcome.overview
+    assert "Outbox pending" in outcome.overview  # the stand-in outbox provider
+    assert "card declined for PAY-1" in outcome.record
+    assert "Replay…" in outcome.record

@@ -109,3 +109,6 @@ def console(
         run(serve(app, host=host, port=port))
     except ImportError as exc:
         raise CliError(str(exc)) from None
+    except KeyboardInterrupt:
+        # uvicorn shuts down cleanly, then raises the signal again: Ctrl+C is a normal end.
+        typer.echo("natspubsub console stopped", err=True)
