@@ -62,6 +62,9 @@ UNREADABLE: Final = "(unreadable)"
 _REQUIRED: Final = frozenset(
     name for name, spec in DeadLetterRecord.__dataclass_fields__.items() if name != "dlq_seq"
 )
+# Stored times follow the sequence (a stream's leader stamps messages in order); a time bound
+# narrows a search by bisection, allowing this much disorder (clocks of a cluster's servers).
+_CLOCK_SKEW_NS: Final = 10 * 1_000_000_000
 # Filter counts remembered (they are forgotten at every change of the index anyway).
 _COUNTS_KEPT: Final = 64
 # Dead entries tolerated before the columns are rebuilt without them.
@@ -167,6 +170,7 @@ class DeadLetterIndex:
         """Remembered counts are of the index before this change."""
         self._version = getattr(self, "_version", 0) + 1
         self._counts: dict[tuple[Hashable, int], int] = {}
+        self._tallies: dict[tuple[str, int], dict[str, int]] = {}
 
     # -- keeping up to date -----------------------------------------------------------------
 
@@ -366,17 +370,29 @@ class DeadLetterIndex:
     ) -> list[IndexEntry]:
         """Up to ``limit`` matching entries older than ``before``, newest first."""
         end = len(self._seqs) if before is None else bisect.bisect_left(self._seqs, before)
-        return [self._entry(p) for p in self._matching(where, range(end - 1, -1, -1), limit)]
+        low, high = self._window(where, 0, end)
+        return [self._entry(p) for p in self._matching(where, range(high - 1, low - 1, -1), limit)]
 
     def oldest(self, where: IndexFilter, *, after: int, limit: int) -> list[IndexEntry]:
         """Up to ``limit`` matching entries newer than ``after``, oldest first."""
-        start = bisect.bisect_right(self._seqs, after)
-        return [self._entry(p) for p in self._matching(where, range(start, len(self._seqs)), limit)]
+        low, high = self._window(where, bisect.bisect_right(self._seqs, after), len(self._seqs))
+        return [self._entry(p) for p in self._matching(where, range(low, high), limit)]
 
     def iter_matching(self, where: IndexFilter, *, newest_first: bool = True) -> Iterator[int]:
         """Sequences of every matching entry."""
-        order = range(len(self._seqs) - 1, -1, -1) if newest_first else range(len(self._seqs))
+        low, high = self._window(where, 0, len(self._seqs))
+        order = range(high - 1, low - 1, -1) if newest_first else range(low, high)
         return (self._seqs[p] for p in self._matching(where, order, None))
+
+    def _window(self, where: IndexFilter, low: int, high: int) -> tuple[int, int]:
+        """Positions that can match the filter's time and sequence bounds, found by bisection."""
+        if where.since_ns is not None:
+            low = max(low, bisect.bisect_left(self._times, where.since_ns - _CLOCK_SKEW_NS))
+        if where.until_ns is not None:
+            high = min(high, bisect.bisect_right(self._times, where.until_ns + _CLOCK_SKEW_NS))
+        if where.upto_seq is not None:
+            high = min(high, bisect.bisect_right(self._seqs, where.upto_seq))
+        return low, max(low, high)
 
     def count(self, where: IndexFilter, *, key: Hashable | None = None) -> int:
         """How many entries match; with ``key`` (naming the filter) remembered until a change.
@@ -388,7 +404,8 @@ class DeadLetterIndex:
         cached = self._counts.get((key, self._version)) if key is not None else None
         if cached is not None:
             return cached
-        found = sum(1 for _ in self._matching(where, range(len(self._seqs)), None))
+        low, high = self._window(where, 0, len(self._seqs))
+        found = sum(1 for _ in self._matching(where, range(low, high), None))
         if key is not None:
             if len(self._counts) >= _COUNTS_KEPT:
                 self._counts.clear()
@@ -397,6 +414,12 @@ class DeadLetterIndex:
 
     def counts_by(self, column: str) -> dict[str, int]:
         """Live entries per ``"reason"`` or per ``"subject"``, largest first."""
+        cached = self._tallies.get((column, self._version))
+        if cached is None:
+            cached = self._tallies[(column, self._version)] = self._count_by(column)
+        return dict(cached)
+
+    def _count_by(self, column: str) -> dict[str, int]:
         ids, names = (
             (self._reason_ids, self._reasons.names)
             if column == "reason"

@@ -207,7 +207,10 @@ def page(
     Everything comes from the index (refreshed by the caller): no record is read.
     """
     where = flt.index_filter(prefix)
-    if after is not None:
+    total = index.count(where, key=tuple(sorted(flt.to_query().items())))
+    if not total:
+        rows = []
+    elif after is not None:
         rows = index.oldest(where, after=after, limit=limit)[::-1]
     else:
         rows = index.newest(where, before=before, limit=limit)
@@ -218,7 +221,7 @@ def page(
         older = rows[-1].seq
     return Page(
         rows=rows,
-        total=index.count(where, key=tuple(sorted(flt.to_query().items()))),
+        total=total,
         newer=newer,
         older=older,
         upto=index.state.last_seq,

@@ -15,6 +15,7 @@ import base64
 import hashlib
 import hmac
 import inspect
+import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -26,6 +27,8 @@ from urllib.parse import urlsplit
 from pydantic_core import from_json, to_json
 
 from .errors import ConsoleConfigError
+
+logger = logging.getLogger("faststream_natspubsub.console")
 
 __all__ = (
     "CSRF_COOKIE",
@@ -112,9 +115,13 @@ class Authenticator:
     async def identify(self, request: ConsoleRequest) -> str | None:
         """The operator behind ``request``, or ``None``."""
         if self._auth is not None:
-            result = self._auth(request)
-            if inspect.isawaitable(result):
-                result = await result
+            try:
+                result = self._auth(request)
+                if inspect.isawaitable(result):
+                    result = await result
+            except Exception:  # a failing check refuses: never open the console by accident
+                logger.exception("console: the auth function failed; request refused")
+                return None
             return str(result) if result else None
         bearer = request.headers.get("authorization", "")
         if bearer.lower().startswith("bearer "):

@@ -242,6 +242,17 @@ async def test_an_auth_function_may_be_sync_or_async() -> None:
         assert await auth.identify(request()) is None
 
 
+async def test_an_auth_function_that_fails_refuses_the_request(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken(r: ConsoleRequest) -> str | None:
+        raise RuntimeError("directory unreachable")
+
+    auth = Authenticator(token=None, auth=broken, secret=None)
+    assert await auth.identify(request(headers={"x-user": "dana"})) is None
+    assert "the auth function failed" in caplog.text
+
+
 # -- idempotency keys ----------------------------------------------------------------------
 
 
