@@ -58,6 +58,15 @@ _STATUS_CLASS: Final = {
     HealthStatus.DEGRADED: "warn",
     HealthStatus.UNHEALTHY: "bad",
 }
+# How the filter's fields are named on a confirmation.
+_FILTER_LABELS: Final = {
+    "topic": "topic",
+    "source_app": "from app",
+    "reason": "reason",
+    "since": "stored since",
+    "until": "stored until",
+    "q": "error text",
+}
 # Characters of an error shown in a list row.
 _ERROR_CELL: Final = 140
 # An outbox row pending longer than this (seconds) is shown as lagging.
@@ -414,7 +423,7 @@ def _filter_bar(flt: DeadLetterFilter, choices: FilterChoices) -> Html:
 <label>Since<input name="since" value="{since}" placeholder="1h, 2d or 2025-01-17T10:30Z"></label>
 <label>Until<input name="until" value="{until}" placeholder="30m or an ISO time"></label>
 <label class="grow">Error text<input name="q" type="search" value="{q}"
- placeholder="text in the error or traceback"></label>
+ placeholder="text in the error type or message"></label>
 <div class="filter-buttons"><button type="submit">Filter</button>
 <a class="button secondary" href="{clear}">Clear</a></div>
 </form>""",
@@ -756,20 +765,14 @@ def confirm_page(
         title = f"{kind.capitalize()} {many} record{'' if count == 1 else 's'}?"
         query = request.filter.to_query()
         described = join(
-            render("<li><strong>{k}</strong>: {v}</li>", k=k, v=v) for k, v in query.items()
+            render("<li><strong>{k}</strong>: {v}</li>", k=_FILTER_LABELS.get(k, k), v=v)
+            for k, v in query.items()
         ) or Html("<li>every record (no filter)</li>")
-        note = _NOTHING
-        if request.filter.text:
-            note = Html(
-                '<p class="muted">The error text is checked while the action runs: the count '
-                "above is of the records matching the other filters.</p>"
-            )
         scope = render(
             "<p>Records stored up to seq <strong>{upto}</strong> (what the list showed; newer "
-            "records are left alone) that match:</p><ul>{described}</ul>{note}",
+            "records are left alone) that match:</p><ul>{described}</ul>",
             upto=request.upto,
             described=described,
-            note=note,
         )
         fields = {**query, "upto": request.upto}
     effect = (
