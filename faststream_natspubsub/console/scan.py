@@ -24,16 +24,23 @@ if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.aio.msg import Msg
 
-__all__ = ("SCAN_BATCH", "ScannedMessage", "parse_ack_reply", "scan_stream")
+__all__ = ("SCAN_BATCH", "SCAN_MAX_BYTES", "ScannedMessage", "parse_ack_reply", "scan_stream")
 
 # Messages asked for per pull request: large enough that the round trip does not count.
 SCAN_BATCH: Final = 2_000
+# Bytes asked for per pull request (a request ends early when the next message would not fit).
+SCAN_MAX_BYTES: Final = 8 * 1024 * 1024
+# A request grows up to this for a single large message (NATS allows at most 64 MB).
+_MAX_REQUEST_BYTES: Final = 128 * 1024 * 1024
 # Seconds a pull request may take before the scan is abandoned.
 SCAN_TIMEOUT: Final = 10.0
 # The server removes a scan consumer this long after it was last used, if the scan could not.
 _INACTIVE_THRESHOLD: Final = 30.0
 # JetStream statuses that end a pull request: no (more) messages, request expired.
 _END_OF_BATCH: Final = frozenset({"404", "408"})
+# 409s that end a request normally: it reached its max_bytes, or it got all it asked for.
+_MAX_BYTES_REACHED: Final = "Message Size Exceeds MaxBytes"
+_BATCH_COMPLETED: Final = "Batch Completed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,13 +85,15 @@ async def scan_stream(
     filter_subject: str | None = None,
     headers_only: bool = False,
     batch: int = SCAN_BATCH,
+    max_bytes: int = SCAN_MAX_BYTES,
     timeout: float = SCAN_TIMEOUT,
 ) -> AsyncIterator[list[ScannedMessage]]:
     """Messages of ``stream`` from ``start_seq`` on, in order, in lists of up to ``batch``.
 
     Ends at ``stop_seq`` (inclusive) or at the last message stored when the scan began;
-    messages stored later are not waited for. Breaking out of the loop early is cheap: the
-    consumer is deleted when the iterator closes.
+    messages stored later are not waited for. A request asks for at most ``max_bytes`` (more
+    for a single larger message), so large records cannot overrun the client. Breaking out of
+    the loop early is cheap: the consumer is deleted when the iterator closes.
     """
     if start_seq < 1:
         raise ValueError("start_seq must be >= 1")
@@ -105,7 +114,12 @@ async def scan_stream(
     reader = _BatchReader()
     # One reply subject per request: a status names the request it ends, so a late status
     # of an earlier request cannot end the current one.
-    sub = await nc.subscribe(f"{inbox}.*", cb=reader.on_message, pending_msgs_limit=4 * batch)
+    sub = await nc.subscribe(
+        f"{inbox}.*",
+        cb=reader.on_message,
+        pending_msgs_limit=4 * batch,
+        pending_bytes_limit=4 * _MAX_REQUEST_BYTES,
+    )
     next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{info.name}"
     requests = 0
     try:
@@ -114,7 +128,8 @@ async def scan_stream(
             requests += 1
             reply = f"{inbox}.{requests}"
             reader.expect(want, reply)
-            await nc.publish(next_subject, to_json({"batch": want, "no_wait": True}), reply=reply)
+            request = {"batch": want, "max_bytes": max_bytes, "no_wait": True}
+            await nc.publish(next_subject, to_json(request), reply=reply)
             try:
                 await asyncio.wait_for(reader.done.wait(), timeout)
             except TimeoutError:
@@ -122,13 +137,19 @@ async def scan_stream(
             if reader.error is not None:
                 raise ConsoleError(f"reading stream {stream} failed: {reader.error}")
             got = reader.take()
+            if reader.size_limited and not got:
+                # One message larger than a request may carry: ask again with room for it.
+                if max_bytes >= _MAX_REQUEST_BYTES:
+                    raise ConsoleError(f"a message of {stream} is larger than {max_bytes} bytes")
+                max_bytes = min(2 * max_bytes, _MAX_REQUEST_BYTES)
+                continue
             remaining -= len(got)
             if stop_seq is not None and got and got[-1].seq > stop_seq:
                 got = [m for m in got if m.seq <= stop_seq]
                 remaining = 0
             if got:
                 yield got
-            if len(got) < want:
+            if len(got) < want and not reader.size_limited:
                 break  # messages deleted since the scan began: nothing more to wait for
     finally:
         with contextlib.suppress(nats.errors.Error, TimeoutError):
@@ -143,6 +164,8 @@ class _BatchReader:
     def __init__(self) -> None:
         self.done = asyncio.Event()
         self.error: str | None = None
+        self.size_limited = False
+        """The request ended at its ``max_bytes``."""
         self._messages: list[ScannedMessage] = []
         self._expected = 0
         self._reply = ""
@@ -152,6 +175,7 @@ class _BatchReader:
         self._expected = count
         self._reply = reply
         self.error = None
+        self.size_limited = False
         self.done.clear()
 
     def take(self) -> list[ScannedMessage]:
@@ -159,11 +183,14 @@ class _BatchReader:
 
     async def on_message(self, msg: Msg) -> None:
         if not msg.reply:  # a status: the request ended, or failed
-            if msg.subject != self._reply:
-                return
+            if msg.subject != self._reply or self.done.is_set():
+                return  # an earlier request's, or the end of one already complete
             status = (msg.headers or {}).get("Status", "")
-            if status not in _END_OF_BATCH:
-                self.error = (msg.headers or {}).get("Description") or f"status {status}"
+            description = (msg.headers or {}).get("Description", "")
+            if status == "409" and description == _MAX_BYTES_REACHED:
+                self.size_limited = True
+            elif status not in _END_OF_BATCH and description != _BATCH_COMPLETED:
+                self.error = description or f"status {status}"
             self.done.set()
             return
         try:

@@ -110,6 +110,17 @@ async def test_a_scan_starts_stops_and_filters_where_asked(server: EmbeddedNatsS
 
 
 @pytest.mark.nats
+@pytest.mark.parametrize("max_bytes", [5_000, 300], ids=["a-few-per-request", "one-too-large"])
+async def test_a_scan_limited_in_bytes_still_reads_everything(
+    server: EmbeddedNatsServer, max_bytes: int
+) -> None:
+    async with connected(server.url) as nc:
+        await seed_records(nc, ENV, APP, 12)
+        found = [m.seq async for b in scan_stream(nc, STREAM, max_bytes=max_bytes) for m in b]
+        assert found == list(range(1, 13))
+
+
+@pytest.mark.nats
 async def test_a_scan_left_early_removes_its_consumer(server: EmbeddedNatsServer) -> None:
     async with connected(server.url) as nc:
         await seed_records(nc, ENV, APP, 30)
