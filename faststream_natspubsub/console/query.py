@@ -7,9 +7,8 @@ from the record itself, written by whoever published it, like everything else in
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Final
 
@@ -31,15 +30,12 @@ __all__ = (
     "LoadedRecord",
     "Page",
     "load_record",
-    "load_records",
     "page",
     "subject_matcher",
 )
 
 # Rows per page.
 PAGE_SIZE: Final = 50
-# Bodies fetched at once by ``get_msg`` (each a request; concurrent, not one after another).
-FETCH_CONCURRENCY: Final = 64
 # Longest text searched for; filters come from a URL.
 _MAX_TEXT: Final = 200
 
@@ -190,7 +186,6 @@ class Page:
     """``before`` cursor of the next (older) page."""
     upto: int = 0
     """Last sequence the page could see (the snapshot bulk actions are limited to)."""
-    timings: dict[str, float] = field(default_factory=dict)
 
 
 def page(
@@ -226,18 +221,6 @@ def page(
         older=older,
         upto=index.state.last_seq,
     )
-
-
-async def load_records(nc: Client, stream: str, seqs: list[int]) -> dict[int, LoadedRecord]:
-    """The stored messages at ``seqs`` (missing ones are left out), fetched concurrently."""
-    gate = asyncio.Semaphore(FETCH_CONCURRENCY)
-
-    async def one(seq: int) -> LoadedRecord | None:
-        async with gate:
-            return await load_record(nc, stream, seq)
-
-    loaded = await asyncio.gather(*(one(seq) for seq in seqs))
-    return {record.seq: record for record in loaded if record is not None}
 
 
 async def load_record(nc: Client, stream: str, seq: int) -> LoadedRecord | None:
