@@ -11,14 +11,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from importlib import resources
-from typing import TYPE_CHECKING, Any, Final, Literal
-from urllib.parse import parse_qsl, urlencode
+from typing import TYPE_CHECKING, Final, Literal
 
 import nats.errors
 from pydantic_core import to_json
@@ -27,6 +24,23 @@ from ..health import DEFAULT_MAX_PENDING
 from .actions import ActionKind, ActionRequest, ActionRunner, Job, JobConflictError
 from .backend import ConsoleBackend, NotConnectedError
 from .errors import ConsoleConfigError, ConsoleError
+from .http import (
+    KEY_RE,
+    BadRequest,
+    Receive,
+    Request,
+    Response,
+    Scope,
+    Send,
+    cookie_header,
+    html_response,
+    positive_int,
+    query,
+    read_form,
+    read_request,
+    redirect,
+    safe_next,
+)
 from .idempotency import (
     IdempotencyStore,
     KvIdempotencyStore,
@@ -54,81 +68,24 @@ from .security import (
     SESSION_COOKIE,
     AuthDependency,
     Authenticator,
-    ConsoleRequest,
-    parse_cookies,
     same_origin,
 )
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
 
-    from .html import Html
     from .outbox import OutboxProvider
 
 __all__ = ("OperationsConsole",)
 
 logger = logging.getLogger("faststream_natspubsub.console")
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
-# A form is small; anything larger is not one of ours.
-MAX_BODY: Final = 64 * 1024
 # Seconds an action request waits for its job before showing the progress page.
 ACTION_WAIT: Final = 1.5
 # Seconds a page waits for the index; a first build of a large DLQ shows its progress instead.
 INDEX_WAIT: Final = 1.0
-_KEY_RE: Final = re.compile(r"[A-Za-z0-9_-]{16,64}")
 _ASSETS: Final = {"console.css": "text/css", "console.js": "text/javascript"}
-_CSP: Final = (
-    "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self'; "
-    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'; connect-src 'self'"
-)
-_SECURITY_HEADERS: Final = (
-    (b"content-security-policy", _CSP.encode()),
-    (b"x-content-type-options", b"nosniff"),
-    (b"x-frame-options", b"DENY"),
-    (b"referrer-policy", b"same-origin"),
-)
-
-
-@dataclass(slots=True)
-class _Response:
-    status: int
-    body: bytes
-    content_type: str = "text/html; charset=utf-8"
-    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-    cache: str = "no-store"
-
-    async def send(self, send: Send) -> None:
-        headers = [
-            (b"content-type", self.content_type.encode()),
-            (b"content-length", str(len(self.body)).encode()),
-            (b"cache-control", self.cache.encode()),
-            *_SECURITY_HEADERS,
-            *self.headers,
-        ]
-        await send({"type": "http.response.start", "status": self.status, "headers": headers})
-        await send({"type": "http.response.body", "body": self.body})
-
-
-def _html(status: int, markup: Html) -> _Response:
-    return _Response(status, markup.encode("utf-8", "replace"))
-
-
-def _redirect(location: str) -> _Response:
-    response = _Response(303, b"")
-    response.headers.append((b"location", location.encode()))
-    return response
-
-
-class _BadRequest(Exception):  # noqa: N818 - control flow inside this module only
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 class OperationsConsole:
@@ -223,19 +180,19 @@ class OperationsConsole:
         if scope["type"] != "http":
             return
         started = time.perf_counter()
-        request = _request(scope)
+        request = read_request(scope)
         cookie = request.cookies.get(CSRF_COOKIE, "")
         new_cookie = None
-        if not _KEY_RE.fullmatch(cookie or ""):
+        if not KEY_RE.fullmatch(cookie or ""):
             cookie = new_cookie = self.auth.new_csrf_cookie()
         try:
             await self.startup()
             response = await self._dispatch(request, receive, cookie)
-        except _BadRequest as exc:
+        except BadRequest as exc:
             response = self._error(request, cookie, exc.status, exc.message)
         except IndexBuildingError as exc:
             ctx = self._context(request, None, cookie)
-            response = _html(200, indexing_page(ctx, exc.done, exc.total))
+            response = html_response(200, indexing_page(ctx, exc.done, exc.total))
         except NotConnectedError as exc:
             response = self._error(request, cookie, 503, str(exc))
         except (ConsoleError, nats.errors.Error, TimeoutError) as exc:
@@ -244,7 +201,10 @@ class OperationsConsole:
             response = self._error(request, cookie, 502, message)
         if new_cookie is not None:
             response.headers.append(
-                (b"set-cookie", _cookie(CSRF_COOKIE, new_cookie, request, max_age=None).encode())
+                (
+                    b"set-cookie",
+                    cookie_header(CSRF_COOKIE, new_cookie, request, max_age=None).encode(),
+                )
             )
         elapsed = (time.perf_counter() - started) * 1000
         response.headers.append((b"server-timing", f"total;dur={elapsed:.1f}".encode()))
@@ -265,19 +225,19 @@ class OperationsConsole:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def _dispatch(self, request: _Request, receive: Receive, cookie: str) -> _Response:
+    async def _dispatch(self, request: Request, receive: Receive, cookie: str) -> Response:
         if request.method == "GET" and "asset" in request.query:
             return self._asset(request.query["asset"])
         if request.method == "POST":
-            form = await _form(receive)
+            form = await read_form(receive)
             return await self._post(request, form, cookie)
         if request.method != "GET":
-            raise _BadRequest(405, "only GET and POST are served")
+            raise BadRequest(405, "only GET and POST are served")
         view = request.query.get("view", "overview")
         if view == "login" and self.auth.uses_login:
             ctx = self._context(request, None, cookie, view=view)
-            next_url = _safe_next(request.query.get("next"))
-            return _html(200, login_page(ctx, error=None, next_url=next_url))
+            next_url = safe_next(request.query.get("next"))
+            return html_response(200, login_page(ctx, error=None, next_url=next_url))
         operator = await self._operator(request)
         if operator is None:
             return self._unauthorised(request, cookie)
@@ -290,25 +250,25 @@ class OperationsConsole:
             "job": self._job,
         }.get(view)
         if handler is None:
-            raise _BadRequest(404, "no such page")
+            raise BadRequest(404, "no such page")
         return await handler(request, ctx)
 
     # -- identity ------------------------------------------------------------------------
 
-    async def _operator(self, request: _Request) -> str | None:
+    async def _operator(self, request: Request) -> str | None:
         if not self.auth.enabled:
             return "anonymous"
         return await self.auth.identify(request.console)
 
-    def _unauthorised(self, request: _Request, cookie: str) -> _Response:
+    def _unauthorised(self, request: Request, cookie: str) -> Response:
         if self.auth.uses_login:
             back = "?" + request.query_string if request.query_string else "?view=overview"
-            return _redirect("?" + _query({"view": "login", "next": back}))
+            return redirect("?" + query({"view": "login", "next": back}))
         ctx = self._context(request, None, cookie)
-        return _html(401, error_page(ctx, 401, "not authorised for the natspubsub console"))
+        return html_response(401, error_page(ctx, 401, "not authorised for the natspubsub console"))
 
     def _context(
-        self, request: _Request, operator: str | None, cookie: str, *, view: str = ""
+        self, request: Request, operator: str | None, cookie: str, *, view: str = ""
     ) -> PageContext:
         return PageContext(
             env=self.backend.env,
@@ -323,7 +283,7 @@ class OperationsConsole:
 
     # -- pages ---------------------------------------------------------------------------
 
-    async def _overview(self, request: _Request, ctx: PageContext) -> _Response:
+    async def _overview(self, request: Request, ctx: PageContext) -> Response:
         nc = self.backend.nc()
         await self.backend.index.refresh(nc, wait=INDEX_WAIT)
         overview = await collect_overview(
@@ -335,37 +295,39 @@ class OperationsConsole:
             outbox=self.outbox,
             max_pending=self.max_pending,
         )
-        return _html(200, overview_page(ctx, overview))
+        return html_response(200, overview_page(ctx, overview))
 
-    async def _dlq(self, request: _Request, ctx: PageContext) -> _Response:
+    async def _dlq(self, request: Request, ctx: PageContext) -> Response:
         nc = self.backend.nc()
         index = self.backend.index
         state = await index.refresh(nc, wait=INDEX_WAIT)
         choices = _choices(index.subjects, index.reasons, self.backend.prefix)
         try:
             flt = DeadLetterFilter.from_query(request.query)
-            before = _int(request.query, "before")
-            after = _int(request.query, "after")
-        except (FilterError, _BadRequest) as exc:
-            message = exc.message if isinstance(exc, _BadRequest) else str(exc)
-            return _html(400, dlq_page(ctx, DeadLetterFilter(), None, choices, error=message))
+            before = positive_int(request.query, "before")
+            after = positive_int(request.query, "after")
+        except (FilterError, BadRequest) as exc:
+            message = exc.message if isinstance(exc, BadRequest) else str(exc)
+            return html_response(
+                400, dlq_page(ctx, DeadLetterFilter(), None, choices, error=message)
+            )
         found = page(index, flt, prefix=self.backend.prefix, before=before, after=after)
-        return _html(200, dlq_page(ctx, flt, found, choices, dlq_exists=state.exists))
+        return html_response(200, dlq_page(ctx, flt, found, choices, dlq_exists=state.exists))
 
-    async def _record(self, request: _Request, ctx: PageContext) -> _Response:
-        seq = _int(request.query, "seq")
+    async def _record(self, request: Request, ctx: PageContext) -> Response:
+        seq = positive_int(request.query, "seq")
         if seq is None:
-            raise _BadRequest(400, "which record? (seq is missing)")
+            raise BadRequest(400, "which record? (seq is missing)")
         nc = self.backend.nc()
         await self.backend.index.refresh(nc, wait=INDEX_WAIT)
         loaded = await load_record(nc, self.backend.stream, seq)
         if loaded is None:
-            raise _BadRequest(404, f"no record at seq {seq}: replayed or purged meanwhile?")
+            raise BadRequest(404, f"no record at seq {seq}: replayed or purged meanwhile?")
         event_id = loaded.record.event_id if loaded.record is not None else None
         others = self.backend.index.event_records(event_id) if isinstance(event_id, str) else []
-        return _html(200, record_page(ctx, loaded, others=others, key=_new_key()))
+        return html_response(200, record_page(ctx, loaded, others=others, key=_new_key()))
 
-    async def _confirm(self, request: _Request, ctx: PageContext) -> _Response:
+    async def _confirm(self, request: Request, ctx: PageContext) -> Response:
         self._require_actions(ctx)
         action = _action_request(request.query)
         count: int | None = 1
@@ -373,27 +335,27 @@ class OperationsConsole:
             await self.backend.index.refresh(self.backend.nc(), wait=INDEX_WAIT)
             where = action.filter.index_filter(self.backend.prefix, upto_seq=action.upto)
             count = self.backend.index.count(where)
-            back = "?" + _query({"view": "dlq", **action.filter.to_query()})
+            back = "?" + query({"view": "dlq", **action.filter.to_query()})
         else:
-            back = "?" + _query({"view": "record", "seq": action.seq})
+            back = "?" + query({"view": "record", "seq": action.seq})
         markup = confirm_page(ctx, action, count=count, key=_new_key(), back=back)
-        return _html(200, markup)
+        return html_response(200, markup)
 
-    async def _job(self, request: _Request, ctx: PageContext) -> _Response:
+    async def _job(self, request: Request, ctx: PageContext) -> Response:
         key = request.query.get("id", "")
-        if not _KEY_RE.fullmatch(key):
-            raise _BadRequest(400, "not an action id")
+        if not KEY_RE.fullmatch(key):
+            raise BadRequest(400, "not an action id")
         job = self.runner.job(key)
         data = job.to_dict() if job is not None else await self.runner.stored(key)
         if data is None:
-            raise _BadRequest(404, "no such action (it may have expired)")
+            raise BadRequest(404, "no such action (it may have expired)")
         if request.query.get("format") == "json":
-            return _Response(200, to_json(data), content_type="application/json")
-        return _html(200, job_page(ctx, data, here=job is not None))
+            return Response(200, to_json(data), content_type="application/json")
+        return html_response(200, job_page(ctx, data, here=job is not None))
 
     # -- forms ---------------------------------------------------------------------------
 
-    async def _post(self, request: _Request, form: dict[str, str], cookie: str) -> _Response:
+    async def _post(self, request: Request, form: dict[str, str], cookie: str) -> Response:
         what = form.get("do", "")
         if not same_origin(request.console) or not self.auth.csrf_ok(
             request.cookies.get(CSRF_COOKIE), form.get("csrf")
@@ -404,7 +366,7 @@ class OperationsConsole:
                 request.console.client,
                 request.console.headers.get("origin"),
             )
-            raise _BadRequest(
+            raise BadRequest(
                 403,
                 "this form is not from this console page (CSRF check failed); "
                 "reload the page and try again",
@@ -412,157 +374,83 @@ class OperationsConsole:
         if what == "login" and self.auth.uses_login:
             return self._login(request, form, cookie)
         if what == "logout":
-            response = _redirect("?view=login" if self.auth.uses_login else "?view=overview")
-            cleared = _cookie(SESSION_COOKIE, "", request, max_age=0)
+            response = redirect("?view=login" if self.auth.uses_login else "?view=overview")
+            cleared = cookie_header(SESSION_COOKIE, "", request, max_age=0)
             response.headers.append((b"set-cookie", cleared.encode()))
             return response
         if what != "action":
-            raise _BadRequest(400, "unknown form")
+            raise BadRequest(400, "unknown form")
         if not self.actions:
-            raise _BadRequest(403, "actions are disabled on this console (read-only)")
+            raise BadRequest(403, "actions are disabled on this console (read-only)")
         operator = await self._operator(request)
         if operator is None:
             logger.warning(
                 "console: refused an action from %s: not authenticated", request.console.client
             )
-            raise _BadRequest(401, "log in first")
+            raise BadRequest(401, "log in first")
         key = form.get("key", "")
-        if not _KEY_RE.fullmatch(key):
-            raise _BadRequest(400, "the form has no valid idempotency key; reload the page")
+        if not KEY_RE.fullmatch(key):
+            raise BadRequest(400, "the form has no valid idempotency key; reload the page")
         action = _action_request(form, kind_field="kind")
         try:
             outcome = await self.runner.submit(
                 key, action, operator=operator, client=request.console.client
             )
         except JobConflictError as exc:
-            raise _BadRequest(409, str(exc)) from None
+            raise BadRequest(409, str(exc)) from None
         if isinstance(outcome, Job):
             await self.runner.wait(outcome, ACTION_WAIT)
-        return _redirect("?" + _query({"view": "job", "id": key}))
+        return redirect("?" + query({"view": "job", "id": key}))
 
-    def _login(self, request: _Request, form: dict[str, str], cookie: str) -> _Response:
+    def _login(self, request: Request, form: dict[str, str], cookie: str) -> Response:
         operator = self.auth.check_token(form.get("token", ""))
-        next_url = _safe_next(form.get("next"))
+        next_url = safe_next(form.get("next"))
         if operator is None:
             logger.warning("console: failed login from %s", request.console.client)
             ctx = self._context(request, None, cookie, view="login")
-            return _html(401, login_page(ctx, error="wrong token", next_url=next_url))
+            return html_response(401, login_page(ctx, error="wrong token", next_url=next_url))
         logger.info("console: %s logged in from %s", operator, request.console.client)
-        response = _redirect(next_url)
+        response = redirect(next_url)
         value = self.auth.session_cookie(operator)
         max_age = int(self.auth.session_seconds)
-        cookie_line = _cookie(SESSION_COOKIE, value, request, max_age=max_age)
+        cookie_line = cookie_header(SESSION_COOKIE, value, request, max_age=max_age)
         response.headers.append((b"set-cookie", cookie_line.encode()))
         return response
 
-    def _error(self, request: _Request, cookie: str, status: int, message: str) -> _Response:
-        return _html(status, error_page(self._context(request, None, cookie), status, message))
+    def _error(self, request: Request, cookie: str, status: int, message: str) -> Response:
+        return html_response(
+            status, error_page(self._context(request, None, cookie), status, message)
+        )
 
     def _require_actions(self, ctx: PageContext) -> None:
         if not ctx.actions:
-            raise _BadRequest(403, "actions are disabled on this console (read-only)")
+            raise BadRequest(403, "actions are disabled on this console (read-only)")
 
-    def _asset(self, name: str) -> _Response:
+    def _asset(self, name: str) -> Response:
         body = self._assets.get(name)
         if body is None:
-            raise _BadRequest(404, "no such file")
+            raise BadRequest(404, "no such file")
         # The URL carries the content's hash (?v=...): a changed file gets a new URL.
         immutable = "public, max-age=31536000, immutable"
-        return _Response(200, body, content_type=_ASSETS[name], cache=immutable)
-
-
-@dataclass(frozen=True, slots=True)
-class _Request:
-    method: str
-    query: dict[str, str]
-    query_string: str
-    cookies: dict[str, str]
-    console: ConsoleRequest
-
-
-def _request(scope: Scope) -> _Request:
-    raw_query = bytes(scope.get("query_string", b"")).decode("latin-1")
-    try:
-        pairs = parse_qsl(raw_query, keep_blank_values=True, max_num_fields=64)
-    except ValueError:
-        pairs = []
-    query: dict[str, str] = {}
-    for name, value in pairs:
-        query.setdefault(name, value)
-    headers: dict[str, str] = {}
-    for name, value in scope.get("headers", []):
-        headers.setdefault(bytes(name).decode("latin-1").lower(), bytes(value).decode("latin-1"))
-    cookies = parse_cookies(headers.get("cookie", ""))
-    client = scope.get("client")
-    path = str(scope.get("path", "/"))
-    root = str(scope.get("root_path", ""))
-    full_path = path if path.startswith(root) else root + path
-    return _Request(
-        method=str(scope.get("method", "GET")).upper(),
-        query=query,
-        query_string=raw_query,
-        cookies=cookies,
-        console=ConsoleRequest(
-            method=str(scope.get("method", "GET")).upper(),
-            path=full_path,
-            query=query,
-            headers=headers,
-            cookies=cookies,
-            client=f"{client[0]}:{client[1]}" if client else None,
-            scheme=str(scope.get("scheme", "http")),
-        ),
-    )
-
-
-async def _form(receive: Receive) -> dict[str, str]:
-    body = b""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _BadRequest(400, "the browser went away")
-        body += message.get("body", b"")
-        if len(body) > MAX_BODY:
-            raise _BadRequest(413, "form too large")
-        if not message.get("more_body"):
-            break
-    try:
-        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=64)
-    except (UnicodeDecodeError, ValueError):
-        raise _BadRequest(400, "not a form") from None
-    form: dict[str, str] = {}
-    for name, value in pairs:
-        form.setdefault(name, value)
-    return form
+        return Response(200, body, content_type=_ASSETS[name], cache=immutable)
 
 
 def _action_request(fields: dict[str, str], *, kind_field: str = "action") -> ActionRequest:
     try:
         kind = ActionKind(fields.get(kind_field, ""))
     except ValueError:
-        raise _BadRequest(400, "unknown action") from None
-    seq = _int(fields, "seq")
+        raise BadRequest(400, "unknown action") from None
+    seq = positive_int(fields, "seq")
     if seq is not None:
         return ActionRequest(kind=kind, seq=seq)
-    upto = _int(fields, "upto")
+    upto = positive_int(fields, "upto")
     if upto is None:
-        raise _BadRequest(400, "the action names no record and no snapshot (upto)")
+        raise BadRequest(400, "the action names no record and no snapshot (upto)")
     try:
         flt = DeadLetterFilter.from_query(fields)
     except FilterError as exc:
-        raise _BadRequest(400, str(exc)) from None
+        raise BadRequest(400, str(exc)) from None
     return ActionRequest(kind=kind, filter=flt, upto=upto)
-
-
-def _int(fields: dict[str, str], name: str) -> int | None:
-    value = fields.get(name, "").strip()
-    if not value:
-        return None
-    if not value.isdigit() or len(value) > 19:
-        raise _BadRequest(400, f"{name} must be a positive number")
-    number = int(value)
-    if number < 1 or number >= 2**63:
-        raise _BadRequest(400, f"{name} must be a positive number")
-    return number
 
 
 def _choices(subjects: list[str], reasons: list[str], prefix: str) -> FilterChoices:
@@ -574,27 +462,6 @@ def _choices(subjects: list[str], reasons: list[str], prefix: str) -> FilterChoi
             apps.add(source_app)
             topics.add(topic)
     return FilterChoices(reasons=reasons, topics=sorted(topics)[:500], apps=sorted(apps)[:500])
-
-
-def _safe_next(value: str | None) -> str:
-    """Only the console's own query-only URLs: never an open redirect."""
-    if value and value.startswith("?") and len(value) < 2000 and value.isprintable():
-        return value
-    return "?view=overview"
-
-
-def _query(params: dict[str, Any]) -> str:
-    return urlencode({k: str(v) for k, v in params.items() if v is not None and v != ""})
-
-
-def _cookie(name: str, value: str, request: _Request, *, max_age: int | None) -> str:
-    path = request.console.path or "/"
-    parts = [f"{name}={value}", f"Path={path}", "HttpOnly", "SameSite=Strict"]
-    if max_age is not None:
-        parts.append(f"Max-Age={max_age}")
-    if request.console.secure:
-        parts.append("Secure")
-    return "; ".join(parts)
 
 
 def _new_key() -> str:

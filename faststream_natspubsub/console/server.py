@@ -6,10 +6,12 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from .app import Message, OperationsConsole, Receive, Scope, Send
+from .app import OperationsConsole
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
+
+    from .http import Message, Receive, Scope, Send
 
 __all__ = ("StandaloneConsole", "serve")
 

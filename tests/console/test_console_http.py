@@ -644,9 +644,9 @@ async def test_pages_say_so_while_the_broker_is_not_connected(server: Any) -> No
 
 
 def test_responses_forbid_framing_and_inline_scripts() -> None:
-    from faststream_natspubsub.console.app import _SECURITY_HEADERS
+    from faststream_natspubsub.console.http import SECURITY_HEADERS
 
-    headers = dict(_SECURITY_HEADERS)
+    headers = dict(SECURITY_HEADERS)
     assert b"script-src 'self'" in headers[b"content-security-policy"]
     assert b"frame-ancestors 'none'" in headers[b"content-security-policy"]
     assert headers[b"x-frame-options"] == b"DENY"
