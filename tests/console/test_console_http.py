@@ -574,6 +574,25 @@ async def test_purging_one_record_removes_it_from_pages_and_counts(make_console:
         assert "2 records in the DLQ" in (await page_of(client, view="dlq")).text
 
 
+async def test_a_long_first_index_build_shows_its_progress_then_the_page(
+    make_console: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from faststream_natspubsub.console import app as console_app
+
+    monkeypatch.setattr(console_app, "INDEX_WAIT", 0.0001)
+    async with make_console() as live, live.client() as client:
+        await seed_records(live.nc, live.env, live.app, 2000)
+        await login(client)
+        first = await client.get(PATH, params={"view": "dlq"})
+        assert first.status_code == 200
+        assert "Reading the dead-letter queue" in first.text
+        assert '<meta http-equiv="refresh" content="1">' in first.text
+        # the build went on in the background; a patient request gets the page
+        monkeypatch.setattr(console_app, "INDEX_WAIT", 60.0)
+        listing = await page_of(client, view="dlq")
+        assert "2,000 records in the DLQ" in listing.text
+
+
 # -- overview, outbox, mounting ----------------------------------------------------------------
 
 
