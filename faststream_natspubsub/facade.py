@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from .advisories import MaxDeliveriesWatcher
     from .batch import BatchSettings
     from .codecs.base import Codec
+    from .console import OperationsConsole
     from .publishing import PublishResult
     from .subjects import ForeignApp
 
@@ -337,6 +338,18 @@ class NatsPubsub:
             return await self.health(max_pending=max_pending)
 
         return health_route(check)
+
+    def console(self, **options: Any) -> OperationsConsole:
+        """The operations console of this app, an ASGI app on the broker's connection.
+
+        ``AsgiFastStream(broker, asgi_routes=[("/natspubsub", pubsub.console(token=...))])``;
+        ``options`` are those of :class:`~faststream_natspubsub.console.OperationsConsole`.
+        """
+        from .console import OperationsConsole
+
+        return OperationsConsole(
+            lambda: self.broker.connection, env=self.env, app=self.app, **options
+        )
 
     # -- lifecycle -----------------------------------------------------------------------
 

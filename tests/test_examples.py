@@ -362,3 +362,16 @@ async def test_e12_in_memory_the_same_modules_under_test_nats_pubsub() -> None:
         await shop.publish("order.placed", e12.OrderPlaced(order_id="ORD-0", amount=0))
     assert [i.order_id for i, _ in seen.invoices] == ["ORD-9"]
     assert [(r.reason, r.app) for r in tp.dead_letters] == [("permanent_error", "billing")]
+
+
+@pytest.mark.nats
+async def test_e15_the_console_is_served_inside_the_asgi_app(server: EmbeddedNatsServer) -> None:
+    outcome = await load("e15_console").main(server.url)
+
+    assert outcome.health == 200
+    assert outcome.without_token == 303  # to the login form
+    assert "dev / payments" in outcome.overview
+    assert "permanent_error" in outcome.overview
+    assert "Outbox pending" in outcome.overview  # the stand-in outbox provider
+    assert "card declined for PAY-1" in outcome.record
+    assert "Replay…" in outcome.record

@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from . import dlq, topology
+from .console import console
 from .health import health
 from .options import EXIT_USAGE
 from .output import echo_error
@@ -20,7 +21,10 @@ __all__ = ("app", "main")
 
 app = typer.Typer(
     name="natspubsub",
-    help="Operate NatsPubsub applications on NATS JetStream: topology, dead letters, health.",
+    help=(
+        "Operate NatsPubsub applications on NATS JetStream: topology, dead letters, health, "
+        "and a web console."
+    ),
     no_args_is_help=True,
     # Locals can hold passwords and tokens; never print them with a traceback.
     pretty_exceptions_show_locals=False,
@@ -28,6 +32,7 @@ app = typer.Typer(
 app.add_typer(topology.app, name="topology")
 app.add_typer(dlq.app, name="dlq")
 app.command("health")(health)
+app.command("console")(console)
 
 
 @app.command()
