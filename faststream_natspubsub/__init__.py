@@ -4,7 +4,7 @@ Envelope, ``<env>.<app>.<topic>`` subjects, retries with backoff, a dead-letter 
 metadata for handlers, installed on a FastStream ``NatsBroker`` by :class:`NatsPubsub`.
 """
 
-from .annotations import CurrentEnvelope, EventMetadata
+from .annotations import CurrentEnvelope, EventMetadata, InboxSession
 from .asyncapi import AsyncAPI
 from .batch import BatchFailure, BatchMetadata, BatchSettings
 from .dlq import DeadLetterReason, DeadLetterRecord
@@ -32,6 +32,7 @@ from .publishing import OutgoingEvent, PublishResult
 from .retry import RetryPolicy
 from .subjects import SubjectParts, build_subject, parse_subject
 from .topology import StreamSettings
+from .transactional import InboxKey, InboxTransaction, TransactionalInboxStore
 
 __all__ = (
     "AckHeartbeatMiddleware",
@@ -51,8 +52,11 @@ __all__ = (
     "EnvelopeMiddleware",
     "EventMetadata",
     "FailureMiddleware",
+    "InboxKey",
     "InboxMiddleware",
+    "InboxSession",
     "InboxStore",
+    "InboxTransaction",
     "KvInboxStore",
     "LeaseReporter",
     "MalformedEnvelopeError",
@@ -71,6 +75,7 @@ __all__ = (
     "SubjectError",
     "SubjectParts",
     "TopologyError",
+    "TransactionalInboxStore",
     "build_subject",
     "parse_subject",
 )

@@ -55,6 +55,7 @@ from .subjects import (
 )
 from .topology import ConsumerSpec, StreamSettings, StreamSpec, Topology
 from .tracing import TraceContextMiddleware, current_trace_metadata, tracing_configured
+from .transactional import TransactionalInboxStore
 
 if TYPE_CHECKING:
     from faststream.asgi.handlers import GetHandler
@@ -63,8 +64,10 @@ if TYPE_CHECKING:
     from faststream.nats.subscriber.usecases.basic import LogicSubscriber
     from nats.js import JetStreamContext
     from opentelemetry.metrics import MeterProvider
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
     from .batch import BatchSettings
+    from .sql import Outbox, OutboxOptions
 
 __all__ = ("DLQ_MAX_AGE", "NatsPubsub", "PubsubRouter")
 
@@ -102,7 +105,7 @@ class NatsPubsub:
         app: str,
         retry: RetryPolicy | None = None,
         dlq: bool = True,
-        inbox: InboxStore | str | None = None,
+        inbox: InboxStore | TransactionalInboxStore | str | None = None,
         inbox_ttl: float = DEFAULT_INBOX_TTL,
         app_version: str | None = None,
         streams: StreamSettings | None = None,
@@ -110,6 +113,7 @@ class NatsPubsub:
         codec: EnvelopeCodec | None = None,
         meter_provider: MeterProvider | None = None,
         tracing: bool | None = None,
+        outbox: AsyncEngine | OutboxOptions | None = None,
     ) -> None:
         self.broker = broker
         self.env = normalize_env(env)
@@ -197,6 +201,12 @@ class NatsPubsub:
         self._subjects: dict[str, str] = {}
         self._js: tuple[NatsClient, JetStreamContext] | None = None
         self._pub_acks: PubAckRouter | None = None
+        self.outbox: Outbox | None = None
+        """The transactional outbox (``outbox=engine``; needs the ``[sql]`` extra)."""
+        if outbox is not None:
+            from .sql import Outbox  # the [sql] extra: a clear ImportError without it
+
+            self.outbox = Outbox.for_pubsub(self, outbox)
         self._install_start_hook()
 
     # -- declaring -----------------------------------------------------------------------
@@ -244,8 +254,10 @@ class NatsPubsub:
         self._pull_subscribers.add(subscriber)
         return subscriber  # type: ignore[no-any-return]
 
-    def _make_inbox_store(self, inbox: InboxStore | str | None, ttl: float) -> InboxStore | None:
-        if inbox is None or isinstance(inbox, InboxStore):
+    def _make_inbox_store(
+        self, inbox: InboxStore | TransactionalInboxStore | str | None, ttl: float
+    ) -> InboxStore | TransactionalInboxStore | None:
+        if inbox is None or isinstance(inbox, InboxStore | TransactionalInboxStore):
             return inbox
         if inbox == "memory":
             return MemoryInboxStore(ttl=ttl)
@@ -481,12 +493,16 @@ class NatsPubsub:
             connection: NatsClient | None = self.broker.connection
         except IncorrectState:  # not connected (yet, or any more)
             connection = None
-        return await check_health(
+        report = await check_health(
             connection,
             streams=list(self.topology.streams),
             consumers=list(self.topology.consumers),
             max_pending=max_pending,
         )
+        if self.outbox is not None:
+            outbox = await self.outbox.health()
+            report = HealthReport.from_components({**report.components, "outbox": outbox})
+        return report
 
     def health_route(self, *, max_pending: int = DEFAULT_MAX_PENDING) -> GetHandler:
         """An ASGI route for FastStream's ``AsgiFastStream``: 200, or 503 when unhealthy.
@@ -556,8 +572,12 @@ class NatsPubsub:
             await original_start()
             for subscriber in self._pull_subscribers:
                 BatchFetcher.install(getattr(subscriber, "subscription", None))
+            if self.outbox is not None:
+                await self.outbox.start(connection)
 
         async def stop(*args: Any, **kwargs: Any) -> None:
+            if self.outbox is not None:
+                await self.outbox.stop()  # the window in flight still has the connection
             if self._watcher is not None:
                 await self._watcher.stop()
                 self._watcher = None

@@ -45,7 +45,7 @@ class PubsubMetrics:
         self.enabled = meter_provider is not None or not isinstance(
             metrics.get_meter_provider(), _NoSdkProviders
         )
-        meter = metrics.get_meter(package, meter_provider=meter_provider)
+        self.meter = meter = metrics.get_meter(package, meter_provider=meter_provider)
 
         def counter(name: str) -> metrics.Counter:
             unit, description = METRIC_NAMES[name]

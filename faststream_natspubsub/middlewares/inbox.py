@@ -17,7 +17,7 @@ import contextlib
 import logging
 import weakref
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from faststream.exceptions import AckMessage, NackMessage
 
@@ -25,8 +25,10 @@ from ..inbox import ClaimResult, InboxStore, KvInboxStore, LeaseReporter
 from ..metadata import INBOUND_ATTRIBUTE
 from ..metrics import PubsubMetrics
 from ..tracing import record_span_event
+from ..transactional import TransactionalInboxStore
 from ._delegate import ConsumeDelegate
 from .failure import EXHAUSTED_ATTRIBUTE, AttemptsExhausted, delivery_count
+from .transactional import consume_in_transaction
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -59,12 +61,14 @@ class InboxMiddleware:
 
     def __init__(
         self,
-        store: InboxStore,
+        store: InboxStore | TransactionalInboxStore,
         *,
         metrics: PubsubMetrics | None = None,
         on_duplicate: Callable[[InboundEvent], None] | None = None,
     ) -> None:
-        self.store = store
+        # A transactional store (SQL) takes its own branch; ``store`` is then unused.
+        self.transactional = store if isinstance(store, TransactionalInboxStore) else None
+        self.store = cast("InboxStore", store)
         self.metrics = metrics or PubsubMetrics()
         self.on_duplicate = on_duplicate
         self.duplicates = 0
@@ -130,6 +134,10 @@ class InboxMiddleware:
             if getattr(msg, EXHAUSTED_ATTRIBUTE, False):
                 raise AttemptsExhausted
             return await call_next(msg)
+        if self.transactional is not None:
+            return await consume_in_transaction(
+                self, self.transactional, context, msg, call_next, inbound, subscriber
+            )
         if self._unbound_kv is not None:
             self.stand_in_if_in_memory(msg.raw_message)
         prefix, lease = self.scope(subscriber)
