@@ -38,14 +38,13 @@ def orders_app(
     **options: Any,
 ) -> NatsPubsub:
     meter_provider = options.pop("meter_provider", None)
-    pubsub = NatsPubsub(
+    return NatsPubsub(
         broker or new_broker(server),
         env="test",
         app="orders",
         meter_provider=meter_provider,
         outbox=OutboxOptions(engine=engine, **options),
     )
-    return pubsub
 
 
 def outbox_of(pubsub: NatsPubsub) -> Outbox:
@@ -181,7 +180,7 @@ async def test_a_row_whose_subject_no_stream_holds_fails_and_does_not_block(
             )
         )
     async with running(pubsub.broker):
-        (after,) = await add(outbox, 1)
+        await add(outbox, 1)
         await wait_until(lambda: outbox.relay.published == 1, message="the row behind it")
         await wait_until(lambda: outbox.relay.failed == 1, message="the orphan failed")
         failed = await outbox.failed_rows()
