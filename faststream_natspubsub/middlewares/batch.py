@@ -234,6 +234,8 @@ class _BatchRun:
             else:
                 succeeded.append(item)
         if self._tx is not None:
+            if not succeeded:
+                return  # nothing to keep: the handler's writes are rolled back
             try:
                 await self._tx.commit()  # the marks and the handler's writes, together
             except Exception as exc:  # noqa: BLE001 - nothing was committed: all of them failed
