@@ -13,6 +13,7 @@ from ._require import require_sql_extra
 
 require_sql_extra("faststream_natspubsub.sql")
 
+from .dialects import use_sqlite_wal  # noqa: E402
 from .inbox import SqlInboxStore  # noqa: E402
 from .options import OutboxOptions  # noqa: E402
 from .outbox import Outbox, OutboxStatus  # noqa: E402
@@ -36,4 +37,5 @@ __all__ = (
     "outbox_table",
     "render_ddl",
     "tables_metadata",
+    "use_sqlite_wal",
 )

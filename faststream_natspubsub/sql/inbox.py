@@ -42,7 +42,7 @@ __all__ = ("SqlInboxStore", "SqlInboxTransaction")
 
 logger = logging.getLogger("faststream_natspubsub.sql.inbox")
 
-# Marks inserted per statement (bind parameters stay far below every driver's limit).
+# Marks deleted per statement (bind parameters stay far below every driver's limit).
 _CHUNK: Final = 1000
 # Seconds between two purges of marks older than the TTL (run in the background).
 DEFAULT_PURGE_INTERVAL: Final = 3600.0
@@ -127,19 +127,15 @@ class SqlInboxStore:
     async def _claim(self, session: AsyncSession, keys: Sequence[InboxKey]) -> list[bool]:
         unique = list(dict.fromkeys(keys))
         now = datetime.now(timezone.utc)
-        inserted: set[tuple[str, str, str]] = set()
-        for start in range(0, len(unique), _CHUNK):
-            rows = [
-                {
-                    "consumer": k.consumer,
-                    "topic": k.topic,
-                    "event_id": k.event_id,
-                    "processed_at": now,
-                }
-                for k in unique[start : start + _CHUNK]
-            ]
-            result = await session.execute(self._insert.values(rows))
-            inserted.update((r[0], r[1], r[2]) for r in result.all())
+        rows = [
+            {"consumer": k.consumer, "topic": k.topic, "event_id": k.event_id, "processed_at": now}
+            for k in unique
+        ]
+        # An executemany on the session's connection: SQLAlchemy sends it as multi-row
+        # INSERTs from one cached statement (a .values(list) would be compiled every time).
+        connection = await session.connection()
+        result = await connection.execute(self._insert, rows)
+        inserted = {(r[0], r[1], r[2]) for r in result.all()}
         outcomes: list[bool] = []
         for key in keys:  # a second copy of one event in one batch is a duplicate
             as_tuple = (key.consumer, key.topic, key.event_id)

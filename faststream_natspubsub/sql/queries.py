@@ -75,13 +75,22 @@ class OutboxQueries:
         self.table = table
         self.dialect = dialect
         self._now = db_epoch(dialect)
+        # Built once with bind parameters: the relay runs them for every window.
+        self._claim = self._claim_statement()
+        self._published = (
+            sa.update(table)
+            .where(
+                table.c.id.in_(sa.bindparam("b_ids", expanding=True)),
+                table.c.lease_owner == sa.bindparam("b_owner", type_=sa.String()),
+            )
+            .values(status=PUBLISHED, published_at=sa.bindparam("b_at"), lease_owner=None)
+        )
 
-    async def claim(self, *, owner: str, stream: str, limit: int, lease: float) -> list[ClaimedRow]:
-        """Lease up to ``limit`` of ``stream``'s oldest available pending rows, in id order.
-
-        Nothing when another relay holds an unexpired lease on this stream's rows.
-        """
+    def _claim_statement(self) -> Any:
         t, now = self.table, self._now
+        # Bind names differ from column names: an UPDATE reserves those.
+        stream = sa.bindparam("b_stream", type_=sa.String())
+        owner = sa.bindparam("b_owner", type_=sa.String())
         other = t.alias("held")
         held_elsewhere = sa.exists().where(
             other.c.stream == stream,
@@ -94,21 +103,31 @@ class OutboxQueries:
             sa.select(t.c.id)
             .where(t.c.stream == stream, t.c.status == PENDING, t.c.available_at <= now)
             .order_by(t.c.id)
-            .limit(limit)
+            .limit(sa.bindparam("b_limit", type_=sa.Integer()))
         )
         if self.dialect == "postgresql":
             # Rows someone else is updating (an operator's retry) are left for the next window.
             window = window.with_for_update(skip_locked=True)
-        statement = (
+        return (
             sa.update(t)
             .where(t.c.id.in_(window.scalar_subquery()), ~held_elsewhere)
-            .values(lease_owner=owner, available_at=now + lease)
+            .values(
+                lease_owner=owner,
+                available_at=now + sa.bindparam("b_lease", type_=sa.Float(53)),
+            )
             .returning(t.c.id, t.c.event_id, t.c.subject, t.c.payload, t.c.headers, t.c.attempts)
         )
+
+    async def claim(self, *, owner: str, stream: str, limit: int, lease: float) -> list[ClaimedRow]:
+        """Lease up to ``limit`` of ``stream``'s oldest available pending rows, in id order.
+
+        Nothing when another relay holds an unexpired lease on this stream's rows.
+        """
+        params = {"b_owner": owner, "b_stream": stream, "b_limit": limit, "b_lease": lease}
         async with self.engine.begin() as connection:
             if self.dialect == "postgresql":
-                await connection.execute(advisory_lock(t, stream))
-            rows = (await connection.execute(statement)).all()
+                await connection.execute(advisory_lock(self.table, stream))
+            rows = (await connection.execute(self._claim, params)).all()
         claimed = [ClaimedRow(r[0], r[1], r[2], bytes(r[3]), r[4], r[5]) for r in rows]
         claimed.sort(key=lambda row: row.id)
         return claimed
@@ -139,9 +158,7 @@ class OutboxQueries:
         async with self.engine.begin() as connection:
             if published:
                 await connection.execute(
-                    sa.update(t)
-                    .where(t.c.id.in_(published), mine)
-                    .values(status=PUBLISHED, published_at=now, lease_owner=None)
+                    self._published, {"b_ids": list(published), "b_owner": owner, "b_at": now}
                 )
             for row_id, error in failed:
                 await connection.execute(
@@ -166,19 +183,16 @@ class OutboxQueries:
                     )
                 )
 
-    async def release(self, *, owner: str, ids: Sequence[int], error: str) -> None:
-        """Give rows back at once, in order (NATS was unreachable for the whole window)."""
+    async def release(self, *, owner: str, ids: Sequence[int], error: str | None = None) -> None:
+        """Give rows back at once, in order: unsent (``error`` None), or NATS was unreachable
+        for their whole window (``error`` says why; it counts as an attempt)."""
         t = self.table
+        values: dict[str, Any] = {"available_at": 0.0, "lease_owner": None}
+        if error is not None:
+            values.update(attempts=t.c.attempts + 1, last_error=error[:MAX_ERROR_LENGTH])
         async with self.engine.begin() as connection:
             await connection.execute(
-                sa.update(t)
-                .where(t.c.id.in_(ids), t.c.lease_owner == owner)
-                .values(
-                    attempts=t.c.attempts + 1,
-                    last_error=error[:MAX_ERROR_LENGTH],
-                    available_at=0.0,
-                    lease_owner=None,
-                )
+                sa.update(t).where(t.c.id.in_(ids), t.c.lease_owner == owner).values(values)
             )
 
     async def purge_published(self, *, older_than: float, limit: int = 10_000) -> int:

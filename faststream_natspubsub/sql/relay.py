@@ -27,6 +27,7 @@ import re
 import socket
 import time
 import uuid
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Final
 
@@ -35,7 +36,7 @@ from pydantic_core import from_json
 
 from ..envelope import format_timestamp
 from ..errors import MessageTooLargeError, PublishError
-from ..pipeline import PipelinedItem, PubAckRouter, header_block, header_value
+from ..pipeline import PipelinedItem, PubAckRouter, header_block, header_line, header_value
 from ..publishing import PUBLISH_RETRY_DELAYS, RETRIABLE_PUBLISH_ERRORS
 from .queries import Retry
 
@@ -55,6 +56,20 @@ _SUBJECT: Final = re.compile(r"[^\s*>]+")
 _FIRST_BACKOFF: Final = 0.5
 # Seconds between purges of published rows past the retention.
 _PURGE_INTERVAL: Final = 60.0
+# Distinct stored header sets whose opening is kept (each traced row has its own).
+_OPENINGS_LIMIT: Final = 1024
+
+
+@dataclass(slots=True, kw_only=True)
+class _Outcome:
+    """What became of one window's rows."""
+
+    ids: list[int]
+    published: list[int] = field(default_factory=list)
+    failed: list[tuple[int, str]] = field(default_factory=list)
+    retry: list[Retry] = field(default_factory=list)
+    outage: str | None = None
+    """Set when nothing went through (NATS down or not answering): why."""
 
 
 def backoff_delay(attempts: int, max_backoff: float) -> float:
@@ -85,6 +100,7 @@ class OutboxRelay:
         self._next_purge = 0.0
         self._next_stats = 0.0
         self._idle = False
+        self._openings: dict[str, bytes] = {}
 
     @property
     def running(self) -> bool:
@@ -115,19 +131,49 @@ class OutboxRelay:
             await task
 
     async def _run(self) -> None:
+        # The next window is claimed while this one is published, and this one is settled
+        # while the next is published: the database's round trips hide behind NATS's. A
+        # window is sent only once the one before it has its PubAcks, so order holds.
+        ahead: asyncio.Task[list[ClaimedRow]] | None = None
+        settling: asyncio.Task[None] | None = None
         while not self._stopping.is_set():
             self._wakeup.clear()
+            full = False
             try:
-                full = await self.relay_once()
+                rows = await ahead if ahead is not None else await self._claim()
+                ahead = None
+                if rows:
+                    full = len(rows) >= self.options.batch_size
+                    if full:
+                        ahead = asyncio.get_running_loop().create_task(self._claim())
+                    outcome = await self._send(rows)
+                    settling, previous = None, settling
+                    if previous is not None:
+                        await previous
+                    if outcome.outage is None:
+                        settling = asyncio.get_running_loop().create_task(self._settle(outcome))
+                    else:
+                        full = False
+                        await self._give_back(outcome, ahead)
+                        ahead = None
                 await self._maintain()
             except Exception:  # the database is unreachable, say: keep trying
                 logger.exception("outbox relay of %s failed; retrying", self.stream)
                 full = False
                 self._outages += 1
+                await self._abandon(ahead)
+                ahead = None
             if self._outages:
                 await self._pause(backoff_delay(self._outages, self.options.max_backoff))
             elif not full:
                 await self._wait(self.options.poll_interval)
+        # Stopping: the window in flight is settled; one claimed ahead is given back unsent.
+        await self._abandon(ahead)
+        if settling is not None:
+            try:
+                await settling
+            except Exception:  # its rows' lease runs out; their re-publish is a duplicate
+                logger.exception("outbox relay of %s could not record its last window", self.stream)
 
     async def _pause(self, seconds: float) -> None:
         """Sleep ``seconds`` whatever commits happen meanwhile; ``stop`` ends it."""
@@ -143,35 +189,37 @@ class OutboxRelay:
         else:
             self._idle = False
 
-    async def relay_once(self) -> bool:
-        """Claim and publish one window; True when it was full (more rows are likely)."""
+    async def _claim(self) -> list[ClaimedRow]:
+        """The next window: up to ``batch_size`` rows, in id order (nothing while NATS is
+        unreachable, or another relay holds this stream's rows)."""
         connection = self._connection
         if connection is None or not connection.is_connected:
             self._outages += 1  # reconnecting: nothing can be published
-            return False
-        options = self.options
+            return []
         if self._idle and not await self.queries.has_available(self.stream):
-            return False  # a read first: an idle relay takes no write lock on each poll
+            return []  # a read first: an idle relay takes no write lock on each poll
+        options = self.options
         rows = await self.queries.claim(
             owner=self.owner, stream=self.stream, limit=options.batch_size, lease=options.lease
         )
         self._idle = not rows
         if not rows:
             self._outages = 0
-            return False
-        await self._publish(rows)
-        return len(rows) >= options.batch_size
+        return rows
 
-    async def _publish(self, rows: list[ClaimedRow]) -> None:
+    async def _send(self, rows: list[ClaimedRow]) -> _Outcome:
+        """Publish one window (with the quick retries) and sort its rows by outcome."""
         assert self._router is not None
-        now = format_timestamp(datetime.now(timezone.utc))
+        published_at = header_line(
+            "Nats-Published-At", format_timestamp(datetime.now(timezone.utc))
+        )
         items: list[tuple[ClaimedRow, PipelinedItem]] = []
-        failed: list[tuple[int, str]] = []
+        outcome = _Outcome(ids=[row.id for row in rows])
         for row in rows:
             try:
-                items.append((row, self._item(row, now)))
+                items.append((row, self._item(row, published_at)))
             except (ValueError, PublishError) as exc:
-                failed.append((row.id, f"unusable row: {exc}"))
+                outcome.failed.append((row.id, f"unusable row: {exc}"))
         pending = [item for _, item in items]
         for delay in (*PUBLISH_RETRY_DELAYS, None):
             await self._router.send_round(pending, self.options.publish_timeout)
@@ -179,52 +227,89 @@ class OutboxRelay:
             if not pending or delay is None:
                 break
             await asyncio.sleep(delay)
-        published: list[int] = []
         transient: list[tuple[ClaimedRow, str]] = []
         missing_stream = await self._stream_missing(items)
         for row, item in items:
             if item.error is None:
-                published.append(row.id)
+                outcome.published.append(row.id)
             elif _refused_for_good(item.error) or (missing_stream and _no_stream(item.error)):
-                failed.append((row.id, _reason(item.error, missing_stream)))
+                outcome.failed.append((row.id, _reason(item.error, missing_stream)))
             else:
                 transient.append((row, _reason(item.error, False)))
-        if transient and not published and not failed:
-            # Nothing went through: NATS is down or not answering. Keep the order.
-            self._outages += 1
-            await self.queries.release(
-                owner=self.owner, ids=[row.id for row, _ in transient], error=transient[0][1]
-            )
-            logger.warning(
-                "outbox relay of %s could not publish %d rows (%s); backing off",
-                self.stream,
-                len(transient),
-                transient[0][1],
-            )
-            return
-        self._outages = 0
-        retry = [
+        if transient and not outcome.published and not outcome.failed:
+            outcome.outage = transient[0][1]  # nothing went through: keep the order
+            return outcome
+        outcome.retry = [
             Retry(row.id, backoff_delay(row.attempts + 1, self.options.max_backoff), error)
             for row, error in transient
         ]
-        await self.queries.settle(owner=self.owner, published=published, failed=failed, retry=retry)
-        self._count(published, failed)
+        return outcome
 
-    def _item(self, row: ClaimedRow, now: str) -> PipelinedItem:
+    async def _settle(self, outcome: _Outcome) -> None:
+        await self.queries.settle(
+            owner=self.owner,
+            published=outcome.published,
+            failed=outcome.failed,
+            retry=outcome.retry,
+        )
+        self._outages = 0
+        self._count(outcome.published, outcome.failed)
+
+    async def _give_back(
+        self, outcome: _Outcome, ahead: asyncio.Task[list[ClaimedRow]] | None
+    ) -> None:
+        """NATS took nothing of the window: give it back in order, and the next one unsent."""
+        self._outages += 1
+        logger.warning(
+            "outbox relay of %s could not publish %d rows (%s); backing off",
+            self.stream,
+            len(outcome.ids),
+            outcome.outage,
+        )
+        await self.queries.release(owner=self.owner, ids=outcome.ids, error=outcome.outage or "")
+        await self._abandon(ahead)
+
+    async def _abandon(self, ahead: asyncio.Task[list[ClaimedRow]] | None) -> None:
+        """Give back the rows of a window claimed ahead and not sent (as they were)."""
+        if ahead is None:
+            return
+        try:
+            rows = await ahead
+            if rows:
+                await self.queries.release(owner=self.owner, ids=[row.id for row in rows])
+        except Exception:  # noqa: BLE001 - its lease runs out instead
+            logger.warning("outbox relay of %s kept a claim until its lease ends", self.stream)
+
+    def _item(self, row: ClaimedRow, published_at: bytes) -> PipelinedItem:
         if not row.event_id or not _SUBJECT.fullmatch(row.subject):
             raise ValueError(f"subject {row.subject!r} or event id {row.event_id!r} is invalid")
-        stored = from_json(row.headers) if row.headers else {}
+        headers = (
+            self._header_opening(row.headers)
+            + published_at
+            + b"Nats-Msg-Id: "
+            + header_value(row.event_id)
+            + b"\r\n\r\n"
+        )
+        return PipelinedItem(
+            event_id=row.event_id, subject=row.subject, payload=row.payload, headers=headers
+        )
+
+    def _header_opening(self, stored_json: str) -> bytes:
+        """The header block's opening for a row's stored headers (rows without a trace share
+        theirs: it is built once)."""
+        opening = self._openings.get(stored_json)
+        if opening is not None:
+            return opening
+        stored = from_json(stored_json) if stored_json else {}
         if not isinstance(stored, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in stored.items()
         ):
             raise ValueError("headers are not a JSON object of strings")
-        headers = header_block(
-            {**stored, "Nats-Expected-Stream": self.stream, "Nats-Published-At": now}
-        )
-        headers += b"Nats-Msg-Id: " + header_value(row.event_id) + b"\r\n\r\n"
-        return PipelinedItem(
-            event_id=row.event_id, subject=row.subject, payload=row.payload, headers=headers
-        )
+        opening = header_block({**stored, "Nats-Expected-Stream": self.stream})
+        if len(self._openings) >= _OPENINGS_LIMIT:
+            self._openings.clear()
+        self._openings[stored_json] = opening
+        return opening
 
     async def _stream_missing(self, items: list[tuple[ClaimedRow, PipelinedItem]]) -> bool:
         """Whether "no responders" means no stream holds the subject (not a passing outage)."""
