@@ -301,3 +301,16 @@ def test_e10_the_example_tests_pass_under_pytest() -> None:
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
     assert "3 passed" in completed.stdout
+
+
+@pytest.mark.nats
+async def test_e11_the_outbox_publishes_committed_orders_and_the_sql_inbox_charges_once(
+    server: EmbeddedNatsServer, tmp_path: Path
+) -> None:
+    outcome = await load("e11_outbox_sql_inbox").main(server.url, tmp_path)
+
+    # Two committed orders published, the rolled-back one not; the copy charged nothing
+    assert outcome.published == 2
+    assert [event_id for _, event_id in outcome.payments] == outcome.placed
+    assert [order_id for order_id, _ in outcome.payments] == ["ORD-1", "ORD-2"]
+    assert outcome.duplicates == 1
