@@ -21,7 +21,7 @@ import contextlib
 import shutil
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -45,6 +45,7 @@ LABELS: Final = {
     "plugin-sql-inbox-postgresql": "plugin + SQL inbox, PG",
     "plugin-batch-sql-inbox-sqlite": "batch + SQL inbox, SQLite",
     "plugin-batch-sql-inbox-postgresql": "batch + SQL inbox, PG",
+    "publish_many": "publish_many (same run)",
     "outbox-sqlite": "outbox relay, SQLite",
     "outbox-postgresql": "outbox relay, PG",
 }
@@ -98,21 +99,44 @@ async def databases() -> AsyncIterator[Databases]:
 
 
 async def outbox_relay(
-    url: str, dbs: Databases, *, count: int, rounds: int, topic: str, env: str, app: str
+    url: str,
+    dbs: Databases,
+    *,
+    count: int,
+    rounds: int,
+    topic: str,
+    env: str,
+    app: str,
+    publish_many: Callable[[], Awaitable[tuple[float, float]]],
 ) -> dict[str, Any]:
-    """Relay throughput per database: rows published per second, from start to the last."""
-    runs: dict[str, list[float]] = {f"outbox-{name}": [] for name in dbs.urls}
+    """Relay throughput per database: rows published per second, from start to the last.
+
+    ``publish_many`` (the same events, in windows of 256) runs in every round next to the
+    relays, in rotating order, so the ratio compares runs taken side by side.
+    """
+    runs: dict[str, list[float]] = {"publish_many": [], **{f"outbox-{n}": [] for n in dbs.urls}}
     cpu: dict[str, list[float]] = {name: [] for name in runs}
     broker = NatsBroker(url, logger=None)
     await broker.connect()
     try:
         for round_no in range(rounds):
-            for name in dbs.urls:
-                rate, cpu_us = await _relay_round(
-                    broker, dbs.engine(name), count, f"r{round_no}_", topic, env, app
-                )
-                runs[f"outbox-{name}"].append(rate)
-                cpu[f"outbox-{name}"].append(cpu_us)
+            names = list(runs)
+            shift = round_no % len(names)
+            for name in names[shift:] + names[:shift]:
+                if name == "publish_many":
+                    rate, cpu_us = await publish_many()
+                else:
+                    rate, cpu_us = await _relay_round(
+                        broker,
+                        dbs.engine(name.removeprefix("outbox-")),
+                        count,
+                        f"r{round_no}_",
+                        topic,
+                        env,
+                        app,
+                    )
+                runs[name].append(rate)
+                cpu[name].append(cpu_us)
     finally:
         await broker.stop()
     return {
