@@ -304,10 +304,10 @@ def test_e10_the_example_tests_pass_under_pytest() -> None:
 
 
 @pytest.mark.nats
-async def test_e11_the_outbox_publishes_committed_orders_and_the_sql_inbox_charges_once(
+async def test_e14_the_outbox_publishes_committed_orders_and_the_sql_inbox_charges_once(
     server: EmbeddedNatsServer, tmp_path: Path
 ) -> None:
-    outcome = await load("e11_outbox_sql_inbox").main(server.url, tmp_path)
+    outcome = await load("e14_outbox_sql_inbox").main(server.url, tmp_path)
 
     # Two committed orders published, the rolled-back one not; the copy charged nothing
     assert outcome.published == 2

@@ -1,6 +1,6 @@
 """Two services, each with its own database: the outbox on one side, the SQL inbox on the other.
 
-``python examples/e11_outbox_sql_inbox.py`` runs it on a throw-away ``nats-server`` with two
+``python examples/e14_outbox_sql_inbox.py`` runs it on a throw-away ``nats-server`` with two
 SQLite files (PostgreSQL works the same: ``postgresql+asyncpg://...``). Needs the ``[sql]``
 extra.
 
