@@ -224,26 +224,32 @@ async def test_stop_finishes_the_window_in_flight_and_leaves_no_row_leased(
 async def test_two_relays_on_one_database_store_each_row_once_in_order_and_take_over(
     server: EmbeddedNatsServer, engine: AsyncEngine
 ) -> None:
-    first = orders_app(server, engine, batch_size=20, poll_interval=0.05)
-    second = orders_app(server, engine, batch_size=20, poll_interval=0.05)
-    await outbox_of(first).create_tables()
-    async with running(second.broker):
-        await first.broker.start()
-        try:
-            event_ids = await add(outbox_of(first), 400)
-            # Both run; the one holding the stream's windows publishes, the other waits
-            await wait_until(lambda: outbox_of(first).relay.published >= 100, timeout=30)
-        finally:
-            await first.broker.stop()  # when it stops, the other takes over
-        await wait_until(
-            lambda: outbox_of(first).relay.published + outbox_of(second).relay.published == 400,
-            timeout=30,
-            message="every row published",
-        )
-        in_stream = await stored(second.broker.connection.jetstream(), second.stream)
+    apps = [orders_app(server, engine, batch_size=20, poll_interval=0.05) for _ in range(2)]
+    await outbox_of(apps[0]).create_tables()
+
+    def total() -> int:
+        return sum(outbox_of(app).relay.published for app in apps)
+
+    running_apps = list(apps)
+    for app in apps:
+        await app.broker.start()
+    try:
+        event_ids = await add(outbox_of(apps[0]), 2000)  # 100 windows: it stops mid-way
+        # Both run; the one holding the stream's windows publishes, the other waits
+        await wait_until(lambda: total() >= 100, timeout=30, message="a first part published")
+        active = max(apps, key=lambda app: outbox_of(app).relay.published)
+        standby = apps[1 - apps.index(active)]
+        before = outbox_of(standby).relay.published
+        await active.broker.stop()  # when it stops, the other takes over
+        running_apps.remove(active)
+        await wait_until(lambda: total() == 2000, timeout=60, message="every row published")
+        in_stream = await stored(standby.broker.connection.jetstream(), standby.stream)
+    finally:
+        for app in running_apps:
+            await app.broker.stop()
 
     assert [msg_id for msg_id, _ in in_stream] == event_ids
-    assert outbox_of(second).relay.published > 0
+    assert outbox_of(standby).relay.published > before
 
 
 async def test_published_rows_are_deleted_after_the_retention(
