@@ -4,7 +4,7 @@ Envelope, ``<env>.<app>.<topic>`` subjects, retries with backoff, a dead-letter 
 metadata for handlers, installed on a FastStream ``NatsBroker`` by :class:`NatsPubsub`.
 """
 
-from .annotations import CurrentEnvelope, EventMetadata
+from .annotations import CurrentEnvelope, EventMetadata, InboxSession
 from .asyncapi import AsyncAPI
 from .batch import BatchMetadata, BatchSettings
 from .codecs import (
@@ -53,6 +53,7 @@ from .retry import RetryPolicy
 from .router import PubsubRouter
 from .subjects import ForeignApp, SubjectParts, build_subject, consumer_name, parse_subject
 from .topology import StreamSettings
+from .transactional import InboxKey, InboxTransaction, TransactionalInboxStore
 
 __all__ = (
     "AckHeartbeatMiddleware",
@@ -82,8 +83,11 @@ __all__ = (
     "HealthReport",
     "HealthStatus",
     "HostVersionError",
+    "InboxKey",
     "InboxMiddleware",
+    "InboxSession",
     "InboxStore",
+    "InboxTransaction",
     "JsonCodec",
     "KvInboxStore",
     "LeaseReporter",
@@ -111,6 +115,7 @@ __all__ = (
     "SubjectError",
     "SubjectParts",
     "TopologyError",
+    "TransactionalInboxStore",
     "build_subject",
     "consumer_name",
     "parse_subject",

@@ -34,6 +34,7 @@ from .runtime import AppRuntime
 from .subjects import dlq_stream_name, dlq_subject_prefix, normalize_app, normalize_env
 from .topology import StreamSettings, StreamSpec, Topology
 from .tracing import tracing_configured
+from .transactional import TransactionalInboxStore
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -45,12 +46,14 @@ if TYPE_CHECKING:
     from faststream.nats.subscriber.usecases.basic import LogicSubscriber
     from nats.aio.client import Client as NatsClient
     from opentelemetry.metrics import MeterProvider
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
     from .advisories import MaxDeliveriesWatcher
     from .batch import BatchSettings
     from .codecs.base import Codec
     from .console import OperationsConsole
     from .publishing import PublishResult
+    from .sql import Outbox, OutboxOptions
     from .subjects import ForeignApp
 
 __all__ = ("DLQ_MAX_AGE", "NatsPubsub")
@@ -84,7 +87,7 @@ class NatsPubsub:
         app: str,
         retry: RetryPolicy | None = None,
         dlq: bool = True,
-        inbox: InboxStore | str | None = None,
+        inbox: InboxStore | TransactionalInboxStore | str | None = None,
         inbox_ttl: float = DEFAULT_INBOX_TTL,
         app_version: str | None = None,
         streams: StreamSettings | None = None,
@@ -96,12 +99,15 @@ class NatsPubsub:
         tracing: bool | None = None,
         compat: str | None = None,
         topology: str = "create",
+        outbox: AsyncEngine | OutboxOptions | None = None,
     ) -> None:
         """``compat="natspubsub-1.0"`` also writes what NatsPubsub 1.0 consumers read (the
         message again as ``payload``, ``producer``, a top-level ``trace_id``), for fleets that
         still run them; it roughly doubles the message's bytes on the wire.
         ``topology="verify"`` creates and updates nothing: the start checks that the streams
-        and consumers an operator declared fit the app."""
+        and consumers an operator declared fit the app. ``outbox=engine`` (an SQLAlchemy
+        ``AsyncEngine``, or ``OutboxOptions``; the ``[sql]`` extra) adds the transactional
+        outbox, ``pubsub.outbox``, whose relay runs while the broker runs."""
         if topology not in ("create", "verify"):
             raise ConfigurationError(f"topology must be 'create' or 'verify', not {topology!r}")
         self.topology_mode = topology
@@ -188,7 +194,15 @@ class NatsPubsub:
             metrics=self.metrics,
         )
         declarations.dlq_stream = self.dlq_stream
+        self.outbox: Outbox | None = None
+        """The transactional outbox (``outbox=engine``; needs the ``[sql]`` extra)."""
+        if outbox is not None:
+            from .sql import Outbox  # the [sql] extra: a clear ImportError without it
+
+            self.outbox = Outbox.for_pubsub(self, outbox)
+            declarations.publishes = True  # the relay publishes to the app's own stream
         lifecycle = PubsubLifecycle(
+            outbox=self.outbox,
             declarations=declarations,
             verify_only=topology == "verify",
             inbox_store=self.inbox_store,
@@ -321,12 +335,16 @@ class NatsPubsub:
             connection: NatsClient | None = self.broker.connection
         except IncorrectState:  # not connected (yet, or any more)
             connection = None
-        return await check_health(
+        report = await check_health(
             connection,
             streams=list(self._registrar.declarations.needed().streams),
             consumers=list(self.topology.consumers),
             max_pending=max_pending,
         )
+        if self.outbox is not None:
+            outbox = await self.outbox.health()
+            report = HealthReport.from_components({**report.components, "outbox": outbox})
+        return report
 
     def health_route(self, *, max_pending: int = DEFAULT_MAX_PENDING) -> GetHandler:
         """An ASGI route for FastStream's ``AsgiFastStream``: 200, or 503 when unhealthy.
@@ -358,8 +376,10 @@ class NatsPubsub:
         runs when the broker starts."""
         await self._registrar.lifecycle.declare(self.broker.connection.jetstream())
 
-    def _make_inbox_store(self, inbox: InboxStore | str | None, ttl: float) -> InboxStore | None:
-        if inbox is None or isinstance(inbox, InboxStore):
+    def _make_inbox_store(
+        self, inbox: InboxStore | TransactionalInboxStore | str | None, ttl: float
+    ) -> InboxStore | TransactionalInboxStore | None:
+        if inbox is None or isinstance(inbox, InboxStore | TransactionalInboxStore):
             return inbox
         if inbox == "memory":
             return MemoryInboxStore(ttl=ttl)

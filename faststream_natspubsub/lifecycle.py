@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from .dlq import DeadLetterWriter
     from .inbox import InboxStore
     from .metrics import PubsubMetrics
+    from .sql import Outbox
+    from .transactional import TransactionalInboxStore
 
 __all__ = ("PubsubLifecycle", "check_handler")
 
@@ -42,16 +44,18 @@ class PubsubLifecycle:
         *,
         declarations: Declarations,
         verify_only: bool,
-        inbox_store: InboxStore | None,
+        inbox_store: InboxStore | TransactionalInboxStore | None,
         dead_letters: DeadLetterWriter | None,
         publish: Callable[..., Awaitable[Any]],
         metrics: PubsubMetrics,
         handler_targets: HandlerTargets | None = None,
+        outbox: Outbox | None = None,
     ) -> None:
         self.declarations = declarations
         self.topology = declarations.topology
         self.verify_only = verify_only
         self.handler_targets = handler_targets
+        self.outbox = outbox
         self.inbox_store = inbox_store
         self.dead_letters = dead_letters
         self.publish = publish
@@ -112,11 +116,16 @@ class PubsubLifecycle:
             )
             await self._watcher.start(connection)
 
-    def started(self) -> None:
+    async def started(self, connection: NatsClient) -> None:
         for subscriber, _subject in self.subscribers:
             BatchFetcher.install(getattr(subscriber, "subscription", None))
+        if self.outbox is not None:
+            await self.own_stream_ready()  # the relay publishes to the app's own stream
+            await self.outbox.start(connection)
 
     async def stop(self) -> None:
+        if self.outbox is not None:
+            await self.outbox.stop()  # the window in flight still has the connection
         if self._watcher is not None:
             await self._watcher.stop()
             self._watcher = None

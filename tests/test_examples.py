@@ -375,3 +375,16 @@ async def test_e15_the_console_is_served_inside_the_asgi_app(server: EmbeddedNat
     assert "Outbox pending" in outcome.overview  # the stand-in outbox provider
     assert "card declined for PAY-1" in outcome.record
     assert "Replay…" in outcome.record
+
+
+@pytest.mark.nats
+async def test_e16_the_outbox_publishes_committed_orders_and_the_sql_inbox_charges_once(
+    server: EmbeddedNatsServer, tmp_path: Path
+) -> None:
+    outcome = await load("e16_outbox_sql_inbox").main(server.url, tmp_path)
+
+    # Two committed orders published, the rolled-back one not; the copy charged nothing
+    assert outcome.published == 2
+    assert [event_id for _, event_id in outcome.payments] == outcome.placed
+    assert [order_id for order_id, _ in outcome.payments] == ["ORD-1", "ORD-2"]
+    assert outcome.duplicates == 1

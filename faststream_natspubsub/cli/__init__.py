@@ -1,4 +1,4 @@
-"""The ``natspubsub`` command line: topology, dead letters and health, for operators.
+"""The ``natspubsub`` command line: topology, dead letters, outbox and health, for operators.
 
 Built with typer, like FastStream's own ``faststream`` command.
 """
@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from . import dlq, topology
+from . import dlq, outbox, topology
 from .console import console
 from .health import health
 from .options import EXIT_USAGE
@@ -22,8 +22,8 @@ __all__ = ("app", "main")
 app = typer.Typer(
     name="natspubsub",
     help=(
-        "Operate NatsPubsub applications on NATS JetStream: topology, dead letters, health, "
-        "and a web console."
+        "Operate NatsPubsub applications on NATS JetStream: topology, dead letters, outbox, "
+        "health, and a web console."
     ),
     no_args_is_help=True,
     # Locals can hold passwords and tokens; never print them with a traceback.
@@ -31,6 +31,7 @@ app = typer.Typer(
 )
 app.add_typer(topology.app, name="topology")
 app.add_typer(dlq.app, name="dlq")
+app.add_typer(outbox.app, name="outbox")
 app.command("health")(health)
 app.command("console")(console)
 

@@ -13,6 +13,14 @@ from faststream_natspubsub.testing import EmbeddedNatsServer
 
 
 @pytest.fixture
+async def server() -> AsyncIterator[EmbeddedNatsServer]:
+    """A private server per console test: consoles leave background scans and jobs behind
+    for a moment after a test, which must not reach the next test's DLQ."""
+    async with EmbeddedNatsServer() as embedded:
+        yield embedded
+
+
+@pytest.fixture
 def make_console(
     server: EmbeddedNatsServer,
 ) -> Callable[..., Any]:
