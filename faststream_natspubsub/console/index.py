@@ -205,7 +205,7 @@ class DeadLetterIndex:
             self._reset()
             return IndexState(exists=False, records=0, first_seq=0, last_seq=0, covered_from=0)
         state = info.state
-        created = info.created.isoformat() if info.created else ""
+        created = await _created(nc, self.stream, info)
         if created != self._created or state.last_seq < self._upto:
             self._reset()  # a new stream under the same name
             self._created = created
@@ -528,6 +528,24 @@ class RecordFacts:
     event_id: str
     error_type: str
     error_message: str
+
+
+async def _created(nc: Client, stream: str, info: Any) -> str:
+    """When the stream was created: what tells a stream from a new one of the same name.
+
+    nats-py reads it into ``StreamInfo.created`` from 2.13 on; before, the server's own answer
+    to ``$JS.API.STREAM.INFO`` (the same request) has it.
+    """
+    if hasattr(info, "created"):
+        created = info.created
+        return created.isoformat() if created else ""
+    reply = await nc.request(f"$JS.API.STREAM.INFO.{stream}", b"", timeout=5)
+    try:
+        data = from_json(reply.data)
+    except ValueError:
+        return ""
+    value = data.get("created") if isinstance(data, dict) else None
+    return value if isinstance(value, str) else ""
 
 
 def record_facts(data: bytes) -> RecordFacts:
