@@ -2,7 +2,8 @@
 
 Started by ``bench/run.py``; prints ``READY`` once subscribed and then one ``RESULT {json}``
 line. Contenders: ``plugin`` (NatsPubsub full stack), ``plugin-inbox`` (plus the memory
-inbox), ``faststream`` (plain subscriber, same pull settings), ``raw`` (nats-py fetch + ack).
+inbox), ``faststream`` (plain subscriber, same pull settings), ``raw`` (nats-py fetch + ack);
+``plugin-sql-inbox`` and ``plugin-batch-sql-inbox`` use ``SqlInboxStore`` on ``--database``.
 """
 
 from __future__ import annotations
@@ -43,7 +44,16 @@ class Sample(BaseModel):
     sent_ns: int
 
 
-KINDS = ("plugin", "plugin-inbox", "plugin-batch", "plugin-batch-inbox", "faststream", "raw")
+KINDS = (
+    "plugin",
+    "plugin-inbox",
+    "plugin-batch",
+    "plugin-batch-inbox",
+    "plugin-sql-inbox",
+    "plugin-batch-sql-inbox",
+    "faststream",
+    "raw",
+)
 
 
 class Probe:
@@ -117,12 +127,7 @@ async def _consume_faststream(args: argparse.Namespace, probe: Probe) -> None:
             probe.hit(body["message"]["sent_ns"] if latency else None)
 
     elif args.kind.startswith("plugin-batch"):
-        pubsub = NatsPubsub(
-            broker,
-            env=args.env,
-            app=args.app,
-            inbox="memory" if args.kind.endswith("inbox") else None,
-        )
+        pubsub = NatsPubsub(broker, env=args.env, app=args.app, inbox=_inbox(args))
         # Every item is decoded and validated into a model, per event outcome kept.
         batch_subscriber = pubsub.subscriber(
             args.topic,
@@ -137,12 +142,7 @@ async def _consume_faststream(args: argparse.Namespace, probe: Probe) -> None:
                 probe.hit(item.sent_ns if latency else None)
 
     else:
-        pubsub = NatsPubsub(
-            broker,
-            env=args.env,
-            app=args.app,
-            inbox=_memory_inbox(args) if args.kind == "plugin-inbox" else None,
-        )
+        pubsub = NatsPubsub(broker, env=args.env, app=args.app, inbox=_inbox(args))
         subscriber = pubsub.subscriber(
             args.topic, durable=args.durable, pull_sub=pull, max_workers=args.workers
         )
@@ -160,8 +160,18 @@ async def _consume_faststream(args: argparse.Namespace, probe: Probe) -> None:
         await broker.stop()
 
 
-def _memory_inbox(args: argparse.Namespace) -> Any:
-    """``inbox="memory"``, or a memory store with the bound asked for."""
+def _inbox(args: argparse.Namespace) -> Any:
+    """The contender's inbox: none, memory (with the bound asked for), or SQL."""
+    if args.kind.endswith("sql-inbox"):
+        from sqlalchemy.ext.asyncio import create_async_engine
+
+        from faststream_natspubsub.sql import SqlInboxStore, use_sqlite_wal
+
+        engine = create_async_engine(args.database)
+        use_sqlite_wal(engine)
+        return SqlInboxStore(engine)
+    if not args.kind.endswith("inbox"):
+        return None
     return MemoryInboxStore(max_entries=args.inbox_entries) if args.inbox_entries else "memory"
 
 
@@ -246,6 +256,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--inbox-entries", type=int, default=0, help="bound of the memory inbox (0: default)"
     )
     parser.add_argument("--profile", help="write cProfile stats of the whole run here")
+    parser.add_argument("--database", help="SQLAlchemy URL for the SQL inbox contenders")
     return parser.parse_args(argv)
 
 

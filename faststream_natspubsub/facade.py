@@ -37,6 +37,7 @@ from .runtime import AppRuntime
 from .subjects import dlq_stream_name, dlq_subject_prefix, normalize_app, normalize_env
 from .topology import StreamSettings, StreamSpec, Topology
 from .tracing import tracing_configured
+from .transactional import TransactionalInboxStore
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -48,11 +49,14 @@ if TYPE_CHECKING:
     from faststream.nats.subscriber.usecases.basic import LogicSubscriber
     from nats.aio.client import Client as NatsClient
     from opentelemetry.metrics import MeterProvider
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
     from .advisories import MaxDeliveriesWatcher
     from .batch import BatchSettings
     from .codecs.base import Codec
+    from .console import OperationsConsole
     from .publishing import PublishResult
+    from .sql import Outbox, OutboxOptions
     from .subjects import ForeignApp
 
 __all__ = ("DLQ_MAX_AGE", "NatsPubsub")
@@ -86,7 +90,7 @@ class NatsPubsub:
         app: str,
         retry: RetryPolicy | None = None,
         dlq: bool = True,
-        inbox: InboxStore | str | None = None,
+        inbox: InboxStore | TransactionalInboxStore | str | None = None,
         inbox_ttl: float = DEFAULT_INBOX_TTL,
         app_version: str | None = None,
         streams: StreamSettings | None = None,
@@ -98,13 +102,16 @@ class NatsPubsub:
         tracing: bool | None = None,
         compat: str | None = None,
         topology: str = "create",
+        outbox: AsyncEngine | OutboxOptions | None = None,
         inbox_prefix: str | None = None,
     ) -> None:
         """``compat="natspubsub-1.0"`` also writes what NatsPubsub 1.0 consumers read (the
         message again as ``payload``, ``producer``, a top-level ``trace_id``), for fleets that
         still run them; it roughly doubles the message's bytes on the wire.
         ``topology="verify"`` creates and updates nothing: the start checks that the streams
-        and consumers an operator declared fit the app.
+        and consumers an operator declared fit the app. ``outbox=engine`` (an SQLAlchemy
+        ``AsyncEngine``, or ``OutboxOptions``; the ``[sql]`` extra) adds the transactional
+        outbox, ``pubsub.outbox``, whose relay runs while the broker runs.
         ``inbox_prefix`` is where the replies to the app's requests and pulls go (the
         broker's, ``_INBOX`` by default): give each app its own (``"_INBOX_orders"``) and
         allow its user only that, so no other client can read its pulled events. It is set
@@ -202,7 +209,15 @@ class NatsPubsub:
         declarations.dlq_stream = self.dlq_stream
         host = BrokerHost.of(broker)
         self.envelope.permissions = host.permissions
+        self.outbox: Outbox | None = None
+        """The transactional outbox (``outbox=engine``; needs the ``[sql]`` extra)."""
+        if outbox is not None:
+            from .sql import Outbox  # the [sql] extra: a clear ImportError without it
+
+            self.outbox = Outbox.for_pubsub(self, outbox)
+            declarations.publishes = True  # the relay publishes to the app's own stream
         lifecycle = PubsubLifecycle(
+            outbox=self.outbox,
             declarations=declarations,
             verify_only=topology == "verify",
             inbox_store=self.inbox_store,
@@ -345,9 +360,12 @@ class NatsPubsub:
             watch=self._registrar.host.permissions,
         )
         permissions = self._registrar.lifecycle.permissions_health()
-        if permissions is None:
-            return report
-        return HealthReport.from_components({**report.components, "permissions": permissions})
+        if permissions is not None:
+            report = HealthReport.from_components({**report.components, "permissions": permissions})
+        if self.outbox is not None:
+            outbox = await self.outbox.health()
+            report = HealthReport.from_components({**report.components, "outbox": outbox})
+        return report
 
     def health_route(self, *, max_pending: int = DEFAULT_MAX_PENDING) -> GetHandler:
         """An ASGI route for FastStream's ``AsgiFastStream``: 200, or 503 when unhealthy.
@@ -405,6 +423,18 @@ class NatsPubsub:
             verify_only=self.topology_mode == "verify",
         )
 
+    def console(self, **options: Any) -> OperationsConsole:
+        """The operations console of this app, an ASGI app on the broker's connection.
+
+        ``AsgiFastStream(broker, asgi_routes=[("/natspubsub", pubsub.console(token=...))])``;
+        ``options`` are those of :class:`~faststream_natspubsub.console.OperationsConsole`.
+        """
+        from .console import OperationsConsole
+
+        return OperationsConsole(
+            lambda: self.broker.connection, env=self.env, app=self.app, **options
+        )
+
     # -- lifecycle -----------------------------------------------------------------------
 
     async def declare_topology(self) -> None:
@@ -412,8 +442,10 @@ class NatsPubsub:
         runs when the broker starts."""
         await self._registrar.lifecycle.declare(self.broker.connection.jetstream())
 
-    def _make_inbox_store(self, inbox: InboxStore | str | None, ttl: float) -> InboxStore | None:
-        if inbox is None or isinstance(inbox, InboxStore):
+    def _make_inbox_store(
+        self, inbox: InboxStore | TransactionalInboxStore | str | None, ttl: float
+    ) -> InboxStore | TransactionalInboxStore | None:
+        if inbox is None or isinstance(inbox, InboxStore | TransactionalInboxStore):
             return inbox
         if inbox == "memory":
             return MemoryInboxStore(ttl=ttl)

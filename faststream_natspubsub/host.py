@@ -41,7 +41,7 @@ class AppLifecycle(Protocol):
         """Connected, subscribers not started yet: declare topology, start listeners."""
         ...
 
-    def started(self) -> None:
+    async def started(self, connection: NatsClient) -> None:
         """The broker's subscribers run now."""
         ...
 
@@ -200,7 +200,7 @@ class BrokerHost:
                 raise
             await original_start()
             for hosted in self._hosted():
-                hosted.lifecycle.started()
+                await hosted.lifecycle.started(connection)
 
         async def stop(*args: Any, **kwargs: Any) -> None:
             for hosted in reversed(self._hosted()):

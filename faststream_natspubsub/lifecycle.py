@@ -43,6 +43,8 @@ if TYPE_CHECKING:
     from .inbox import InboxStore
     from .metrics import PubsubMetrics
     from .permissions import AppAccess, PermissionSet
+    from .sql import Outbox
+    from .transactional import TransactionalInboxStore
     from .violations import PermissionWatch, Violation
 
 __all__ = ("PubsubLifecycle", "check_handler")
@@ -56,18 +58,20 @@ class PubsubLifecycle:
         *,
         declarations: Declarations,
         verify_only: bool,
-        inbox_store: InboxStore | None,
+        inbox_store: InboxStore | TransactionalInboxStore | None,
         dead_letters: DeadLetterWriter | None,
         publish: Callable[..., Awaitable[Any]],
         metrics: PubsubMetrics,
         watch: PermissionWatch,
         access: Callable[[], AppAccess],
         handler_targets: HandlerTargets | None = None,
+        outbox: Outbox | None = None,
     ) -> None:
         self.declarations = declarations
         self.topology = declarations.topology
         self.verify_only = verify_only
         self.handler_targets = handler_targets
+        self.outbox = outbox
         self.inbox_store = inbox_store
         self.dead_letters = dead_letters
         self.publish = publish
@@ -183,11 +187,16 @@ class PubsubLifecycle:
         """What the app's permission monitor reports (None before the first start)."""
         return self.monitor.component() if self.monitor is not None else None
 
-    def started(self) -> None:
+    async def started(self, connection: NatsClient) -> None:
         for subscriber, _subject in self.subscribers:
             BatchFetcher.install(getattr(subscriber, "subscription", None))
+        if self.outbox is not None:
+            await self.own_stream_ready()  # the relay publishes to the app's own stream
+            await self.outbox.start(connection)
 
     async def stop(self) -> None:
+        if self.outbox is not None:
+            await self.outbox.stop()  # the window in flight still has the connection
         if self.monitor is not None:
             self.watch.remove_listener(self.monitor)
             await self.monitor.close()

@@ -44,7 +44,7 @@ class PubsubMetrics:
         # (clock reads, timestamp parsing) that only feeds them. Configure the SDK's
         # MeterProvider before creating NatsPubsub, or pass ``meter_provider``.
         self.enabled = meter_provider is not None or sdk_meter_provider_installed()
-        meter = metrics.get_meter(package, meter_provider=meter_provider)
+        self.meter = meter = metrics.get_meter(package, meter_provider=meter_provider)
 
         def counter(name: str) -> metrics.Counter:
             unit, description = METRIC_NAMES[name]

@@ -2,7 +2,7 @@
 
 Each ``<!-- permissions: NAME -->`` line of the page is followed by a fenced block; this
 script replaces those blocks with what the generator prints for the apps of
-``examples/e14_permissions.py``. ``tests/test_permissions_docs.py`` fails when the page and
+``examples/e17_permissions.py``. ``tests/test_permissions_docs.py`` fails when the page and
 the generator differ: run ``python scripts/permissions_docs.py`` after changing either.
 """
 
@@ -22,7 +22,7 @@ _NOWHERE = "nats://127.0.0.1:1"
 
 def _example() -> ModuleType:
     spec = importlib.util.spec_from_file_location(
-        "e14_permissions", ROOT / "examples" / "e14_permissions.py"
+        "e17_permissions", ROOT / "examples" / "e17_permissions.py"
     )
     assert spec is not None
     assert spec.loader is not None

@@ -1,4 +1,5 @@
-"""Shared fixtures: one nats-server for the session, and private ones for tests that stop it.
+"""Shared fixtures: one nats-server for the session, private ones for tests that stop it, and
+real databases (a SQLite file, a PostgreSQL server for the session) for the SQL tests.
 
 Starting a server per test cost most of the live tests' time. ``server`` is one JetStream
 server shared by the whole session; before each test every stream (and so every consumer and
@@ -12,12 +13,17 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import nats
 import pytest
+from sqldb import DIALECTS, Database, PostgresServer, new_database
 
 from faststream_natspubsub.testing import EmbeddedNatsServer
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 
 class _SessionLoop:
@@ -73,3 +79,31 @@ async def _delete_every_stream(url: str) -> None:
             await jsm.delete_stream(name.config.name)
     finally:
         await nc.close()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the whole session, started on first use."""
+    server = PostgresServer()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=DIALECTS)
+async def database(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
+    """A fresh database of each kind: a SQLite file, then a PostgreSQL schema."""
+    dialect = request.param
+    pg = request.getfixturevalue("postgres") if dialect == "postgresql" else None
+    return await new_database(dialect, tmp_path, pg)
+
+
+@pytest.fixture
+async def engine(database: Database) -> AsyncIterator[AsyncEngine]:
+    """An engine on the test's fresh database, disposed after the test."""
+    created = database.engine()
+    try:
+        yield created
+    finally:
+        await created.dispose()

@@ -20,6 +20,7 @@ RATIO_KEYS = (
 
 @pytest.mark.nats
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # the quick benchmark runs every row: minutes when the machine is busy
 def test_quick_benchmark_writes_positive_ratios_to_json(tmp_path: Path) -> None:
     # Given a place for the JSON report
     report_path = tmp_path / "bench.json"

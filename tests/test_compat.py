@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from importlib.metadata import version
+from types import SimpleNamespace
 from typing import Any
 
 import nats
@@ -16,6 +18,7 @@ from faststream import BaseMiddleware
 from faststream.nats import JStream, NatsBroker, PullSub, TestNatsBroker
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig
+from packaging.version import Version
 from support import wait_until
 
 from faststream_natspubsub import compat
@@ -69,6 +72,38 @@ def test_handler_function_is_the_declared_function() -> None:
     assert compat.handler_function(subscriber) is None  # no handler yet
     subscriber(handle)
     assert compat.handler_function(subscriber) is handle
+
+
+def test_handler_function_reads_the_name_this_faststream_release_has() -> None:
+    # 0.7.6 split the declared function (`_declared_call`) from the composed one; on an older
+    # release only `_original_call` exists. A release that drops the name its range promises
+    # fails here rather than quietly using the other.
+    subscriber = NatsBroker().subscriber("x")
+
+    @subscriber
+    async def handle(body: dict[str, Any]) -> None: ...
+
+    handler = subscriber.calls[0].handler
+    declared_since = Version("0.7.6")
+    assert hasattr(handler, "_declared_call") == (Version(version("faststream")) >= declared_since)
+    assert hasattr(handler, "_original_call")
+
+
+def test_handler_function_falls_back_to_the_name_before_faststream_0_7_6() -> None:
+    async def handle(body: dict[str, Any]) -> None: ...
+
+    subscriber = SimpleNamespace(
+        calls=[SimpleNamespace(handler=SimpleNamespace(_original_call=handle))]
+    )
+    assert compat.handler_function(subscriber) is handle
+
+
+def test_a_handler_without_a_function_fails_loudly() -> None:
+    subscriber = SimpleNamespace(calls=[SimpleNamespace(handler=SimpleNamespace())])
+    with pytest.raises(
+        HostVersionError, match=r"function of a FastStream handler.*faststream 0\.7"
+    ):
+        compat.handler_function(subscriber)
 
 
 def test_mark_settled_makes_a_message_count_as_acknowledged() -> None:

@@ -366,5 +366,31 @@ async def test_e12_in_memory_the_same_modules_under_test_nats_pubsub() -> None:
 
 
 @pytest.mark.nats
-async def test_e14_two_apps_run_with_exactly_their_generated_permissions() -> None:
-    assert await load("e14_permissions").main() == ["ORD-1"]
+async def test_e15_the_console_is_served_inside_the_asgi_app(server: EmbeddedNatsServer) -> None:
+    outcome = await load("e15_console").main(server.url)
+
+    assert outcome.health == 200
+    assert outcome.without_token == 303  # to the login form
+    assert "dev / payments" in outcome.overview
+    assert "permanent_error" in outcome.overview
+    assert "Outbox pending" in outcome.overview  # the stand-in outbox provider
+    assert "card declined for PAY-1" in outcome.record
+    assert "Replay…" in outcome.record
+
+
+@pytest.mark.nats
+async def test_e16_the_outbox_publishes_committed_orders_and_the_sql_inbox_charges_once(
+    server: EmbeddedNatsServer, tmp_path: Path
+) -> None:
+    outcome = await load("e16_outbox_sql_inbox").main(server.url, tmp_path)
+
+    # Two committed orders published, the rolled-back one not; the copy charged nothing
+    assert outcome.published == 2
+    assert [event_id for _, event_id in outcome.payments] == outcome.placed
+    assert [order_id for order_id, _ in outcome.payments] == ["ORD-1", "ORD-2"]
+    assert outcome.duplicates == 1
+
+
+@pytest.mark.nats
+async def test_e17_two_apps_run_with_exactly_their_generated_permissions() -> None:
+    assert await load("e17_permissions").main() == ["ORD-1"]

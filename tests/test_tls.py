@@ -91,7 +91,7 @@ async def test_the_docs_tls_example_runs_quietly_against_a_tls_server(
 ) -> None:
     _, files, url = tls
     caplog.set_level(logging.WARNING)
-    spec = importlib.util.spec_from_file_location("e13", ROOT / "examples" / "e13_tls_and_auth.py")
+    spec = importlib.util.spec_from_file_location("e13", ROOT / "examples" / "e14_tls_and_auth.py")
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)

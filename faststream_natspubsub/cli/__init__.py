@@ -1,4 +1,4 @@
-"""The ``natspubsub`` command line: topology, dead letters and health, for operators.
+"""The ``natspubsub`` command line: topology, dead letters, outbox and health, for operators.
 
 Built with typer, like FastStream's own ``faststream`` command.
 """
@@ -11,7 +11,8 @@ from typing import Annotated
 
 import typer
 
-from . import dlq, topology
+from . import dlq, outbox, topology
+from .console import console
 from .health import health
 from .options import EXIT_USAGE
 from .output import echo_error
@@ -21,15 +22,19 @@ __all__ = ("app", "main")
 
 app = typer.Typer(
     name="natspubsub",
-    help="Operate NatsPubsub applications on NATS JetStream: topology, dead letters, health, "
-    "permissions.",
+    help=(
+        "Operate NatsPubsub applications on NATS JetStream: topology, dead letters, outbox, "
+        "health, permissions, and a web console."
+    ),
     no_args_is_help=True,
     # Locals can hold passwords and tokens; never print them with a traceback.
     pretty_exceptions_show_locals=False,
 )
 app.add_typer(topology.app, name="topology")
 app.add_typer(dlq.app, name="dlq")
+app.add_typer(outbox.app, name="outbox")
 app.command("health")(health)
+app.command("console")(console)
 app.command("permissions")(permissions)
 
 

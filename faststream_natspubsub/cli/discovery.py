@@ -13,7 +13,14 @@ if TYPE_CHECKING:
 
     from ..violations import PermissionWatch
 
-__all__ = ("app_consumers", "env_streams", "is_app_consumer", "list_consumers", "list_streams")
+__all__ = (
+    "app_consumers",
+    "env_streams",
+    "is_app_consumer",
+    "list_consumers",
+    "list_streams",
+    "permitted_consumers",
+)
 
 
 async def list_streams(jsm: JetStreamManager) -> list[StreamInfo]:
@@ -24,20 +31,23 @@ async def list_streams(jsm: JetStreamManager) -> list[StreamInfo]:
     return found
 
 
-async def list_consumers(
-    jsm: JetStreamManager, stream: str, watch: PermissionWatch | None = None
-) -> list[ConsumerInfo] | None:
-    """Every consumer of ``stream``, all pages; None when the user may not list them (a
-    user made for one app lists the streams of that app only)."""
+async def list_consumers(jsm: JetStreamManager, stream: str) -> list[ConsumerInfo]:
+    """Every consumer of ``stream``, all pages."""
     found: list[ConsumerInfo] = []
-    subject = f"$JS.API.CONSUMER.LIST.{stream}"
+    while page := await jsm.consumers_info(stream, offset=len(found)):
+        found.extend(page)
+    return found
+
+
+async def permitted_consumers(
+    jsm: JetStreamManager, stream: str, watch: PermissionWatch
+) -> list[ConsumerInfo] | None:
+    """Every consumer of ``stream``; None when the user may not list them (the server's
+    refusal, heard by ``watch``, ends the request at once)."""
     try:
-        while True:
-            request = jsm.consumers_info(stream, offset=len(found))
-            page = await (watch.guard(request, subject=subject) if watch else request)
-            if not page:
-                return found
-            found.extend(page)
+        return await watch.guard(
+            list_consumers(jsm, stream), subject=f"$JS.API.CONSUMER.LIST.{stream}"
+        )
     except PermissionDeniedError:
         return None
 
@@ -69,7 +79,10 @@ async def app_consumers(
     found: list[tuple[str, str]] = []
     for stream in await env_streams(jsm, env):
         name = stream.config.name or ""
-        consumers = await list_consumers(jsm, name, watch)
+        if watch is None:
+            consumers: list[ConsumerInfo] | None = await list_consumers(jsm, name)
+        else:
+            consumers = await permitted_consumers(jsm, name, watch)
         if consumers is None:
             if refused is not None:
                 refused.append(name)

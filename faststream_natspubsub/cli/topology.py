@@ -11,7 +11,7 @@ from ..dlq import dlq_stream_settings
 from ..facade import DLQ_MAX_AGE
 from ..subjects import dlq_stream_name, dlq_subject_prefix, stream_name
 from ..topology import StreamSettings, StreamSpec, ensure_stream
-from .discovery import env_streams, is_app_consumer, list_consumers
+from .discovery import env_streams, is_app_consumer, permitted_consumers
 from .options import CommonOptions, common_options, connect, duration_option, run, watch_of
 from .output import echo_json, echo_table, echo_warning
 
@@ -119,7 +119,7 @@ async def _describe(options: CommonOptions, env: str, app_name: str | None) -> l
         refused: list[str] = []
         for stream in await env_streams(jsm, env):
             name = stream.config.name or ""
-            consumers = await list_consumers(jsm, name, watch_of(nc))
+            consumers = await permitted_consumers(jsm, name, watch_of(nc))
             if consumers is None:  # the user may not list them
                 refused.append(name)
                 consumers = []

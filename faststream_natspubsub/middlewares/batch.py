@@ -33,6 +33,7 @@ from ..inbox import ClaimResult, inbox_key
 from ..metadata import InboundEvent
 from .failure import UNFINISHED, Delivery, FailureMiddleware, delivery_count, terminate_raw
 from .heartbeat import Beat
+from .transactional import BatchTransaction
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -100,7 +101,7 @@ class _Item:
 class _BatchRun:
     """The handling of one batch message."""
 
-    __slots__ = ("_config", "_plan", "_subscriber", "context")
+    __slots__ = ("_config", "_plan", "_subscriber", "_tx", "context")
 
     def __init__(
         self, config: BatchMiddleware, context: ContextRepo, plan: SubscriberPlan, subscriber: Any
@@ -109,8 +110,18 @@ class _BatchRun:
         self._plan = plan
         self._subscriber = subscriber
         self.context = context
+        self._tx: BatchTransaction | None = None  # with a transactional (SQL) inbox
 
     async def run(self, call_next: Callable[[Any], Awaitable[Any]], msg: StreamMessage[Any]) -> Any:
+        try:
+            return await self._run(call_next, msg)
+        finally:
+            if self._tx is not None:
+                await self._tx.close()
+
+    async def _run(
+        self, call_next: Callable[[Any], Awaitable[Any]], msg: StreamMessage[Any]
+    ) -> Any:
         raws = msg.raw_message
         config = self._config
         if not isinstance(raws, list) or not raws:
@@ -126,7 +137,11 @@ class _BatchRun:
         failures: dict[_Item, BaseException] = {}
         token = self.context.set_local(BATCH_CONTEXT_KEY, inbound)
         try:
-            result = await call_next(msg)
+            if self._tx is None:
+                result = await call_next(msg)
+            else:
+                with self._tx.session_scope(self.context):
+                    result = await call_next(msg)
         except BatchFailure as reported:
             try:
                 failures = _resolve(reported, items)
@@ -202,6 +217,9 @@ class _BatchRun:
         inbox = plan.inbox
         if inbox is None:
             return items
+        if inbox.transactional is not None:
+            self._tx = BatchTransaction(inbox, inbox.transactional, plan.durable)
+            return await self._tx.claim(items) if items else []
         if items:
             inbox.stand_in_if_in_memory(items[0].raw)
         prefix, lease = inbox.scope(plan.durable, plan.ack_wait)
@@ -229,7 +247,16 @@ class _BatchRun:
                 await self._fail(item, error)
             else:
                 succeeded.append(item)
-        if inbox is not None:
+        if self._tx is not None:
+            if not succeeded:
+                return  # nothing to keep: the handler's writes are rolled back
+            try:
+                await self._tx.commit()  # the marks and the handler's writes, together
+            except Exception as exc:  # noqa: BLE001 - nothing was committed: all of them failed
+                for item in succeeded:
+                    await self._fail(item, exc)
+                return
+        elif inbox is not None:
             for item in succeeded:
                 if item.inbox_key is not None:
                     await inbox.mark_processed(item.inbox_key)
@@ -267,6 +294,9 @@ class _BatchRun:
             await self._release(item)
 
     async def _release(self, item: _Item) -> None:
+        if self._tx is not None:
+            self._tx.release(item)
+            return
         inbox = self._plan.inbox
         if inbox is not None and item.inbox_key is not None:
             await inbox.release(item.inbox_key)

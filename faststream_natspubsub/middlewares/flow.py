@@ -23,7 +23,9 @@ from faststream.exceptions import AckMessage, HandlerException
 from ..dlq import DeadLetterReason
 from ..errors import MalformedEnvelopeError
 from ..inbox import inbox_key
+from ..transactional import InboxKey
 from .failure import Delivery, delivery_count
+from .transactional import consume_in_transaction, topic_of
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -63,6 +65,8 @@ async def consume_event(
     event_id = inbound.envelope.event_id
 
     inbox = plan.inbox
+    if inbox is not None and inbox.transactional is not None:
+        return await _consume_in_transaction(context, msg, call_next, plan, inbound, deliveries)
     key: str | None = None
     if inbox is not None:
         prefix, lease = inbox.scope(plan.durable, plan.ack_wait)
@@ -108,5 +112,56 @@ async def consume_event(
         heartbeat.finish(beat)
     if inbox is not None and key is not None:
         await inbox.mark_processed(key)
+    failure.succeeded(raw, subject, deliveries)
+    return result
+
+
+async def _consume_in_transaction(
+    context: ContextRepo,
+    msg: StreamMessage[Any],
+    call_next: Callable[[Any], Awaitable[Any]],
+    plan: SubscriberPlan,
+    inbound: InboundEvent,
+    deliveries: int,
+) -> Any:
+    """Steps 2 to 4 with a transactional (SQL) inbox: the processed mark and the handler's
+    writes through ``InboxSession`` commit together, or not at all."""
+    runtime = plan.runtime
+    failure = runtime.failure
+    inbox = plan.inbox
+    assert inbox is not None
+    assert inbox.transactional is not None
+    raw = msg.raw_message
+    subject: str = raw.subject
+    event_id = inbound.envelope.event_id
+    key = InboxKey.of(plan.durable, topic_of(subject), event_id)
+
+    async def exhausted() -> None:
+        await failure.settle_exhausted(context, Delivery.of(raw, msg.body, event_id=event_id))
+
+    async def run() -> Any:
+        beat = runtime.heartbeat.start(raw, plan.heartbeat_interval)
+        try:
+            return await runtime.envelope.handle(context, msg, inbound, call_next)
+        finally:
+            runtime.heartbeat.finish(beat)
+
+    try:
+        result = await consume_in_transaction(
+            inbox,
+            inbox.transactional,
+            context,
+            key,
+            inbound,
+            run,
+            exhausted=exhausted if deliveries > failure.retry.max_attempts else None,
+        )
+    except AckMessage:  # a duplicate, or the handler acknowledged it: committed
+        failure.succeeded(raw, subject, deliveries)
+        raise
+    except HandlerException:  # NAK / TERM, by the handler or for an exhausted delivery
+        raise
+    except Exception as exc:  # noqa: BLE001 - rolled back: retried or dead-lettered
+        await failure.settle_failure(context, Delivery.of(raw, msg.body, event_id=event_id), exc)
     failure.succeeded(raw, subject, deliveries)
     return result

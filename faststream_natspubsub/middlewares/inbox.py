@@ -16,7 +16,7 @@ import asyncio
 import logging
 import weakref
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from faststream.exceptions import AckMessage, NackMessage
 
@@ -30,9 +30,11 @@ from ..inbox import ClaimResult, InboxStore, KvInboxStore, LeaseReporter, inbox_
 from ..metadata import current_inbound
 from ..metrics import PubsubMetrics
 from ..tracing import record_span_event
+from ..transactional import InboxKey, TransactionalInboxStore
 from ._delegate import ConsumeDelegate
 from .failure import delivery_count
 from .heartbeat import DEFAULT_ACK_WAIT
+from .transactional import consume_in_transaction, topic_of
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -64,11 +66,13 @@ class InboxMiddleware:
 
     def __init__(
         self,
-        store: InboxStore,
+        store: InboxStore | TransactionalInboxStore,
         *,
         metrics: PubsubMetrics | None = None,
     ) -> None:
-        self.store = store
+        # A transactional store (SQL) takes its own branch; ``store`` is then unused.
+        self.transactional = store if isinstance(store, TransactionalInboxStore) else None
+        self.store = cast("InboxStore", store)
         self.metrics = metrics or PubsubMetrics()
         self.duplicates = 0
         # Subscribers opted out when the middleware is composed by hand.
@@ -117,6 +121,15 @@ class InboxMiddleware:
         subscriber = current_subscriber(context)
         if inbound is None or subscriber in self._excluded:
             return await call_next(msg)
+        if self.transactional is not None:
+            mark = InboxKey.of(
+                subscriber_durable(subscriber) or "",
+                topic_of(inbound.subject),
+                inbound.envelope.event_id,
+            )
+            return await consume_in_transaction(
+                self, self.transactional, context, mark, inbound, lambda: call_next(msg)
+            )
         prefix, lease = self.scope(
             subscriber_durable(subscriber), subscriber_ack_wait(subscriber) or DEFAULT_ACK_WAIT
         )

@@ -42,7 +42,8 @@ from faststream_natspubsub.testing import TestNatsPubsub
 SUBJECT = "fuzz.orders.order.created"
 # Small enough that a bomb costs little to refuse; the bound is what is tested, not its size.
 MAX_INFLATED = 1024 * 1024
-pytestmark = [pytest.mark.fault, pytest.mark.nats]
+# Thousands of examples each: minutes on a loaded 2-core machine.
+pytestmark = [pytest.mark.fault, pytest.mark.nats, pytest.mark.timeout(900)]
 
 FUZZ = settings(
     max_examples=2000,

@@ -5,6 +5,10 @@ every write) or SIGTERMed and restarted, the server paused (SIGSTOP) for a while
 consumer SIGKILLed and restarted, a partition through the proxy, a slow link. Everything
 goes through the proxy, so a partition cuts publisher and consumers alike.
 
+Besides the KV-inbox consumers of the ledger app, an "audit" app consumes the same events
+with the SQL inbox (SQLite): its effect commits with the processed mark, so its verdict
+allows no duplicate at all, not even the effect/mark window the KV inbox documents.
+
 ``--soak-seconds N`` (or ``NATSPUBSUB_SOAK_SECONDS``) sets the length, 60 s by default, as CI
 runs it. By hand, for ten minutes::
 
@@ -18,9 +22,11 @@ interleaving with the server still varies from run to run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -30,17 +36,20 @@ import nats
 import pytest
 from harness.apps import publisher, settle
 from harness.consumers import ConsumerProcess, stop_all
-from harness.history import POISON, SUBJECT, TOPIC, History
+from harness.history import ENV, POISON, SUBJECT, TOPIC, History, Verdict
 from harness.nodes import pause, resume, sync_always_server
 from harness.proxy import TcpProxy
 from nats.aio.client import Client
 
-from faststream_natspubsub import NatsPubsub
+from faststream_natspubsub import DeadLetterQueue, DeadLetterRecord, NatsPubsub
+from faststream_natspubsub.subjects import consumer_name
 from faststream_natspubsub.testing import EmbeddedNatsServer
 
 pytestmark = [pytest.mark.fault, pytest.mark.nats, pytest.mark.slow]
 
 CONSUMERS = 3
+AUDIT_APP = "audit"  # the SQL-inbox consumer's app: its own durable and DLQ
+AUDIT_DURABLE = consumer_name(AUDIT_APP, SUBJECT)
 PUBLISHERS = 2
 POISON_SHARE = 0.04
 FLAKY_SHARE = 0.06
@@ -68,6 +77,8 @@ class Soak:
         self.server: EmbeddedNatsServer = sync_always_server()
         self.proxy: TcpProxy | None = None
         self.consumers: list[ConsumerProcess] = []
+        self.audit_db = work / "audit.sqlite"
+        self.audit: ConsumerProcess | None = None
         self.history = History()
         self.faults: Counter[str] = Counter()
         self.copies = 0
@@ -84,10 +95,35 @@ class Soak:
             ConsumerProcess([self.proxy.url], self.work, f"c{n}", inbox="kv", workers=4)
             for n in range(CONSUMERS)
         ]
-        await asyncio.gather(*(c.start() for c in self.consumers))
+        self.audit = ConsumerProcess(
+            [self.proxy.url],
+            self.work,
+            "audit",
+            inbox="sql",
+            workers=4,
+            app=AUDIT_APP,
+            database=[f"--database=sqlite+aiosqlite:///{self.audit_db}"],
+            effects_reader=self.audit_effects,
+        )
+        await asyncio.gather(*(c.start() for c in self.everyone))
+
+    @property
+    def everyone(self) -> list[ConsumerProcess]:
+        """Every consumer process, the SQL-inbox one included."""
+        return [*self.consumers, *([self.audit] if self.audit else [])]
+
+    def audit_effects(self) -> list[str]:
+        """The effects the SQL-inbox consumer committed."""
+        if not self.audit_db.exists():
+            return []
+        with contextlib.closing(sqlite3.connect(self.audit_db, timeout=10)) as db:
+            try:
+                return [row[0] for row in db.execute("SELECT event_id FROM fault_effects")]
+            except sqlite3.OperationalError:  # not created yet
+                return []
 
     async def stop(self) -> None:
-        await stop_all(self.consumers)
+        await stop_all(self.everyone)
         if self.proxy is not None:
             await self.proxy.stop()
         resume(self.server.pid)
@@ -100,7 +136,7 @@ class Soak:
         if not self.server.running:
             await self.server.start()
         await self.proxy.restore()
-        for consumer in self.consumers:
+        for consumer in self.everyone:
             if not consumer.running:
                 await consumer.start()
 
@@ -167,7 +203,7 @@ class Soak:
         resume(self.server.pid)
 
     async def _consumer_sigkill(self) -> None:
-        consumer = self.fault_rng.choice(self.consumers)
+        consumer = self.fault_rng.choice(self.everyone)
         await consumer.kill()
         await asyncio.sleep(self.fault_rng.uniform(0, 2))
         await consumer.start()
@@ -211,6 +247,7 @@ async def test_soak_under_random_faults_loses_nothing_and_dead_letters_each_pois
                 soak.log("load stopped; healing every fault and waiting for the consumers")
                 await soak.heal()
                 verdict = await settle(pubsub, soak.history, soak.consumers, timeout=180)
+                audit = await settle_audit(pubsub, soak, timeout=180)
             finally:
                 await copier.close()
     finally:
@@ -219,4 +256,35 @@ async def test_soak_under_random_faults_loses_nothing_and_dead_letters_each_pois
     verdict.faults = soak.faults + Counter({"copies-published": soak.copies})
     title = f"soak seed={seed} seconds={soak_seconds:g}"
     say(verdict.render(title))
+    audit.faults = verdict.faults
+    audit_title = f"{title} SQL-inbox consumer (no duplicate allowed)"
+    say(audit.render(audit_title))
     verdict.check(title)
+    # The SQL inbox closes the effect/mark window: nothing is counted apart.
+    assert audit.in_effect_mark_window == set()
+    assert audit.duplicated == {}, audit.render(audit_title)
+    audit.check(audit_title)
+
+
+async def settle_audit(pubsub: NatsPubsub, soak: Soak, *, timeout: float) -> Verdict:
+    """Wait until the SQL-inbox consumer's durable is idle and every acknowledged event has
+    come to rest there too (effect or its DLQ); then its verdict."""
+    js = pubsub.broker.connection.jetstream()
+    dlq = DeadLetterQueue(js, env=ENV, app=AUDIT_APP)
+    deadline = time.monotonic() + timeout
+    idle_before = False
+    while True:
+        records: list[DeadLetterRecord] = []
+        with contextlib.suppress(Exception):  # no DLQ stream yet, or a leader election
+            records = [record async for record in dlq.records()]
+        verdict = Verdict(soak.history, soak.audit_effects(), records)
+        at_rest = soak.history.acknowledged <= set(verdict.effects) | set(verdict.dlq)
+        idle = False
+        if at_rest:
+            with contextlib.suppress(Exception):
+                info = await js.consumer_info(f"{ENV}_ledger".upper(), AUDIT_DURABLE)
+                idle = info.num_pending == 0 and info.num_ack_pending == 0
+        if (idle and idle_before) or time.monotonic() > deadline:
+            return verdict
+        idle_before = idle
+        await asyncio.sleep(0.25)

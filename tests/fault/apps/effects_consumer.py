@@ -8,6 +8,10 @@ The event body says what the handler does: ``{"kind": "normal"}`` appends the ev
 ``--effects``; ``"poison"`` raises ``PermanentError``; ``"flaky"`` fails on its first delivery;
 ``"later"`` raises ``RetryLater(delay)`` on its first delivery. Every delivery is first logged
 to ``--started`` as ``<event id> <delivery> <unix time>``.
+
+``--inbox=sql --database=URL``: the SQL inbox; the effect is then a row of ``fault_effects``
+written through ``InboxSession`` (it commits with the processed mark), logged to
+``--written`` once written and before the commit, which waits ``--handle-seconds``.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from faststream.nats import NatsBroker
 
 from faststream_natspubsub import (
     EventMetadata,
+    InboxSession,
     KvInboxStore,
     NatsPubsub,
     PermanentError,
@@ -62,6 +67,8 @@ class MarkLoggingKvStore(KvInboxStore):
 
 def build(args: argparse.Namespace) -> FastStream:
     """The FastStream app: one NatsPubsub subscriber writing effects."""
+    if args.inbox == "sql":
+        return build_sql(args)
     broker = NatsBroker(
         args.servers.split(","),
         logger=None,
@@ -101,6 +108,73 @@ def build(args: argparse.Namespace) -> FastStream:
     return app
 
 
+def fail_by_kind(body: dict[str, Any], meta: EventMetadata) -> None:
+    kind = body.get("kind", "normal")
+    if kind == "poison":
+        raise PermanentError("poison event")
+    if kind == "flaky" and meta.deliveries == 1:
+        raise ConnectionError("flaky dependency failed once")
+    if kind == "later" and meta.deliveries == 1:
+        raise RetryLater(delay=float(body["delay"]))
+
+
+def build_sql(args: argparse.Namespace) -> FastStream:
+    """The SQL-inbox consumer: the effect commits with the processed mark."""
+    import sqlalchemy as sa
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from faststream_natspubsub.sql import SqlInboxStore
+
+    connect_args = {"server_settings": {"search_path": args.schema}} if args.schema else {}
+    engine = create_async_engine(args.database, connect_args=connect_args)
+    effects = sa.Table(
+        "fault_effects",
+        sa.MetaData(),
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("event_id", sa.String(255), nullable=False),
+    )
+    store = SqlInboxStore(engine)
+    broker = NatsBroker(
+        args.servers.split(","),
+        logger=None,
+        graceful_timeout=args.graceful_timeout,
+        **FAST_RECONNECT,
+    )
+    pubsub = NatsPubsub(
+        broker,
+        env=ENV,
+        app=args.app,
+        inbox=store,
+        retry=RetryPolicy(max_attempts=args.max_attempts, backoff=(args.backoff,)),
+        streams=StreamSettings(replicas=args.replicas),
+    )
+
+    @pubsub.subscriber(TOPIC, app=APP, ack_wait=args.ack_wait, max_workers=args.workers)
+    async def handle(body: dict[str, Any], meta: EventMetadata, session: InboxSession) -> None:
+        if args.started:
+            append_line(args.started, f"{meta.event_id} {meta.deliveries} {time.time():.6f}")
+        fail_by_kind(body, meta)
+        await session.execute(effects.insert().values(event_id=meta.event_id))
+        if args.written:
+            append_line(args.written, f"{meta.event_id} {time.time():.6f}")
+        if args.handle_seconds:
+            await asyncio.sleep(args.handle_seconds)  # written, not committed yet
+
+    app = FastStream(broker, logger=None)
+
+    @app.on_startup
+    async def tables() -> None:
+        await store.create_tables()
+        async with engine.begin() as connection:
+            await connection.run_sync(effects.metadata.create_all)
+
+    @app.after_startup
+    async def announce() -> None:
+        print("ready", flush=True)
+
+    return app
+
+
 def _inbox(args: argparse.Namespace) -> Any:
     if args.inbox == "kv":
         return MarkLoggingKvStore(
@@ -115,7 +189,11 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--effects", required=True)
     parser.add_argument("--started", default="")
     parser.add_argument("--marks", default="")
-    parser.add_argument("--inbox", choices=("none", "memory", "kv"), default="kv")
+    parser.add_argument("--inbox", choices=("none", "memory", "kv", "sql"), default="kv")
+    parser.add_argument("--app", default=APP, help="the consuming app (its durable and DLQ)")
+    parser.add_argument("--database", default="", help="SQLAlchemy URL (--inbox=sql)")
+    parser.add_argument("--schema", default="", help="PostgreSQL schema (--inbox=sql)")
+    parser.add_argument("--written", default="", help="effects written, not yet committed")
     parser.add_argument("--ack-wait", type=float, default=2.0)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--handle-seconds", type=float, default=0.0)

@@ -7,7 +7,7 @@ import contextlib
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +44,9 @@ class ConsumerProcess:
         replicas: int = 1,
         max_attempts: int = 5,
         backoff: float = 0.2,
+        app: str = "ledger",
+        database: Sequence[str] = (),
+        effects_reader: Callable[[], list[str]] | None = None,
     ) -> None:
         self.servers = list(servers)
         self.name = name
@@ -51,6 +54,9 @@ class ConsumerProcess:
         self.started_path = work_dir / f"{name}.started"
         self.marks_path = work_dir / f"{name}.marks"
         self.log_path = work_dir / f"{name}.log"
+        self.written_path = work_dir / f"{name}.written"
+        # SQL inbox consumers keep their effects in the database: read there.
+        self.effects_reader = effects_reader
         self.options = [
             f"--inbox={inbox}",
             f"--ack-wait={ack_wait}",
@@ -60,6 +66,9 @@ class ConsumerProcess:
             f"--replicas={replicas}",
             f"--max-attempts={max_attempts}",
             f"--backoff={backoff}",
+            f"--app={app}",
+            f"--written={self.written_path}",
+            *database,
         ]
         self.starts = 0
         # Unix times of the SIGKILLs this consumer received.
@@ -132,9 +141,17 @@ class ConsumerProcess:
 
     def effects(self) -> list[str]:
         """Event ids whose effect this consumer performed, in order."""
+        if self.effects_reader is not None:
+            return self.effects_reader()
         if not self.effects_path.exists():
             return []
         return self.effects_path.read_text().split()
+
+    def written(self) -> list[str]:
+        """SQL inbox: event ids whose effect was written (committed or not), in order."""
+        if not self.written_path.exists():
+            return []
+        return [line.split()[0] for line in self.written_path.read_text().splitlines()]
 
     def deliveries(self) -> list[Delivery]:
         """Every handler start this consumer logged."""

@@ -2,7 +2,7 @@
 
 ``payments`` publishes ``payment.done``; ``orders`` consumes it with retries, a DLQ and a KV
 inbox. Each app gets a reply prefix of its own, and each user exactly the permissions its
-app's topology needs. ``python examples/e14_permissions.py`` prints the blocks; the tests
+app's topology needs. ``python examples/e17_permissions.py`` prints the blocks; the tests
 run :func:`main` on a server whose users have exactly them.
 """
 
