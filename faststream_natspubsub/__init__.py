@@ -31,6 +31,7 @@ from .errors import (
     MissingExtraError,
     NatsPubsubError,
     PermanentError,
+    PermissionDeniedError,
     PublishError,
     RecordTruncatedError,
     ReplayRefusedError,
@@ -47,6 +48,7 @@ from .middlewares import (
     FailureMiddleware,
     InboxMiddleware,
 )
+from .permissions import Permission, PermissionSet
 from .publishing import OutgoingEvent, PublishResult
 from .replay import ReplayResult
 from .retry import RetryPolicy
@@ -100,6 +102,9 @@ __all__ = (
     "NatsPubsubError",
     "OutgoingEvent",
     "PermanentError",
+    "Permission",
+    "PermissionDeniedError",
+    "PermissionSet",
     "ProtobufCodec",
     "ProtobufMessage",
     "PublishError",

@@ -2,8 +2,10 @@
 
 When a handler kills its process, no code runs to dead-letter the event: the server just
 redelivers until the consumer's ``max_deliver``, then gives up and publishes a
-MAX_DELIVERIES advisory naming the stream sequence. A healthy process hears it, fetches the
-message from the stream (limits retention keeps it) and writes the DLQ record.
+MAX_DELIVERIES advisory naming the stream sequence. A healthy process hears it, reads the
+message from the stream (limits retention keeps it) through a reader filtered like its
+consumer (:mod:`.advisory_read`: no right to read other topics is needed) and writes the DLQ
+record.
 
 On a pull consumer the server sends the advisory when the next pull arrives, so the
 subscription is made before the app's consumers start pulling.
@@ -17,28 +19,35 @@ import logging
 from typing import TYPE_CHECKING, Any, Final
 
 from nats.errors import Error as NatsError
-from nats.js.errors import NotFoundError
 from pydantic_core import from_json
 
 from .advisory_check import advisory_doubt
+from .advisory_read import read_delivered
 from .dlq import DeadLetterReason, DeadLetterWriter, FailedDelivery
 from .errors import PublishError
 from .metrics import PubsubMetrics
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterable
+    from collections.abc import Awaitable, Callable, Mapping
 
     from nats.aio.client import Client
     from nats.aio.msg import Msg
     from nats.aio.subscription import Subscription
 
-__all__ = ("MAX_DELIVERIES_ADVISORY", "MaxDeliveriesWatcher")
+    from .violations import PermissionWatch
+
+__all__ = ("MAX_DELIVERIES_ADVISORY", "MaxDeliveriesWatcher", "advisory_subject")
 
 logger = logging.getLogger("faststream_natspubsub.advisories")
 
 MAX_DELIVERIES_ADVISORY: Final = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
 # Retries of a failed DLQ write for an advisory (there is no redelivery to fall back on).
 _WRITE_RETRY_DELAYS: Final = (1.0, 5.0, 15.0, 60.0)
+
+
+def advisory_subject(stream: str, durable: str) -> str:
+    """The subject of the MAX_DELIVERIES advisories of one consumer."""
+    return f"{MAX_DELIVERIES_ADVISORY}.{stream}.{durable}"
 
 
 class MaxDeliveriesWatcher:
@@ -49,16 +58,19 @@ class MaxDeliveriesWatcher:
         *,
         writer: DeadLetterWriter,
         publish: Callable[..., Awaitable[Any]],
-        consumers: Iterable[tuple[str, str]],
+        consumers: Mapping[tuple[str, str], str],
         metrics: PubsubMetrics | None = None,
         inbox: object | None = None,
+        watch: PermissionWatch | None = None,
     ) -> None:
+        """``consumers`` maps each ``(stream, durable)`` to its filter subject."""
         self._metrics = metrics or PubsubMetrics()
         self._inbox = inbox  # consulted to refute forged advisories (see advisory_check)
         self.rejected = 0
         self._writer = writer
         self._publish = publish
-        self._consumers = tuple(consumers)
+        self._filters = dict(consumers)
+        self._watch = watch
         self._subscriptions: list[Subscription] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._client: Client | None = None
@@ -68,8 +80,8 @@ class MaxDeliveriesWatcher:
         """Subscribe to each consumer's advisory (a queue group: one instance handles it)."""
         self._client = client
         self._subscriptions = []
-        for stream, durable in self._consumers:
-            subject = f"{MAX_DELIVERIES_ADVISORY}.{stream}.{durable}"
+        for stream, durable in self._filters:
+            subject = advisory_subject(stream, durable)
             subscription = await client.subscribe(
                 subject, queue=f"natspubsub-advisory-{durable}", cb=self._on_advisory
             )
@@ -105,13 +117,20 @@ class MaxDeliveriesWatcher:
             return
         assert self._client is not None
         js = self._client.jetstream()
+        filter_subject = self._filters.get((stream, durable))
+        if filter_subject is None:  # not a subject this watcher subscribed to
+            return
         try:
-            try:
-                raw = await js.get_msg(stream, seq)
-            except NotFoundError:
-                raw = None
+            raw = await read_delivered(
+                self._client,
+                stream=stream,
+                durable=durable,
+                filter_subject=filter_subject,
+                seq=seq,
+                watch=self._watch,
+            )
             doubt = (
-                "no message at that sequence"
+                "no message the consumer reads at that sequence"
                 if raw is None
                 else await advisory_doubt(
                     js,
@@ -123,7 +142,7 @@ class MaxDeliveriesWatcher:
                     codec=self._writer.codec,
                 )
             )
-        except NatsError as exc:
+        except (NatsError, PublishError) as exc:  # PublishError: a refused permission
             logger.error(
                 "MAX_DELIVERIES advisory for %s seq %d could not be checked (%r): not acted on; "
                 "the event, if any, stays in the stream",

@@ -31,8 +31,8 @@ from .inbox import inbox_key
 
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
-    from nats.js.api import RawStreamMsg
 
+    from .advisory_read import DeliveredEvent
     from .codecs.base import Codec
 
 __all__ = ("ProcessedReporter", "advisory_doubt", "subject_matches")
@@ -53,14 +53,15 @@ async def advisory_doubt(
     stream: str,
     durable: str,
     advisory: dict[str, Any],
-    message: RawStreamMsg,
+    message: DeliveredEvent,
     inbox: object | None,
     codec: Codec,
 ) -> str | None:
     """Why the advisory about ``message`` is not to be believed; ``None`` when it checks out.
 
     ``stream`` and ``durable`` come from the subscription's subject, ``advisory`` is the
-    parsed body, ``message`` the stream's message at the advisory's sequence.
+    parsed body, ``message`` the stream's message at the advisory's sequence, as a reader
+    filtered like the consumer handed it over.
     """
     if advisory.get("stream") != stream or advisory.get("consumer") != durable:
         return "its stream or consumer is not the one its subject names"

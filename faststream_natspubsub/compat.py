@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from faststream import ContextRepo
     from faststream.nats import NatsBroker
     from nats.aio.client import Client
+    from nats.js.kv import KeyValue
 
 __all__ = (
     "SUPPORTED_VERSIONS",
@@ -34,6 +35,7 @@ __all__ = (
     "flush_pending",
     "handler_function",
     "in_memory_message",
+    "kv_reads_directly",
     "mark_settled",
     "mark_tls_stream",
     "message_client",
@@ -207,6 +209,16 @@ def outbound_buffer_room(client: Client) -> int:
     if not isinstance(limit, int) or not isinstance(used, int):
         raise HostVersionError("nats-py's Client has no outbound buffer accounting")
     return 0 if limit <= 0 else limit - used
+
+
+def kv_reads_directly(kv: KeyValue) -> bool:
+    """Whether nats-py reads the bucket's keys with direct gets (``$JS.API.DIRECT.GET``)
+    rather than ``$JS.API.STREAM.MSG.GET``: it decides from the stream's ``allow_direct``
+    when the bucket is opened, and keeps the answer as ``_direct`` (nats-py 2.x)."""
+    direct = getattr(kv, "_direct", None)
+    if not isinstance(direct, bool):
+        raise HostVersionError("nats-py's KeyValue has no `_direct` flag")
+    return direct
 
 
 def mark_tls_stream(nc: Client) -> None:

@@ -17,6 +17,7 @@ import ssl
 from typing import TYPE_CHECKING, Any
 
 from .compat import broker_connection_kwargs
+from .violations import PermissionWatch
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -37,15 +38,24 @@ def describe_tls_error(exc: ssl.SSLError) -> str:
 
 
 class ConnectionWatch:
-    """Hears the broker's connection errors; :meth:`connect` ends at the first TLS failure."""
+    """Hears the broker's connection errors; :meth:`connect` ends at the first TLS failure.
+
+    Permission violations go to :attr:`permissions`, which fails the request they refuse.
+    """
 
     def __init__(self, broker: NatsBroker) -> None:
-        kwargs = broker_connection_kwargs(broker)
+        self._kwargs = kwargs = broker_connection_kwargs(broker)
         self._original = kwargs.get("error_cb")
         self._tls_failure: asyncio.Future[ssl.SSLError] | None = None
+        self.permissions = PermissionWatch(inbox_prefix=self._inbox_prefix())
         kwargs["error_cb"] = self._on_error
 
+    def _inbox_prefix(self) -> str:
+        prefix = self._kwargs.get("inbox_prefix") or "_INBOX"
+        return prefix.decode() if isinstance(prefix, bytes) else str(prefix)
+
     async def _on_error(self, exc: Exception) -> None:
+        self.permissions.hear(exc)
         if isinstance(exc, ssl.SSLError):
             waiting = self._tls_failure
             if waiting is not None and not waiting.done():
@@ -59,6 +69,8 @@ class ConnectionWatch:
 
     async def connect(self, connect: Callable[[], Awaitable[Client]]) -> Client:
         """Run ``connect``; raise the TLS error as soon as one happens instead of waiting."""
+        self.permissions.inbox_prefix = self._inbox_prefix()
+        self.permissions.connected()
         loop = asyncio.get_running_loop()
         self._tls_failure = failure = loop.create_future()
         attempt: asyncio.Future[Any] = asyncio.ensure_future(connect())

@@ -17,6 +17,7 @@ from nats.js.api import AckPolicy as ServerAckPolicy
 from nats.js.api import ConsumerConfig
 
 from .errors import ConfigurationError, SubjectError, TopologyError
+from .inbox_prefix import DEFAULT_INBOX_PREFIX
 from .subjects import (
     ForeignApp,
     build_subject,
@@ -69,6 +70,10 @@ _MANAGED_SUBSCRIBER_ARGUMENTS: Final = {
     "headers_only": "handlers receive the event's message, which is in the body",
     "kv_watch": "a subscriber reads events, not a key-value bucket",
     "obj_watch": "a subscriber reads events, not an object store",
+    "inbox_prefix": (
+        "one per app: NatsPubsub(..., inbox_prefix=...) (or NatsBroker(inbox_prefix=...)) "
+        "gives it to the connection and every subscriber"
+    ),
 }
 _MANAGED_PUBLISHER_ARGUMENTS: Final = {
     "stream": _STREAM_HINT,
@@ -112,6 +117,8 @@ class Declarations:
         """The app's DLQ stream (set by the facade when it has one)."""
         self.publishes = False
         """A FastStream publisher of the app is registered (its return values publish)."""
+        self.inbox_prefix = DEFAULT_INBOX_PREFIX
+        """Where the replies to the app's requests and pulls go (set by the facade)."""
         self._subjects: dict[str, str] = {}
 
     def needed(self) -> Topology:
@@ -185,6 +192,8 @@ class Declarations:
                 else PullSub(batch_size=max_workers, timeout=DEFAULT_FETCH_TIMEOUT)
             ),
             "max_workers": max_workers,
+            # Pulled messages come to the app's reply prefix, not FastStream's _INBOX.
+            "inbox_prefix": f"{self.inbox_prefix}.".encode(),
             # A safety net only: the facade's middleware decides ack, NAK or DLQ itself.
             "ack_policy": AckPolicy.NACK_ON_ERROR,
         }

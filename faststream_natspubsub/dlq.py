@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from .codecs.base import Codec
+    from .violations import PermissionWatch
 
 __all__ = (
     "DLQ_MAX_BYTES",
@@ -212,7 +213,9 @@ class DeadLetterWriter:
 
     ``publish`` is FastStream's ``broker.publish`` (or anything with its signature), so DLQ
     writes show up in the broker's telemetry like any other publish. ``max_payload`` is the
-    server's limit (the facade sets it from the connection when the broker starts).
+    server's limit (the facade sets it from the connection when the broker starts), and
+    ``watch`` the connection's permission violations (a refused write fails at once with
+    :class:`PermissionDeniedError` instead of timing out).
     """
 
     def __init__(
@@ -235,6 +238,7 @@ class DeadLetterWriter:
         self.attempts = attempts
         self.max_payload = max_payload
         self.metrics = metrics or PubsubMetrics()
+        self.watch: PermissionWatch | None = None
         self._full_logged_at = float("-inf")
 
     async def write(
@@ -257,9 +261,10 @@ class DeadLetterWriter:
         last: BaseException | None = None
         for attempt in range(self.attempts):
             try:
-                await publish(
+                sent = publish(
                     body, subject, headers=dict(headers), stream=self.stream, timeout=self.timeout
                 )
+                await (sent if self.watch is None else self.watch.guard(sent, subject=subject))
             except MaxPayloadError as exc:
                 # The server's limit is lower than we were told: keep only what surely fits.
                 last = exc

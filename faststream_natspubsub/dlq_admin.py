@@ -20,6 +20,7 @@ from .dlq_record import DeadLetterRecord
 from .errors import (
     DeadLetterNotFoundError,
     DeadLetterRecordError,
+    PermissionDeniedError,
     PublishError,
     RecordTruncatedError,
     ReplayRefusedError,
@@ -41,13 +42,14 @@ if TYPE_CHECKING:
     from nats.js.api import PubAck
 
     from .replay import ReplayTarget
+    from .violations import PermissionWatch
 
 __all__ = ("DeadLetterNotFoundError", "DeadLetterQueue", "SkippedEntry")
 
 logger = logging.getLogger("faststream_natspubsub.dlq")
 
 # What a JetStream request can fail with when the server is slow, away or refuses it.
-_SERVER_ERRORS = (nats.errors.Error, TimeoutError)
+_SERVER_ERRORS = (nats.errors.Error, TimeoutError, PermissionDeniedError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,10 +64,16 @@ class DeadLetterQueue:
     """The DLQ stream of ``app`` in ``env``, through a JetStream context.
 
     ``dlq = DeadLetterQueue(nc.jetstream(), env="production", app="payments")``
+
+    ``watch`` (the connection's permission violations) makes a refused replay publish or
+    record deletion fail at once instead of after its timeout.
     """
 
-    def __init__(self, js: JetStreamContext, *, env: str, app: str) -> None:
+    def __init__(
+        self, js: JetStreamContext, *, env: str, app: str, watch: PermissionWatch | None = None
+    ) -> None:
         self.js = js
+        self.watch = watch
         self.env = normalize_env(env)
         self.app = normalize_app(app)
         self.stream = dlq_stream_name(self.env, self.app)
@@ -260,8 +268,9 @@ class DeadLetterQueue:
     async def _publish(
         self, subject: str, payload: bytes, headers: dict[str, str], timeout: float
     ) -> PubAck:
+        sent = self.js.publish(subject, payload, timeout=timeout, headers=dict(headers))
         try:
-            return await self.js.publish(subject, payload, timeout=timeout, headers=dict(headers))
+            return await (sent if self.watch is None else self.watch.guard(sent, subject=subject))
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             # Something answered that is not JetStream (a core subscriber on the subject).
             raise PublishError(
@@ -270,8 +279,10 @@ class DeadLetterQueue:
             ) from None
 
     async def _delete(self, seq: int) -> tuple[bool, str | None]:
+        deleted = self.js.delete_msg(self.stream, seq)
+        subject = f"$JS.API.STREAM.MSG.DELETE.{self.stream}"
         try:
-            await self.js.delete_msg(self.stream, seq)
+            await (deleted if self.watch is None else self.watch.guard(deleted, subject=subject))
         except NotFoundError:
             pass  # someone else removed it: it is gone all the same
         except _SERVER_ERRORS as exc:

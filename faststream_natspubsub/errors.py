@@ -7,8 +7,9 @@ NatsPubsubError
 │   ├── MessageTooLargeError           the encoded message exceeds the size limit
 │   └── MalformedEnvelopeError         received bytes that are not a readable envelope
 ├── PublishError                       the server did not store the event
-│   └── DeadLetterQueueFullError       the DLQ stream is at its limits and refuses records
-├── TopologyError                      a stream or consumer could not be declared or verified
+│   ├── DeadLetterQueueFullError       the DLQ stream is at its limits and refuses records
+│   └── PermissionDeniedError          the server refused a publish or subscription: no permission
+├── TopologyError                      the app cannot start: its topology or a permission it needs
 ├── DeadLetterNotFoundError (LookupError)   no dead-letter record matches
 ├── DeadLetterRecordError (ValueError)  a DLQ entry is not a readable dead-letter record
 ├── ReplayRefusedError                 a record that replay must not publish
@@ -39,6 +40,7 @@ __all__ = (
     "MissingExtraError",
     "NatsPubsubError",
     "PermanentError",
+    "PermissionDeniedError",
     "PublishError",
     "RecordTruncatedError",
     "ReplayRefusedError",
@@ -95,8 +97,30 @@ class DeadLetterQueueFullError(PublishError):
     """
 
 
+class PermissionDeniedError(PublishError):
+    """The server refused a publish (a JetStream request is one) or a subscription: the
+    user it was made as lacks the permission.
+
+    nats-server answers a refused publish with nothing but an error on the connection, so
+    without this a refused request would wait out its timeout. ``action`` is ``"publish"``
+    or ``"subscribe"``; ``subject`` is the subject the server named (nats-py hands it over
+    lower-cased, so it is given in the case the package used when it knows the subject).
+    """
+
+    def __init__(self, action: str, subject: str, *, what: str = "") -> None:
+        self.action = action
+        self.subject = subject
+        verb = "publish to" if action == "publish" else "subscribe to"
+        prefix = f"{what}: " if what else ""
+        super().__init__(
+            f'{prefix}permission denied: the user may not {verb} "{subject}" (add it to the '
+            f"user's {action} allow list; `natspubsub permissions` prints what an app needs)"
+        )
+
+
 class TopologyError(NatsPubsubError):
-    """A stream or consumer the application needs could not be declared or verified."""
+    """A stream or consumer the application needs could not be declared or verified, or the
+    server refuses a permission the app needs (the message names each one)."""
 
 
 class DeadLetterNotFoundError(NatsPubsubError, LookupError):

@@ -8,6 +8,7 @@ declaring (:mod:`.declaring`), registering subscribers (:mod:`.registrar`), publ
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any, Final
 
 from faststream.exceptions import IncorrectState
@@ -19,6 +20,7 @@ from .errors import ConfigurationError
 from .health import DEFAULT_MAX_PENDING, HealthReport, check_health, health_route
 from .host import BrokerHost
 from .inbox import DEFAULT_INBOX_TTL, InboxStore, KvInboxStore, MemoryInboxStore, inbox_bucket_name
+from .inbox_prefix import bind_inbox_prefix, check_inbox_prefix
 from .lifecycle import PubsubLifecycle
 from .metrics import PubsubMetrics
 from .middlewares.batch import BatchMiddleware
@@ -26,6 +28,7 @@ from .middlewares.envelope import EnvelopeMiddleware
 from .middlewares.failure import FailureMiddleware
 from .middlewares.heartbeat import AckHeartbeatMiddleware
 from .middlewares.inbox import InboxMiddleware
+from .permissions import AppAccess, ConsumerAccess, PermissionSet, permissions_for
 from .publisher import EventPublisher
 from .registrar import TopicRegistrar
 from .retry import RetryPolicy
@@ -100,6 +103,7 @@ class NatsPubsub:
         compat: str | None = None,
         topology: str = "create",
         outbox: AsyncEngine | OutboxOptions | None = None,
+        inbox_prefix: str | None = None,
     ) -> None:
         """``compat="natspubsub-1.0"`` also writes what NatsPubsub 1.0 consumers read (the
         message again as ``payload``, ``producer``, a top-level ``trace_id``), for fleets that
@@ -107,13 +111,21 @@ class NatsPubsub:
         ``topology="verify"`` creates and updates nothing: the start checks that the streams
         and consumers an operator declared fit the app. ``outbox=engine`` (an SQLAlchemy
         ``AsyncEngine``, or ``OutboxOptions``; the ``[sql]`` extra) adds the transactional
-        outbox, ``pubsub.outbox``, whose relay runs while the broker runs."""
+        outbox, ``pubsub.outbox``, whose relay runs while the broker runs.
+        ``inbox_prefix`` is where the replies to the app's requests and pulls go (the
+        broker's, ``_INBOX`` by default): give each app its own (``"_INBOX_orders"``) and
+        allow its user only that, so no other client can read its pulled events. It is set
+        on the broker's connection and handed to every subscriber of the app."""
         if topology not in ("create", "verify"):
             raise ConfigurationError(f"topology must be 'create' or 'verify', not {topology!r}")
         self.topology_mode = topology
         self.broker = broker
         self.env = normalize_env(env)
         self.app = normalize_app(app)
+        existing = BrokerHost.find(broker)
+        self.inbox_prefix = bind_inbox_prefix(
+            broker, inbox_prefix, first_app=existing is None or not existing.hosts_apps
+        )
         self.retry = retry or RetryPolicy()
         self.stream_settings = streams or StreamSettings()
         self.topology = Topology()
@@ -124,6 +136,7 @@ class NatsPubsub:
             stream_settings=self.stream_settings,
             topology=self.topology,
         )
+        declarations.inbox_prefix = self.inbox_prefix
         self.stream = declarations.stream
         self.dlq_stream = dlq_stream_name(self.env, self.app) if dlq else None
         self.dlq_subject_prefix = dlq_subject_prefix(self.env, self.app)
@@ -194,6 +207,8 @@ class NatsPubsub:
             metrics=self.metrics,
         )
         declarations.dlq_stream = self.dlq_stream
+        host = BrokerHost.of(broker)
+        self.envelope.permissions = host.permissions
         self.outbox: Outbox | None = None
         """The transactional outbox (``outbox=engine``; needs the ``[sql]`` extra)."""
         if outbox is not None:
@@ -209,9 +224,10 @@ class NatsPubsub:
             dead_letters=self.dead_letters,
             publish=broker.publish,
             metrics=self.metrics,
+            watch=host.permissions,
+            access=self._access,
             handler_targets=self.envelope.targets,
         )
-        host = BrokerHost.of(broker)
         host.add_app(self.runtime, lifecycle, tracing=tracing)
         self._registrar = TopicRegistrar(
             runtime=self.runtime, declarations=declarations, host=host, lifecycle=lifecycle
@@ -221,6 +237,7 @@ class NatsPubsub:
             runtime=self.runtime,
             subject_for=declarations.subject_for,
             before_publish=lifecycle.own_stream_ready,
+            permissions=host.permissions,
         )
 
     # -- declaring -----------------------------------------------------------------------
@@ -340,7 +357,11 @@ class NatsPubsub:
             streams=list(self._registrar.declarations.needed().streams),
             consumers=list(self.topology.consumers),
             max_pending=max_pending,
+            watch=self._registrar.host.permissions,
         )
+        permissions = self._registrar.lifecycle.permissions_health()
+        if permissions is not None:
+            report = HealthReport.from_components({**report.components, "permissions": permissions})
         if self.outbox is not None:
             outbox = await self.outbox.health()
             report = HealthReport.from_components({**report.components, "outbox": outbox})
@@ -356,6 +377,51 @@ class NatsPubsub:
             return await self.health(max_pending=max_pending)
 
         return health_route(check)
+
+    # -- permissions ---------------------------------------------------------------------
+
+    def permissions(self, *roles: str, inbox_prefix: str | None = None) -> PermissionSet:
+        """The least NATS permissions this app needs for ``roles`` (``publisher``,
+        ``consumer``, ``health``, ``operator``), derived from its declared topology.
+
+        ``pubsub.permissions("consumer", "health").to_config()`` is the ``permissions {}``
+        block of the app's nats-server user; declare every subscriber first.
+        ``inbox_prefix`` is the reply prefix of the user the set is for, when it is not the
+        app's (an operator running ``natspubsub --inbox-prefix _INBOX_ops``).
+        """
+        access = self._access()
+        if inbox_prefix is not None:
+            access = dataclasses.replace(access, inbox_prefix=check_inbox_prefix(inbox_prefix))
+        return permissions_for(access, roles)
+
+    def _access(self) -> AppAccess:
+        registrar = self._registrar
+        kv = self.inbox_store if isinstance(self.inbox_store, KvInboxStore) else None
+        consumers = []
+        for subscriber, _subject in registrar.lifecycle.subscribers:
+            plan = registrar.host.plan_for(subscriber)
+            if plan is None:
+                continue
+            consumers.append(
+                ConsumerAccess(
+                    stream=plan.stream,
+                    durable=plan.durable,
+                    filter_subject=plan.subject,
+                    inbox=kv is not None and plan.inbox is not None,
+                )
+            )
+        return AppAccess(
+            env=self.env,
+            app=self.app,
+            own_stream=self.stream,
+            start_streams=tuple(registrar.declarations.needed().streams),
+            consumers=tuple(consumers),
+            dlq_stream=self.dlq_stream,
+            dlq_prefix=self.dlq_subject_prefix,
+            kv_bucket=kv.bucket if kv is not None else None,
+            inbox_prefix=self.inbox_prefix,
+            verify_only=self.topology_mode == "verify",
+        )
 
     def console(self, **options: Any) -> OperationsConsole:
         """The operations console of this app, an ASGI app on the broker's connection.

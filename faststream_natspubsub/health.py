@@ -5,6 +5,8 @@ that says so. Rules, worst component wins:
 
 - no connection, a closed or reconnecting one, or JetStream not answering: unhealthy;
 - a stream or consumer that does not exist: unhealthy (nothing stores or reads the events);
+- a request the server refuses for lack of permission: that component is unhealthy, with the
+  permission named (``watch`` hears the refusal; the request does not wait for its timeout);
 - a consumer with more than ``max_pending`` undelivered messages, or with redelivered
   messages waiting for an ack: degraded (it is behind, or its handler is failing);
 - a stream that refuses new messages at its limits (discard new, as the DLQ does) and is
@@ -19,7 +21,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import nats.errors
 from faststream.asgi import AsgiResponse, get
@@ -28,10 +30,14 @@ from nats.js.api import DiscardPolicy
 from nats.js.errors import NotFoundError
 from pydantic_core import to_json
 
+from .errors import PermissionDeniedError
+
 if TYPE_CHECKING:
     from faststream.asgi.handlers import GetHandler
     from nats.aio.client import Client
     from nats.js import JetStreamManager
+
+    from .violations import PermissionWatch
 
 __all__ = (
     "DEFAULT_MAX_PENDING",
@@ -43,6 +49,8 @@ __all__ = (
     "health_route",
 )
 
+T = TypeVar("T")
+
 # Undelivered messages a consumer may have before it counts as lagging.
 DEFAULT_MAX_PENDING: Final = 1000
 # A stream that refuses new messages at its limits is reported degraded from this fill ratio.
@@ -50,7 +58,8 @@ NEARLY_FULL: Final = 0.9
 # Seconds per JetStream request: a health probe must answer quickly, even when NATS does not.
 HEALTH_TIMEOUT: Final = 2.0
 # What a server that is down, slow or without JetStream raises; anything else is a bug.
-_SERVER_ERRORS: Final = (nats.errors.Error, TimeoutError, OSError)
+_SERVER_ERRORS: Final = (nats.errors.Error, TimeoutError, OSError, PermissionDeniedError)
+_API: Final = "$JS.API"
 
 
 class HealthStatus(str, Enum):
@@ -122,8 +131,13 @@ async def check_health(
     streams: Sequence[str],
     consumers: Sequence[tuple[str, str]] = (),
     max_pending: int = DEFAULT_MAX_PENDING,
+    watch: PermissionWatch | None = None,
 ) -> HealthReport:
-    """Check the connection, JetStream, ``streams`` and ``consumers`` (``(stream, durable)``)."""
+    """Check the connection, JetStream, ``streams`` and ``consumers`` (``(stream, durable)``).
+
+    ``watch`` hears the connection's permission violations: a refused request is reported
+    at once, naming the permission, instead of after its timeout.
+    """
     if max_pending < 0:
         raise ValueError(f"max_pending must be >= 0, not {max_pending}")
     components: dict[str, ComponentHealth] = {}
@@ -135,7 +149,9 @@ async def check_health(
         )
         jsm = nc.jsm(timeout=HEALTH_TIMEOUT)
         try:
-            await jsm.account_info()
+            await _ask(watch, jsm.account_info(), f"{_API}.INFO")
+        except PermissionDeniedError as exc:  # JetStream answers others: go on checking
+            components["jetstream"] = _unhealthy(_describe(exc))
         except _SERVER_ERRORS as exc:
             problem = f"JetStream unreachable: {_describe(exc)}"
             components["jetstream"] = _unhealthy(problem)
@@ -153,8 +169,11 @@ async def check_health(
         return HealthReport.from_components(components)
 
     checked = await asyncio.gather(
-        *(_check_stream(jsm, name) for name in streams),
-        *(_check_consumer(jsm, stream, durable, max_pending) for stream, durable in consumers),
+        *(_check_stream(jsm, name, watch) for name in streams),
+        *(
+            _check_consumer(jsm, stream, durable, max_pending, watch)
+            for stream, durable in consumers
+        ),
     )
     names = [f"stream:{name}" for name in streams]
     names += [f"consumer:{stream}/{durable}" for stream, durable in consumers]
@@ -180,9 +199,15 @@ def _server(nc: Client) -> dict[str, Any]:
     return {"server": f"{url.hostname}:{url.port}" if url.port else url.hostname}
 
 
-async def _check_stream(jsm: JetStreamManager, name: str) -> ComponentHealth:
+async def _ask(watch: PermissionWatch | None, request: Awaitable[T], subject: str) -> T:
+    return await (request if watch is None else watch.guard(request, subject=subject))
+
+
+async def _check_stream(
+    jsm: JetStreamManager, name: str, watch: PermissionWatch | None
+) -> ComponentHealth:
     try:
-        info = await jsm.stream_info(name)
+        info = await _ask(watch, jsm.stream_info(name), f"{_API}.STREAM.INFO.{name}")
     except NotFoundError:
         return _unhealthy("missing")
     except _SERVER_ERRORS as exc:
@@ -214,10 +239,15 @@ def _fill(info: Any) -> float | None:
 
 
 async def _check_consumer(
-    jsm: JetStreamManager, stream: str, durable: str, max_pending: int
+    jsm: JetStreamManager,
+    stream: str,
+    durable: str,
+    max_pending: int,
+    watch: PermissionWatch | None,
 ) -> ComponentHealth:
+    subject = f"{_API}.CONSUMER.INFO.{stream}.{durable}"
     try:
-        info = await jsm.consumer_info(stream, durable)
+        info = await _ask(watch, jsm.consumer_info(stream, durable), subject)
     except NotFoundError as exc:
         return _unhealthy(f"missing ({_describe(exc)})")
     except _SERVER_ERRORS as exc:
@@ -241,6 +271,9 @@ def _unhealthy(detail: str) -> ComponentHealth:
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, PermissionDeniedError):
+        verb = "publish to" if exc.action == "publish" else "subscribe to"
+        return f'permission denied: may not {verb} "{exc.subject}"'
     description = getattr(exc, "description", None)
     if description:
         return str(description)

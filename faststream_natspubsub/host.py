@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from nats.aio.client import Client as NatsClient
 
     from .runtime import AppRuntime, SubscriberPlan
+    from .violations import PermissionWatch
 
 __all__ = ("AppLifecycle", "BrokerHost", "HostedApp")
 
@@ -73,6 +74,11 @@ class BrokerHost:
         self._connection_watch = ConnectionWatch(broker)
         self._wrap_lifecycle()
 
+    @property
+    def permissions(self) -> PermissionWatch:
+        """The permission violations heard on the broker's connection."""
+        return self._connection_watch.permissions
+
     @classmethod
     def of(cls, broker: NatsBroker) -> BrokerHost:
         """The host of ``broker``, created (and its middleware installed) on first use."""
@@ -110,6 +116,11 @@ class BrokerHost:
     def add_subscriber(self, subscriber: Any, plan: SubscriberPlan) -> None:
         """Route the messages of ``subscriber`` (made by an app's facade) to its app."""
         self._plans[subscriber] = plan
+
+    @property
+    def hosts_apps(self) -> bool:
+        """Whether an app was added already."""
+        return any(self._apps.values())
 
     @property
     def apps(self) -> Iterator[AppRuntime]:

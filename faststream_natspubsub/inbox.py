@@ -21,10 +21,13 @@ from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 
 from .errors import TopologyError
+from .guarded_kv import GuardedKeyValue
 
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
     from nats.js.kv import KeyValue
+
+    from .violations import PermissionWatch
 
 __all__ = (
     "DEFAULT_INBOX_TTL",
@@ -181,23 +184,29 @@ class KvInboxStore:
         # that is not in here was left behind by a failed release, so this process may take
         # it over at once instead of waiting for it to expire.
         self._held: set[str] = set()
-        self._kv: KeyValue | None = None
+        self._kv: KeyValue | GuardedKeyValue | None = None
         # Used instead of the bucket in memory tests (TestNatsBroker), where there is none.
         self._stand_in: MemoryInboxStore | None = None
 
-    async def bind(self, js: JetStreamContext, *, create: bool = True) -> None:
-        """Open the bucket, creating it on first use (``create=False``: it must exist)."""
+    async def bind(
+        self, js: JetStreamContext, *, create: bool = True, watch: PermissionWatch | None = None
+    ) -> None:
+        """Open the bucket, creating it on first use (``create=False``: it must exist).
+
+        With ``watch``, an operation the server refuses for lack of permission fails at once.
+        """
         try:
-            self._kv = await js.key_value(self.bucket)
+            kv = await js.key_value(self.bucket)
         except NotFoundError:
             if not create:
                 raise TopologyError(
                     f'the inbox\'s KV bucket {self.bucket} is missing (topology="verify" '
                     "creates nothing)"
                 ) from None
-            self._kv = await js.create_key_value(
+            kv = await js.create_key_value(
                 bucket=self.bucket, ttl=self.ttl, history=1, replicas=self.replicas
             )
+        self._kv = kv if watch is None else GuardedKeyValue(kv, watch, self.bucket)
 
     @property
     def bound(self) -> bool:
@@ -213,7 +222,7 @@ class KvInboxStore:
             self._stand_in = MemoryInboxStore(ttl=self.ttl)
 
     @property
-    def kv(self) -> KeyValue:
+    def kv(self) -> KeyValue | GuardedKeyValue:
         if self._kv is None:
             raise RuntimeError("KvInboxStore is not bound: start the broker first")
         return self._kv

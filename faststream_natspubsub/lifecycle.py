@@ -4,6 +4,13 @@ On start, connected but before any subscriber pulls: declare what the app's role
 with ``topology="verify"``, check that an operator declared it), open the KV inbox, subscribe
 to the MAX_DELIVERIES advisories (the server sends them on a later pull), and refuse handlers
 that can never run. A consumer-only app gets no stream of its own until its first publish.
+
+A permission the server refuses during start ends it at once with :class:`TopologyError`
+naming it; the consumer rights that are refused only in silence (pull, ack, dead-letter,
+advisory reader, KV inbox) are tried with harmless probes (:mod:`.permission_probe`), and
+every one missing is listed. While the app runs, a refused permission stops the
+subscribers that need it (:mod:`.permission_monitor`).
+
 Once the subscribers run, give each pull subscription the leaner fetch. On stop, stop the
 advisory listener.
 """
@@ -15,9 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 from .advisories import MaxDeliveriesWatcher
 from .compat import handler_function
-from .errors import ConfigurationError
+from .errors import ConfigurationError, PermissionDeniedError, TopologyError
 from .inbox import KvInboxStore
+from .permission_monitor import PermissionMonitor
+from .permission_probe import probe_consumer_rights
+from .permissions import permissions_for
 from .pull import BatchFetcher
+from .violations import restore_case
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -28,10 +39,13 @@ if TYPE_CHECKING:
     from .codecs.targets import HandlerTargets
     from .declaring import Declarations
     from .dlq import DeadLetterWriter
+    from .health import ComponentHealth
     from .inbox import InboxStore
     from .metrics import PubsubMetrics
+    from .permissions import AppAccess, PermissionSet
     from .sql import Outbox
     from .transactional import TransactionalInboxStore
+    from .violations import PermissionWatch, Violation
 
 __all__ = ("PubsubLifecycle", "check_handler")
 
@@ -48,6 +62,8 @@ class PubsubLifecycle:
         dead_letters: DeadLetterWriter | None,
         publish: Callable[..., Awaitable[Any]],
         metrics: PubsubMetrics,
+        watch: PermissionWatch,
+        access: Callable[[], AppAccess],
         handler_targets: HandlerTargets | None = None,
         outbox: Outbox | None = None,
     ) -> None:
@@ -60,8 +76,13 @@ class PubsubLifecycle:
         self.dead_letters = dead_letters
         self.publish = publish
         self.metrics = metrics
+        self.watch = watch
+        self.access = access
         # (subscriber, its subject) of every subscriber the app's facade made.
         self.subscribers: list[tuple[Any, str]] = []
+        self.by_durable: dict[str, Any] = {}
+        """Each subscriber by its durable's name."""
+        self.monitor: PermissionMonitor | None = None
         self._watcher: MaxDeliveriesWatcher | None = None
         self._jsm: JetStreamManager | None = None
         # The own stream was left out at start (no publisher yet): declared on first publish.
@@ -86,12 +107,27 @@ class PubsubLifecycle:
         """Before a publish: the app's own stream exists (declared now if it was left out)."""
         if not self._own_stream_pending or self._jsm is None:
             return
+        own_name = self.declarations.stream
         own = self.declarations.own_stream_only()
-        if self.verify_only:
-            await own.verify(self._jsm)
-        else:
-            await own.declare(self._jsm)
+        api = f".{self.declarations.stream.lower()}"
+
+        def refuses(violation: Violation) -> bool:  # a request about the own stream
+            return self.watch.replies_refused(violation) or (
+                violation.subject.startswith("$js.api.stream.") and violation.subject.endswith(api)
+            )
+
+        with self.watch.guarding(refuses, name=lambda v: restore_case(v.subject, names=[own_name])):
+            if self.verify_only:
+                await own.verify(self._jsm)
+            else:
+                await own.declare(self._jsm)
         self._own_stream_pending = False
+
+    def rights(self) -> PermissionSet:
+        """The permissions of the roles the app runs (for naming and the monitor)."""
+        access = self.access()
+        roles = ("consumer", "publisher", "health") if access.consumers else ("publisher", "health")
+        return permissions_for(access, roles)
 
     async def start(self, connection: NatsClient) -> None:
         for subscriber, subject in self.subscribers:
@@ -101,20 +137,55 @@ class PubsubLifecycle:
             self.handler_targets.inspect(subscriber for subscriber, _ in self.subscribers)
         if self.dead_letters is not None:  # records are sized to the server's limit
             self.dead_letters.max_payload = connection.max_payload
+            self.dead_letters.watch = self.watch
+        access = self.access()
+        rights = self.rights()
+        mark = self.watch.count
+        try:
+            with self.watch.guarding(
+                lambda _violation: True,
+                name=lambda violation: _name(rights, violation),
+                what=f"app {access.app!r} cannot start",
+            ):
+                await self._start(connection)
+            if access.consumers:
+                store = self.inbox_store
+                kv = store.kv if isinstance(store, KvInboxStore) and store.bound else None
+                await probe_consumer_rights(connection, self.watch, access, kv)
+            refused = self.watch.since(mark)
+            if refused:
+                raise TopologyError(_missing(access.app, rights, refused))
+        except PermissionDeniedError as exc:
+            await self.stop()
+            raise TopologyError(str(exc)) from exc
+        except BaseException:
+            await self.stop()
+            raise
+        self.monitor = PermissionMonitor(permissions=rights, subscribers=self.by_durable)
+        self.watch.add_listener(self.monitor)
+
+    async def _start(self, connection: NatsClient) -> None:
         js = connection.jetstream()
         await self.declare(js)
         if isinstance(self.inbox_store, KvInboxStore):
-            await self.inbox_store.bind(js, create=not self.verify_only)
+            await self.inbox_store.bind(js, create=not self.verify_only, watch=self.watch)
         if self.dead_letters is not None and self.topology.consumers:
             # Before the consumers pull: the server sends the advisory on a later pull.
             self._watcher = MaxDeliveriesWatcher(
                 writer=self.dead_letters,
                 publish=self.publish,
-                consumers=self.topology.consumers,
+                consumers={
+                    key: spec.filter_subject for key, spec in self.topology.consumers.items()
+                },
                 metrics=self.metrics,
                 inbox=self.inbox_store,
+                watch=self.watch,
             )
             await self._watcher.start(connection)
+
+    def permissions_health(self) -> ComponentHealth | None:
+        """What the app's permission monitor reports (None before the first start)."""
+        return self.monitor.component() if self.monitor is not None else None
 
     async def started(self, connection: NatsClient) -> None:
         for subscriber, _subject in self.subscribers:
@@ -126,9 +197,40 @@ class PubsubLifecycle:
     async def stop(self) -> None:
         if self.outbox is not None:
             await self.outbox.stop()  # the window in flight still has the connection
+        if self.monitor is not None:
+            self.watch.remove_listener(self.monitor)
+            await self.monitor.close()
         if self._watcher is not None:
             await self._watcher.stop()
             self._watcher = None
+
+
+def _name(rights: PermissionSet, violation: Violation) -> str:
+    """The refused subject as the app knows it: the permission that covers it (a pattern
+    such as ``_INBOX_orders.>`` for a reply subscription), else the server's words."""
+    permission = rights.find(violation)
+    return permission.subject if permission is not None else restore_case(violation.subject)
+
+
+def _missing(app: str, rights: PermissionSet, refused: list[Violation]) -> str:
+    """Every permission the start found refused, in one message."""
+    lines: list[str] = []
+    for violation in refused:
+        permission = rights.find(violation)
+        verb = "publish to" if violation.action == "publish" else "subscribe to"
+        line = (
+            f'{verb} "{permission.subject}" ({permission.purpose})'
+            if permission is not None
+            else f'{verb} "{restore_case(violation.subject)}"'
+        )
+        if line not in lines:
+            lines.append(line)
+    return (
+        f"app {app!r} cannot start: permission denied: the user may not\n- "
+        + "\n- ".join(lines)
+        + "\nadd them to the user's allow lists (`natspubsub permissions` prints all the app "
+        "needs)"
+    )
 
 
 def check_handler(subscriber: Any, subject: str) -> None:

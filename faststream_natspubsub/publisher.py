@@ -18,7 +18,7 @@ from nats.aio.client import Client as NatsClient
 from opentelemetry import propagate
 
 from .envelope import CONTENT_ENCODING_HEADER, format_timestamp, new_event_id
-from .errors import NatsPubsubError
+from .errors import NatsPubsubError, PermissionDeniedError
 from .metadata import current_inbound
 from .pipeline import PipelinedItem, PubAckRouter, header_block, header_line, header_value
 from .publishing import PUBLISH_RETRY_DELAYS, OutgoingEvent, PublishResult
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
     from .metadata import InboundEvent
     from .runtime import AppRuntime
+    from .violations import PermissionWatch, Violation
 
 __all__ = ("EventPublisher",)
 
@@ -50,12 +51,15 @@ class EventPublisher:
         runtime: AppRuntime,
         subject_for: Callable[[str], str],
         before_publish: Callable[[], Awaitable[None]],
+        permissions: PermissionWatch | None = None,
     ) -> None:
         self.broker = broker
         self.runtime = runtime
         self.subject_for = subject_for
         # Makes sure the app's own stream exists (a consumer-only app declares it lazily).
         self.before_publish = before_publish
+        # The connection's permission violations: a refused subject fails its items at once.
+        self.permissions = permissions
         self._pub_acks: PubAckRouter | None = None
 
     async def publish(
@@ -143,7 +147,7 @@ class EventPublisher:
         router = self._pub_acks_for(connection)
         pending = [p for p in prepared if isinstance(p, PipelinedItem)]
         for delay in (*PUBLISH_RETRY_DELAYS, None):
-            await router.send_round(pending, timeout)
+            await self._send_round(router, pending, timeout)
             pending = [p for p in pending if p.retriable and p.error is not None]
             if not pending or delay is None:
                 break
@@ -215,6 +219,36 @@ class EventPublisher:
             event_id=event_id, subject=subject, payload=payload, headers=headers + b"\r\n"
         )
 
+    async def _send_round(
+        self, router: PubAckRouter, pending: list[PipelinedItem], timeout: float
+    ) -> None:
+        """One window; items whose subject the server refuses end with
+        :class:`PermissionDeniedError` (not retried) as soon as it says so."""
+        watch = self.permissions
+        if watch is None:
+            await router.send_round(pending, timeout)
+            return
+        subjects = {item.subject.lower() for item in pending}
+        mark = watch.count
+
+        def refuses(violation: Violation) -> bool:
+            return watch.replies_refused(violation) or (
+                violation.action == "publish" and violation.subject in subjects
+            )
+
+        try:
+            with watch.guarding(refuses):
+                await router.send_round(pending, timeout)
+        except PermissionDeniedError:
+            refused = watch.since(mark)
+            for item in pending:
+                if item.ack is not None:
+                    continue
+                denial = next((v for v in refused if refuses(v) and _concerns(v, item)), None)
+                if denial is not None:
+                    item.error = PermissionDeniedError(denial.action, _named(denial, item))
+                    item.retriable = False
+
     def _pub_acks_for(self, connection: NatsClient) -> PubAckRouter:
         """One PubAck router (one reply subscription) per connection."""
         if self._pub_acks is None or self._pub_acks.connection is not connection:
@@ -230,6 +264,15 @@ class _SharedFields:
     metadata: dict[str, Any]
     headers: bytes
     """The header block's shared lines (not closed: each item adds its own)."""
+
+
+def _concerns(violation: Violation, item: PipelinedItem) -> bool:
+    """Whether a refusal stops ``item``: its own subject, or the replies of every item."""
+    return violation.action == "subscribe" or violation.subject == item.subject.lower()
+
+
+def _named(violation: Violation, item: PipelinedItem) -> str:
+    return item.subject if violation.action == "publish" else violation.subject
 
 
 def _result(item: PipelinedItem) -> PublishResult:

@@ -75,6 +75,7 @@ class TopicRegistrar:
         )
         self.host.add_subscriber(subscriber, plan)
         self.lifecycle.subscribers.append((subscriber, declared.subject))
+        self.lifecycle.by_durable[consumer.durable] = subscriber
         return subscriber
 
     def publisher(

@@ -194,3 +194,29 @@ def test_sdk_meter_provider_installed_tells_a_real_provider_from_the_apis_own(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert result.stdout.strip() == expected
+
+
+@pytest.mark.nats
+async def test_kv_reads_directly_follows_the_buckets_allow_direct(
+    server: EmbeddedNatsServer,
+) -> None:
+    nc = await nats.connect(server.url)
+    try:
+        js = nc.jetstream()
+        plain = await js.create_key_value(bucket="compat_plain")
+        await js.add_stream(
+            name="KV_compat_direct",
+            subjects=["$KV.compat_direct.>"],
+            allow_direct=True,
+            max_msgs_per_subject=1,
+        )
+        direct = await js.key_value("compat_direct")
+        assert compat.kv_reads_directly(plain) is False
+        assert compat.kv_reads_directly(direct) is True
+    finally:
+        await nc.close()
+
+
+def test_kv_reads_directly_on_something_else_fails_loudly() -> None:
+    with pytest.raises(HostVersionError, match="_direct"):
+        compat.kv_reads_directly(object())  # type: ignore[arg-type]

@@ -315,6 +315,7 @@ async def test_e11_reports_health_in_code_and_over_http(server: EmbeddedNatsServ
     assert set(report.components) == {
         "connection",
         "jetstream",
+        "permissions",
         "stream:DEV_ORDERS",
         "stream:DLQ_DEV_ORDERS",
         f"consumer:DEV_ORDERS/{consumer_name('orders', 'dev.orders.order.created')}",
@@ -388,3 +389,8 @@ async def test_e16_the_outbox_publishes_committed_orders_and_the_sql_inbox_charg
     assert [event_id for _, event_id in outcome.payments] == outcome.placed
     assert [order_id for order_id, _ in outcome.payments] == ["ORD-1", "ORD-2"]
     assert outcome.duplicates == 1
+
+
+@pytest.mark.nats
+async def test_e17_two_apps_run_with_exactly_their_generated_permissions() -> None:
+    assert await load("e17_permissions").main() == ["ORD-1"]

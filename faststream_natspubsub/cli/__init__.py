@@ -16,6 +16,7 @@ from .console import console
 from .health import health
 from .options import EXIT_USAGE
 from .output import echo_error
+from .permissions import permissions
 
 __all__ = ("app", "main")
 
@@ -23,7 +24,7 @@ app = typer.Typer(
     name="natspubsub",
     help=(
         "Operate NatsPubsub applications on NATS JetStream: topology, dead letters, outbox, "
-        "health, and a web console."
+        "health, permissions, and a web console."
     ),
     no_args_is_help=True,
     # Locals can hold passwords and tokens; never print them with a traceback.
@@ -34,6 +35,7 @@ app.add_typer(dlq.app, name="dlq")
 app.add_typer(outbox.app, name="outbox")
 app.command("health")(health)
 app.command("console")(console)
+app.command("permissions")(permissions)
 
 
 @app.command()

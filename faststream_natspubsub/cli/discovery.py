@@ -4,13 +4,23 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..errors import PermissionDeniedError
 from ..subjects import dlq_stream_name, stream_name
 
 if TYPE_CHECKING:
     from nats.js import JetStreamManager
     from nats.js.api import ConsumerInfo, StreamInfo
 
-__all__ = ("app_consumers", "env_streams", "is_app_consumer", "list_consumers", "list_streams")
+    from ..violations import PermissionWatch
+
+__all__ = (
+    "app_consumers",
+    "env_streams",
+    "is_app_consumer",
+    "list_consumers",
+    "list_streams",
+    "permitted_consumers",
+)
 
 
 async def list_streams(jsm: JetStreamManager) -> list[StreamInfo]:
@@ -29,6 +39,19 @@ async def list_consumers(jsm: JetStreamManager, stream: str) -> list[ConsumerInf
     return found
 
 
+async def permitted_consumers(
+    jsm: JetStreamManager, stream: str, watch: PermissionWatch
+) -> list[ConsumerInfo] | None:
+    """Every consumer of ``stream``; None when the user may not list them (the server's
+    refusal, heard by ``watch``, ends the request at once)."""
+    try:
+        return await watch.guard(
+            list_consumers(jsm, stream), subject=f"$JS.API.CONSUMER.LIST.{stream}"
+        )
+    except PermissionDeniedError:
+        return None
+
+
 async def env_streams(jsm: JetStreamManager, env: str) -> list[StreamInfo]:
     """Streams of ``env`` (normalised): ``<ENV>_*`` and ``DLQ_<ENV>_*``, sorted by name.
 
@@ -44,14 +67,27 @@ def is_app_consumer(app: str, durable: str) -> bool:
     return durable.startswith(f"{app}__")
 
 
-async def app_consumers(jsm: JetStreamManager, env: str, app: str) -> list[tuple[str, str]]:
-    """``(stream, durable)`` of ``app``'s consumers on any stream of ``env``."""
+async def app_consumers(
+    jsm: JetStreamManager,
+    env: str,
+    app: str,
+    watch: PermissionWatch | None = None,
+    refused: list[str] | None = None,
+) -> list[tuple[str, str]]:
+    """``(stream, durable)`` of ``app``'s consumers on any stream of ``env``; the streams
+    whose consumers the user may not list are added to ``refused``."""
     found: list[tuple[str, str]] = []
     for stream in await env_streams(jsm, env):
         name = stream.config.name or ""
-        found += [
-            (name, c.name) for c in await list_consumers(jsm, name) if is_app_consumer(app, c.name)
-        ]
+        if watch is None:
+            consumers: list[ConsumerInfo] | None = await list_consumers(jsm, name)
+        else:
+            consumers = await permitted_consumers(jsm, name, watch)
+        if consumers is None:
+            if refused is not None:
+                refused.append(name)
+            continue
+        found += [(name, c.name) for c in consumers if is_app_consumer(app, c.name)]
     return found
 
 

@@ -33,6 +33,7 @@ from .options import (
     run,
     since_option,
     translate,
+    watch_of,
 )
 from .output import echo, echo_error, echo_json, echo_table, echo_warning, shorten
 
@@ -256,7 +257,9 @@ async def _opened(options: CommonOptions) -> AsyncIterator[tuple[Client, DeadLet
     """The DLQ of --app; a missing stream is an error here (a typo must not look empty)."""
     env, app_name = options.require_env(), options.require_app()
     async with connect(options) as nc:
-        dlq = DeadLetterQueue(nc.jetstream(timeout=options.timeout), env=env, app=app_name)
+        dlq = DeadLetterQueue(
+            nc.jetstream(timeout=options.timeout), env=env, app=app_name, watch=watch_of(nc)
+        )
         try:
             await dlq.js.stream_info(dlq.stream)
         except NotFoundError:

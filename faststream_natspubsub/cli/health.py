@@ -8,18 +8,22 @@ from typing import Annotated
 import nats.errors
 import typer
 
+from ..errors import PermissionDeniedError
 from ..health import (
     DEFAULT_MAX_PENDING,
     HEALTH_TIMEOUT,
     ComponentHealth,
     HealthReport,
+    HealthStatus,
     check_health,
 )
 from .discovery import app_consumers, app_streams
-from .options import CliError, CommonOptions, common_options, connect, run
+from .options import CliError, CommonOptions, common_options, connect, run, watch_of
 from .output import echo_error, echo_json, echo_table
 
 __all__ = ("health",)
+
+_STREAM_LIST = "$JS.API.STREAM.LIST"
 
 
 @common_options
@@ -71,14 +75,23 @@ async def _check(
     try:
         async with connect(options) as nc:
             jsm = nc.jsm(timeout=min(options.timeout, HEALTH_TIMEOUT))
+            watch = watch_of(nc)
+            refused: list[str] = []
             try:
-                found = await app_consumers(jsm, env, app_name)
+                with watch.guarding_request(_STREAM_LIST):
+                    found = await app_consumers(jsm, env, app_name, watch, refused)
+            except PermissionDeniedError:
+                found, refused = [], [_STREAM_LIST]
             except (nats.errors.Error, TimeoutError, OSError):
                 found = []  # check_health reports JetStream as unreachable
             consumers = found + [c for c in extra if c not in found]
             report = await check_health(
-                nc, streams=streams, consumers=consumers, max_pending=max_pending
+                nc, streams=streams, consumers=consumers, max_pending=max_pending, watch=watch
             )
+            if refused:  # consumers of the app may be missing from the report: say so
+                report = HealthReport.from_components(
+                    {**report.components, "consumers": _not_listed(refused)}
+                )
             return report, None
     except CliError as exc:
         # Unreachable is a verdict, not a usage error: still print the full report.
@@ -86,6 +99,16 @@ async def _check(
         components = dict(report.components)
         components["connection"] = dataclasses.replace(components["connection"], detail=exc.message)
         return dataclasses.replace(report, components=components), exc.message
+
+
+def _not_listed(refused: list[str]) -> ComponentHealth:
+    subjects = [s if s == _STREAM_LIST else f"$JS.API.CONSUMER.LIST.{s}" for s in refused]
+    return ComponentHealth(
+        status=HealthStatus.UNHEALTHY,
+        detail="permission denied: may not publish to "
+        + ", ".join(f'"{subject}"' for subject in subjects)
+        + " (the app's consumers there are not checked)",
+    )
 
 
 def _consumer(value: str) -> tuple[str, str]:

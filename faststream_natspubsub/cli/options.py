@@ -32,13 +32,17 @@ from nats.js.errors import APIError, ServiceUnavailableError
 from ..compat import mark_tls_stream
 from ..connection import describe_tls_error
 from ..dlq_admin import DeadLetterNotFoundError
-from ..errors import NatsPubsubError, SubjectError
-from ..subjects import normalize_app, normalize_env
+from ..errors import ConfigurationError, NatsPubsubError, SubjectError
+from ..inbox_prefix import DEFAULT_INBOX_PREFIX, check_inbox_prefix
+from ..subjects import dlq_stream_name, normalize_app, normalize_env, stream_name
+from ..violations import PermissionWatch
 from .durations import parse_duration, parse_since
 from .output import echo_error
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
+
+    from ..violations import Violation
 
 __all__ = (
     "EXIT_FAILED",
@@ -52,6 +56,7 @@ __all__ = (
     "run",
     "since_option",
     "translate",
+    "watch_of",
 )
 
 P = ParamSpec("P")
@@ -93,6 +98,7 @@ class CommonOptions:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_ca: Path | None = None
+    inbox_prefix: str | None = None
     timeout: float = DEFAULT_TIMEOUT
     json: bool = False
 
@@ -130,7 +136,20 @@ class CommonOptions:
             kwargs["token"] = self.token
         if self.tls_cert or self.tls_key or self.tls_ca:
             kwargs["tls"] = self._tls_context()
+        if self.inbox_prefix is not None:
+            try:
+                kwargs["inbox_prefix"] = check_inbox_prefix(self.inbox_prefix)
+            except ConfigurationError as exc:
+                raise CliError(f"--inbox-prefix: {exc}") from None
         return kwargs
+
+    def known_names(self) -> list[str]:
+        """Stream names of --env and --app, to name refused subjects in their case."""
+        try:
+            env, app = normalize_env(self.env or ""), normalize_app(self.app or "")
+            return [stream_name(env, app), dlq_stream_name(env, app)]
+        except SubjectError:
+            return []
 
     def _tls_context(self) -> ssl.SSLContext:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -240,6 +259,13 @@ _OPTIONS: Final = (
             ("user", "--user", "NATS_USER", "User name."),
             ("password", "--password", "NATS_PASSWORD", "Password."),
             ("token", "--token", "NATS_TOKEN", "Authentication token."),
+            (
+                "inbox_prefix",
+                "--inbox-prefix",
+                "NATS_INBOX_PREFIX",
+                "Reply subject prefix, for a user allowed only its own (_INBOX_ops, say); "
+                f"default {DEFAULT_INBOX_PREFIX}.",
+            ),
         )
     ),
     inspect.Parameter(
@@ -321,10 +347,12 @@ async def connect(options: CommonOptions) -> AsyncIterator[Client]:
     """A connection for one command: a short timeout, no reconnecting, closed at the end."""
     kwargs = options.connect_kwargs()
     failures: list[Exception] = []
+    watch = PermissionWatch()
 
     async def on_error(exc: Exception) -> None:
         # Reported once below; nats-py's default callback logs a traceback per attempt.
-        failures.append(exc)
+        if watch.hear(exc) is None:
+            failures.append(exc)
 
     try:
         nc = await asyncio.wait_for(
@@ -347,28 +375,38 @@ async def connect(options: CommonOptions) -> AsyncIterator[Client]:
             cause = failures[-1]
         reason = _connect_failure(cause, options.timeout)
         raise CliError(f"cannot connect to {options.display_servers}: {reason}") from None
-    _SERVER_ERRORS[nc] = failures
+    watch.inbox_prefix = options.inbox_prefix or DEFAULT_INBOX_PREFIX
+    _WATCHES[nc] = watch
     mark_tls_stream(nc)  # else asyncio warns about eof_received at every TLS close
+    names = options.known_names()
+
+    def name(violation: Violation) -> str:
+        return watch.named(violation, names)
+
     try:
-        yield nc
+        # A refused request the command does not handle itself ends it at once, as one line.
+        with watch.guarding(lambda _violation: True, name=name):
+            yield nc
     finally:
         await nc.close()
 
 
-# What the server reported on each open connection's error callback (for example a
-# permissions violation: the server answers a refused request with nothing but this).
-_SERVER_ERRORS: weakref.WeakKeyDictionary[Client, list[Exception]] = weakref.WeakKeyDictionary()
+# The permission violations the server reported on each open connection: it answers a
+# refused request with nothing but such an error.
+_WATCHES: weakref.WeakKeyDictionary[Client, PermissionWatch] = weakref.WeakKeyDictionary()
+
+
+def watch_of(nc: Client) -> PermissionWatch:
+    """The permission violations heard on a connection made by :func:`connect`."""
+    return _WATCHES.setdefault(nc, PermissionWatch())
 
 
 def permission_violation(nc: Client, subject: str) -> str | None:
-    """The server's "Permissions Violation" about publishing to ``subject`` on ``nc``, if any.
-
-    nats-py hands the server's text over lower-cased; the message names ``subject`` as given.
-    """
-    wanted = f'permissions violation for publish to "{subject.lower()}"'
-    for error in _SERVER_ERRORS.get(nc, ()):
-        if wanted in str(error).lower():
-            return f'permissions violation for publish to "{subject}"'
+    """The server's refusal of a publish to ``subject`` on ``nc``, if it reported one."""
+    watch = _WATCHES.get(nc)
+    heard = watch.since(0) if watch is not None else []
+    if any(violation.is_for("publish", subject) for violation in heard):
+        return f'permissions violation for publish to "{subject}"'
     return None
 
 

@@ -11,9 +11,9 @@ from ..dlq import dlq_stream_settings
 from ..facade import DLQ_MAX_AGE
 from ..subjects import dlq_stream_name, dlq_subject_prefix, stream_name
 from ..topology import StreamSettings, StreamSpec, ensure_stream
-from .discovery import env_streams, is_app_consumer, list_consumers
-from .options import CommonOptions, common_options, connect, duration_option, run
-from .output import echo_json, echo_table
+from .discovery import env_streams, is_app_consumer, permitted_consumers
+from .options import CommonOptions, common_options, connect, duration_option, run, watch_of
+from .output import echo_json, echo_table, echo_warning
 
 if TYPE_CHECKING:
     from nats.js import JetStreamManager
@@ -116,10 +116,18 @@ async def _describe(options: CommonOptions, env: str, app_name: str | None) -> l
     async with connect(options) as nc:
         jsm = nc.jsm(timeout=options.timeout)
         found = []
+        refused: list[str] = []
         for stream in await env_streams(jsm, env):
-            consumers = await list_consumers(jsm, stream.config.name or "")
+            name = stream.config.name or ""
+            consumers = await permitted_consumers(jsm, name, watch_of(nc))
+            if consumers is None:  # the user may not list them
+                refused.append(name)
+                consumers = []
             if app_name is None or _belongs_to(stream, consumers, env, app_name):
                 found.append(_stream_dict(stream, consumers))
+        if refused and app_name is None:
+            # With --app, a user made for the app lists exactly the app's streams.
+            echo_warning(f"no permission to list the consumers of {', '.join(refused)}: not shown")
         return found
 
 

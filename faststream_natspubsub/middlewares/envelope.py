@@ -12,6 +12,7 @@ correlation id; the outgoing ``correlation_id`` header says the same. On consume
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     from faststream.nats.response import NatsPublishCommand
 
     from ..codecs.base import Codec
+    from ..violations import PermissionWatch
 
 __all__ = ("NATSPUBSUB_1_0", "EnvelopeMiddleware", "InboundHolder")
 
@@ -99,6 +101,9 @@ class EnvelopeMiddleware:
         self.targets = HandlerTargets()
         self.metrics = metrics or PubsubMetrics()
         self.subject_prefix = f"{self.env}."
+        # The connection's permission violations: a refused publish fails at once (the facade
+        # sets it; composed by hand, a refused publish waits out its timeout).
+        self.permissions: PermissionWatch | None = None
 
     def __call__(self, msg: Any, /, *, context: ContextRepo) -> _EnvelopeMiddleware:
         return _EnvelopeMiddleware(msg, context=context, config=self)
@@ -253,12 +258,14 @@ class EnvelopeMiddleware:
         if not cmd.stream:
             result = await call_next(cmd)
         else:
-            try:
-                result = await call_next(cmd)
-            except RETRIABLE_PUBLISH_ERRORS:  # retried with the same Nats-Msg-Id
-                result = await retry_publish(
-                    lambda: call_next(cmd), subject=subject, already_failed=1
-                )
+            watch = self.permissions
+            with watch.guarding_request(subject) if watch else contextlib.nullcontext():
+                try:
+                    result = await call_next(cmd)
+                except RETRIABLE_PUBLISH_ERRORS:  # retried with the same Nats-Msg-Id
+                    result = await retry_publish(
+                        lambda: call_next(cmd), subject=subject, already_failed=1
+                    )
         if self.metrics.enabled:
             self.metrics.published.add(1, self.metrics.attributes(subject))
         return result

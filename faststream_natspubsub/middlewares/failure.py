@@ -31,6 +31,7 @@ from ..errors import (
     DeadLetterQueueFullError,
     MalformedEnvelopeError,
     PermanentError,
+    PermissionDeniedError,
     PublishError,
     RetryLater,
 )
@@ -111,6 +112,10 @@ class FailureMiddleware:
         """Classify a failure of ``delivery``: dead-letter (with a reason) or retry (a delay)."""
         if isinstance(exc, MalformedEnvelopeError):
             return Outcome(DeadLetterReason.MALFORMED)
+        if isinstance(exc, PermissionDeniedError):  # an operations problem, not the event's
+            return Outcome(
+                delay=self.retry.delay_for(min(delivery.deliveries, self.retry.max_attempts))
+            )
         if isinstance(exc, _PROGRAMMING_ERRORS) and not isinstance(exc, self.retry.retry_on):
             return Outcome(DeadLetterReason.PROGRAMMING_ERROR)
         if self.is_permanent(exc):
@@ -196,10 +201,11 @@ class FailureMiddleware:
         try:
             await self.dlq.write(failure, publish)
         except (PublishError, NatsError) as dlq_error:
-            # A full DLQ is logged once a minute by the writer; one line per event is enough.
-            full = isinstance(dlq_error, DeadLetterQueueFullError)
+            # A full DLQ is logged once a minute by the writer, a refused permission once by
+            # the app's permission monitor; one line per event is enough.
+            quiet = isinstance(dlq_error, DeadLetterQueueFullError | PermissionDeniedError)
             logger.log(
-                logging.WARNING if full else logging.ERROR,
+                logging.WARNING if quiet else logging.ERROR,
                 "event %s on %s could not be dead-lettered (%s: %s); it will be retried",
                 delivery.event_id,
                 delivery.subject,

@@ -24,6 +24,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import sys
 import sysconfig
@@ -283,6 +284,37 @@ class EmbeddedNatsServer:
         """SIGKILL the server, as a crash would; the port and store are kept."""
         await self._terminate(graceful=False)
 
+    async def reload(self, config: str, *, timeout: float = 10.0) -> None:
+        """Replace the config-file text and have the running server reload it (``SIGHUP``).
+
+        Returns once the server says it reloaded; raises :class:`NatsServerError` when it
+        refuses the new config. Only for a server started with ``config=``; clients stay
+        connected and get the new permissions at once.
+        """
+        if self._config is None or not self.running or self._proc is None:
+            raise RuntimeError("reload() needs a running server started with config=...")
+        log_path = self.log_path
+        assert log_path is not None
+        since = self._log_size()
+        self._config = config
+        self._write_config(config)
+        hangup = getattr(signal, "SIGHUP", None)
+        if hangup is None:
+            raise RuntimeError("reload() needs SIGHUP, which this platform does not have")
+        self._proc.send_signal(hangup)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            with log_path.open("rb") as fh:
+                fh.seek(since)
+                tail = fh.read().decode(errors="replace")
+            if "Reloaded server configuration" in tail:
+                return
+            if "Failed to reload server configuration" in tail:
+                raise NatsServerError(f"nats-server refused the new config:\n{tail}")
+            await asyncio.sleep(_POLL_INTERVAL)
+        raise NatsServerError(f"nats-server did not reload within {timeout}s")
+
     async def restart(self) -> None:
         """Stop the server if running and start it again on the same port and store."""
         if self._work_dir is None:
@@ -300,7 +332,13 @@ class EmbeddedNatsServer:
         self._work_dir = Path(tempfile.mkdtemp(prefix="natspubsub-nats-"))
         self.store_dir.mkdir(parents=True, exist_ok=True)
         if self._config is not None:
-            (self._work_dir / "nats-server.conf").write_text(self._config + "\n")
+            self._write_config(self._config)
+
+    def _write_config(self, config: str) -> None:
+        assert self._work_dir is not None
+        # The name in the file too: a reload refuses a config whose server_name changed.
+        text = f'server_name: "{self._name}"\n{config}\n'
+        (self._work_dir / "nats-server.conf").write_text(text)
 
     def _release(self) -> None:
         if self._work_dir is not None:

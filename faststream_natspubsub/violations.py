@@ -1,0 +1,270 @@
+"""Permission violations the server reports on a connection, and failing fast on them.
+
+nats-server refuses a publish or a subscription the user may not make with one error line on
+the connection (``Permissions Violation for Publish to "<subject>"``) and nothing else: a
+refused JetStream request gets no answer and waits out its timeout, a refused ack or pull is
+lost in silence. The connection's error callback hears the line; :class:`PermissionWatch`
+turns it into a :class:`Violation`, fails the request that waits on that subject at once
+(:meth:`PermissionWatch.guarding`) and tells its listeners (an app stops the subscribers that
+need the right).
+
+nats-py hands the server's line over lower-cased, so a violation's subject is lower-case;
+:func:`restore_case` gives it back the case of a subject the caller knows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import re
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final, TypeVar
+
+from .advisory_check import subject_matches
+from .errors import PermissionDeniedError
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Iterable, Iterator
+
+__all__ = (
+    "PermissionWatch",
+    "Violation",
+    "restore_case",
+    "violation_in",
+)
+
+T = TypeVar("T")
+
+# The server's text after nats-py lower-cased it; a refused subscription may end with its sid.
+_VIOLATION: Final = re.compile(r'permissions violation for (publish|subscription) to "([^"]*)"')
+# Violations remembered per connection (for probes and health); older ones are forgotten.
+_REMEMBERED: Final = 256
+# The tokens of the server's own subjects, to give a lower-cased subject its case back.
+_SERVER_TOKENS: Final = frozenset(
+    {
+        "$js",
+        "api",
+        "ack",
+        "event",
+        "advisory",
+        "consumer",
+        "stream",
+        "info",
+        "create",
+        "update",
+        "delete",
+        "list",
+        "names",
+        "msg",
+        "get",
+        "next",
+        "purge",
+        "durable",
+        "direct",
+        "max_deliveries",
+        "$kv",
+        "$sys",
+        "req",
+        "user",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """One refusal the server reported: ``action`` is ``publish`` or ``subscribe``."""
+
+    action: str
+    subject: str
+    """As the server named it, lower-cased by nats-py."""
+
+    def is_for(self, action: str, subject: str) -> bool:
+        """Whether this refuses ``action`` on exactly ``subject``."""
+        return self.action == action and self.subject == subject.lower()
+
+    def covered_by(self, action: str, pattern: str) -> bool:
+        """Whether ``pattern`` (a permission, wildcards allowed) covers the refused subject."""
+        return self.action == action and subject_matches(pattern.lower(), self.subject)
+
+    def error(self, subject: str | None = None, *, what: str = "") -> PermissionDeniedError:
+        """The error to raise for this refusal, naming ``subject`` (its known case) if given."""
+        return PermissionDeniedError(self.action, subject or self.subject, what=what)
+
+
+def violation_in(error: BaseException) -> Violation | None:
+    """The permission violation an error of the connection's callback reports, if it is one."""
+    found = _VIOLATION.search(str(error).lower())
+    if found is None:
+        return None
+    action = "publish" if found.group(1) == "publish" else "subscribe"
+    return Violation(action, found.group(2))
+
+
+def restore_case(subject: str, known: Iterable[str] = (), *, names: Iterable[str] = ()) -> str:
+    """``subject`` (lower-cased) in the case of one of the ``known`` subjects, else with the
+    server's own tokens (``$JS``, ``API``, ``STREAM``...) and the ``names`` (stream names,
+    say) it holds in their case."""
+    for candidate in known:
+        if candidate.lower() == subject:
+            return candidate
+    tokens = subject.split(".")
+    if not tokens or tokens[0] not in ("$js", "$kv", "$sys"):
+        return subject
+    cased = {name.lower(): name for name in names}
+    return ".".join(t.upper() if t in _SERVER_TOKENS else cased.get(t, t) for t in tokens)
+
+
+class _Guard:
+    """One guarded block of one task."""
+
+    __slots__ = ("match", "task", "violation")
+
+    def __init__(self, task: asyncio.Task[object], match: Callable[[Violation], bool]) -> None:
+        self.task = task
+        self.match = match
+        self.violation: Violation | None = None
+
+
+class PermissionWatch:
+    """The permission violations heard on one connection.
+
+    ``inbox_prefix`` is the connection's: a refused subscription under it means that no
+    request can get its answer, so every guarded request fails with it.
+    """
+
+    def __init__(self, *, inbox_prefix: str = "_INBOX") -> None:
+        self.inbox_prefix = inbox_prefix
+        self._heard: deque[Violation] = deque(maxlen=_REMEMBERED)
+        self._count = 0
+        self._guards: list[_Guard] = []
+        self._listeners: list[Callable[[Violation], None]] = []
+        self.reply_refusal: Violation | None = None
+        """A refused subscription under the inbox prefix: nats-py keeps using its one reply
+        subscription, so every later request of the connection fails without a new word
+        from the server."""
+
+    def connected(self) -> None:
+        """A new connection: its reply subscription is made afresh."""
+        self.reply_refusal = None
+
+    @property
+    def count(self) -> int:
+        """How many violations were heard so far (a mark for :meth:`since`)."""
+        return self._count
+
+    def since(self, mark: int) -> list[Violation]:
+        """The violations heard after :attr:`count` was ``mark`` (the remembered ones)."""
+        new = self._count - mark
+        return list(self._heard)[-new:] if new > 0 else []
+
+    def add_listener(self, listener: Callable[[Violation], None]) -> None:
+        """Call ``listener`` (synchronously: it must not block) for every violation."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[[Violation], None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(listener)
+
+    def hear(self, error: BaseException) -> Violation | None:
+        """Take an error of the connection's callback; a violation fails the innermost
+        guard of each task that waits on it and is told to every listener."""
+        violation = violation_in(error)
+        if violation is None:
+            return None
+        self._heard.append(violation)
+        self._count += 1
+        if self.replies_refused(violation):
+            self.reply_refusal = violation
+        claimed: set[asyncio.Task[object]] = set()
+        for guard in reversed(self._guards):  # the innermost guard of a task first
+            if guard.task in claimed or guard.violation is not None:
+                continue
+            if guard.match(violation):
+                claimed.add(guard.task)
+                guard.violation = violation
+                guard.task.cancel()
+        for listener in list(self._listeners):
+            listener(violation)
+        return violation
+
+    def replies_refused(self, violation: Violation) -> bool:
+        """Whether ``violation`` refuses a subscription under the connection's inbox prefix:
+        then no request can get its answer."""
+        prefix = self.inbox_prefix.lower() + "."
+        return violation.action == "subscribe" and violation.subject.startswith(prefix)
+
+    def for_request(self, subject: str) -> Callable[[Violation], bool]:
+        """A match for a request (or JetStream publish) to ``subject``."""
+        return lambda v: v.is_for("publish", subject) or self.replies_refused(v)
+
+    @contextlib.contextmanager
+    def guarding(
+        self,
+        match: Callable[[Violation], bool],
+        *,
+        name: Callable[[Violation], str] | None = None,
+        what: str = "",
+    ) -> Iterator[None]:
+        """Run the block; a matching violation heard meanwhile ends it at once with
+        :class:`PermissionDeniedError` (``name`` gives the subject its known case)."""
+        task = asyncio.current_task()
+        if task is None:  # not in a task: nothing to interrupt
+            yield
+            return
+        refused = self.reply_refusal
+        if refused is not None and match(refused):  # no answer can come: do not wait for one
+            raise refused.error(name(refused) if name else None, what=what)
+        guard = _Guard(task, match)
+        self._guards.append(guard)
+        try:
+            yield
+        except BaseException as exc:
+            violation = guard.violation
+            if violation is None:
+                raise
+            if isinstance(exc, asyncio.CancelledError):
+                uncancel = getattr(task, "uncancel", None)  # Python 3.11+
+                if uncancel is not None and uncancel() > 0:
+                    raise  # also cancelled from outside: that wins
+            raise violation.error(name(violation) if name else None, what=what) from None
+        finally:
+            with contextlib.suppress(ValueError):
+                self._guards.remove(guard)
+
+    def guarding_request(
+        self, subject: str, *, what: str = ""
+    ) -> contextlib.AbstractContextManager[None]:
+        """:meth:`guarding` for a request (or JetStream publish) to ``subject``."""
+
+        def name(violation: Violation) -> str:
+            return subject if violation.is_for("publish", subject) else self.named(violation)
+
+        return self.guarding(self.for_request(subject), name=name, what=what)
+
+    def named(self, violation: Violation, names: Iterable[str] = ()) -> str:
+        """The refused subject to tell a person: the inbox prefix's ``<prefix>.>`` for a
+        reply subscription (what to allow), else the subject in its case where known."""
+        if self.replies_refused(violation):
+            return f"{self.inbox_prefix}.>"
+        return restore_case(violation.subject, names=names)
+
+    async def guard(self, awaitable: Awaitable[T], *, subject: str, what: str = "") -> T:
+        """Await a request (or JetStream publish) to ``subject``; a violation refusing it
+        raises :class:`PermissionDeniedError` at once instead of waiting for the timeout."""
+        return await self.run(awaitable, self.guarding_request(subject, what=what))
+
+    @staticmethod
+    async def run(awaitable: Awaitable[T], guarded: contextlib.AbstractContextManager[None]) -> T:
+        """Await ``awaitable`` inside ``guarded`` (closed unawaited if the guard refuses
+        at once)."""
+        try:
+            guarded.__enter__()
+        except BaseException:
+            if inspect.iscoroutine(awaitable):
+                awaitable.close()
+            raise
+        with contextlib.ExitStack() as stack:
+            stack.push(guarded)
+            return await awaitable
