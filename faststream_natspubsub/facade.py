@@ -23,6 +23,7 @@ from pydantic_core import to_json
 
 from . import asyncapi
 from .advisories import MaxDeliveriesWatcher
+from .dispatch import Dispatcher, DispatchSettings, dispatch_settings
 from .dlq import DeadLetterWriter
 from .envelope import CONTENT_ENCODING_HEADER, EnvelopeCodec, format_timestamp, new_event_id
 from .errors import NatsPubsubError, SubjectError
@@ -65,6 +66,7 @@ if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
 
     from .batch import BatchSettings
+    from .ordering import OrderBy
 
 __all__ = ("DLQ_MAX_AGE", "NatsPubsub", "PubsubRouter")
 
@@ -74,8 +76,9 @@ logger = logging.getLogger("faststream_natspubsub")
 DLQ_MAX_AGE: Final = 30 * 24 * 3600.0
 # Topics whose checked subject is remembered (per facade; topics are few in practice).
 _SUBJECT_CACHE_LIMIT: Final = 10_000
-# Default pull settings: one message at a time keeps events in order for a single worker.
-_DEFAULT_FETCH_TIMEOUT: Final = 5.0
+# FastStream needs a PullSub to make a pull subscriber; the facade's own dispatch does the
+# fetching (see dispatch.py), so these values are not used.
+_UNUSED_PULL_SUB: Final = PullSub(batch_size=1, timeout=5.0)
 # The per-item header lines of publish_many, encoded once.
 _MSG_ID_LINE: Final = b"Nats-Msg-Id: "
 _GZIP_LINE: Final = header_line(CONTENT_ENCODING_HEADER, "gzip")
@@ -210,24 +213,30 @@ class NatsPubsub:
         max_workers: int = 1,
         inbox: bool = True,
         batch: BatchSettings | None = None,
+        order_by: OrderBy | None = None,
         **faststream_kwargs: Any,
     ) -> LogicSubscriber[Any]:
         """A durable pull subscriber for ``topic`` of this app, or of ``app`` if given.
 
         ``ack_wait`` is in seconds; ``inbox=False`` opts this subscriber out of the inbox;
         ``batch`` calls the handler once per fetched batch (``list[Item]``), each item
-        keeping its own retry, DLQ and inbox outcome. Other keyword arguments go to
+        keeping its own retry, DLQ and inbox outcome. ``max_workers`` handlers run at once;
+        ``order_by`` (a field name, or a callable on the event's message) keeps the events
+        of one key in order while other keys run in parallel. Other keyword arguments go to
         ``broker.subscriber``.
         """
-        subject, kwargs = self._subscriber_kwargs(
+        subject, kwargs, dispatch = self._subscriber_kwargs(
             topic,
             app=app,
             ack_wait=ack_wait,
             max_workers=max_workers,
             batch=batch,
+            order_by=order_by,
             extra=faststream_kwargs,
         )
-        return self._registered(self.broker.subscriber(subject, **kwargs), inbox=inbox)
+        return self._registered(
+            self.broker.subscriber(subject, **kwargs), inbox=inbox, dispatch=dispatch
+        )
 
     def publisher(self, topic: str, **faststream_kwargs: Any) -> LogicPublisher:
         """A FastStream publisher for ``topic``; what it sends is wrapped in the envelope."""
@@ -238,10 +247,15 @@ class NatsPubsub:
         """A ``NatsRouter`` whose ``subscriber``/``publisher`` take topics like the facade's."""
         return PubsubRouter(self, **kwargs)
 
-    def _registered(self, subscriber: Any, *, inbox: bool) -> LogicSubscriber[Any]:
+    def _registered(
+        self, subscriber: Any, *, inbox: bool, dispatch: DispatchSettings | None = None
+    ) -> LogicSubscriber[Any]:
         if not inbox and self.inbox is not None:
             self.inbox.exclude(subscriber)
-        self._pull_subscribers.add(subscriber)
+        if dispatch is not None:
+            Dispatcher.install(subscriber, dispatch)
+        else:
+            self._pull_subscribers.add(subscriber)
         return subscriber  # type: ignore[no-any-return]
 
     def _make_inbox_store(self, inbox: InboxStore | str | None, ttl: float) -> InboxStore | None:
@@ -274,9 +288,14 @@ class NatsPubsub:
         max_workers: int,
         batch: BatchSettings | None,
         extra: dict[str, Any],
-    ) -> tuple[str, dict[str, Any]]:
+        order_by: OrderBy | None = None,
+    ) -> tuple[str, dict[str, Any], DispatchSettings | None]:
         if batch is not None and max_workers != 1:
             raise ValueError("batch subscribers handle one batch at a time: max_workers=1")
+        # Without a pull_sub of the caller's, the facade's dispatch fetches and dispatches.
+        own_dispatch = batch is None and "pull_sub" not in extra
+        if order_by is not None and not own_dispatch:
+            raise ValueError("order_by needs the facade's own fetching: pass no pull_sub or batch")
         source_app = normalize_app(app) if app is not None else self.app
         subject = build_subject(self.env, source_app, topic)
         stream = self._declare_stream(source_app)
@@ -300,14 +319,26 @@ class NatsPubsub:
             "pull_sub": (
                 PullSub(batch_size=batch.max_messages, timeout=batch.max_wait, batch=True)
                 if batch is not None
-                else PullSub(batch_size=max_workers, timeout=_DEFAULT_FETCH_TIMEOUT)
+                else _UNUSED_PULL_SUB
             ),
-            "max_workers": max_workers,
+            # With the facade's dispatch FastStream runs one loop; the dispatch has the workers.
+            "max_workers": 1 if own_dispatch else max_workers,
             # A safety net only: the failure middleware decides ack, NAK or DLQ itself.
             "ack_policy": AckPolicy.NACK_ON_ERROR,
         }
         kwargs.update(extra)
-        return subject, kwargs
+        dispatch = (
+            dispatch_settings(
+                max_workers=max_workers,
+                ack_wait=ack_wait,
+                order_by=order_by,
+                retry=self.retry,
+                codec=self.codec,
+            )
+            if own_dispatch
+            else None
+        )
+        return subject, kwargs, dispatch
 
     def _publisher_kwargs(self, topic: str, extra: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         subject = self.subject_for(topic)
@@ -583,18 +614,22 @@ class PubsubRouter(NatsRouter):
         max_workers: int = 1,
         inbox: bool = True,
         batch: BatchSettings | None = None,
+        order_by: OrderBy | None = None,
         **faststream_kwargs: Any,
     ) -> LogicSubscriber[Any]:
         """Like :meth:`NatsPubsub.subscriber`, registered on this router."""
-        subject, kwargs = self._pubsub._subscriber_kwargs(
+        subject, kwargs, dispatch = self._pubsub._subscriber_kwargs(
             topic,
             app=app,
             ack_wait=ack_wait,
             max_workers=max_workers,
             batch=batch,
+            order_by=order_by,
             extra=faststream_kwargs,
         )
-        return self._pubsub._registered(super().subscriber(subject, **kwargs), inbox=inbox)
+        return self._pubsub._registered(
+            super().subscriber(subject, **kwargs), inbox=inbox, dispatch=dispatch
+        )
 
     def publisher(self, topic: str, **faststream_kwargs: Any) -> LogicPublisher:  # type: ignore[override]
         """Like :meth:`NatsPubsub.publisher`, registered on this router."""
