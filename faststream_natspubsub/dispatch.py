@@ -363,6 +363,9 @@ class _Run:
             return
         if self.hooks is not None:
             await self.hooks.fetched(msgs)
+            if self.closing:  # it began while the hook ran
+                await self._arrived_while_closing(items)
+                return
         if self.order_by is None:
             self.ready.extend(items)
             self.waiting += len(items)
@@ -531,10 +534,17 @@ class _Run:
     # -- stopping -------------------------------------------------------------------------
 
     async def begin_closing(self) -> None:
-        """Hand back every message not started; running keys hand theirs back when done."""
+        """Stop fetching and hand back every message not started.
+
+        The server stops delivering to this subscriber first, so nothing handed back can
+        come straight back here; a key whose message is running hands back its others when
+        that message's handler ends.
+        """
         if self.closing:
             return
         self.closing = True
+        self._wake(len(self._idle))
+        arrived = [_Item(msg, 0.0) for msg in await self.source.close()]
         retried: list[_Item] = []
         unstarted = [item for item in self.ready if not item.started]
         self.ready.clear()
@@ -551,26 +561,30 @@ class _Run:
         self.held_seqs.clear()
         self.waiting = sum(len(lane.queue) for lane in self.lanes.values())
         self.held = 0
-        self._wake(len(self._idle))
+        unstarted.extend(self._behind_running(arrived))
         unstarted.sort(key=lambda i: i.seq)
         await self._nak(retried + unstarted)
 
-    async def _arrived_while_closing(self, items: list[_Item]) -> None:
-        hand_back: list[_Item] = []
+    def _behind_running(self, items: list[_Item]) -> list[_Item]:
+        """While closing: queue ``items`` behind a running message of their key; the rest."""
+        if self.order_by is None:
+            return items
+        free: list[_Item] = []
         for item in items:
-            lane = None
-            if self.order_by is not None:
-                item.key = self.held_seqs.get(item.seq, self.order_by(item.msg))
-                lane = self.lanes.get(item.key)
-            if lane is not None:  # behind a running message of its key
+            item.key = self.order_by(item.msg)
+            lane = self.lanes.get(item.key)
+            if lane is not None:
                 lane.queue.append(item)
                 self.waiting += 1
             else:
-                hand_back.append(item)
-        await self._nak(hand_back)
+                free.append(item)
+        return free
+
+    async def _arrived_while_closing(self, items: list[_Item]) -> None:
+        await self._nak(sorted(self._behind_running(items), key=lambda i: i.seq))
 
     async def close(self) -> None:
-        """The subscription closes: stop deliveries, hand back what arrived."""
+        """The subscription closes (after the running handlers ended or timed out)."""
         await self.begin_closing()
         arrived = await self.source.close()
         if arrived:

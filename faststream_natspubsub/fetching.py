@@ -113,6 +113,7 @@ class PullSource:
         """Messages asked for by requests that have not ended."""
         self._expires_at = 0.0
         self._refused_until = 0.0
+        self._closed = False
         # Requests do not survive a reconnect (the server may have restarted): counted here.
         self._reconnects = self._reconnect_count()
 
@@ -176,9 +177,14 @@ class PullSource:
         return max(self._expires_at - time.monotonic(), 0.05)
 
     async def close(self) -> list[Msg]:
-        """Stop the server's deliveries; everything that arrived and was not taken."""
+        """Stop the server's deliveries; everything that arrived and was not taken.
+
+        Once the server has seen the ``UNSUB``, it drops this inbox's pull requests: a
+        message handed back (NAKed) after that cannot come back here.
+        """
         self.outstanding = 0
-        if not self.parts.client.is_closed:
+        if not self._closed and not self.parts.client.is_closed:
+            self._closed = True
             try:
                 await stop_interest(self.parts)
             except Exception:  # closing: hand back what is here anyway

@@ -44,6 +44,7 @@ class ConsumerProcess:
         replicas: int = 1,
         max_attempts: int = 5,
         backoff: float = 0.2,
+        order_by: str = "",
     ) -> None:
         self.servers = list(servers)
         self.name = name
@@ -60,6 +61,7 @@ class ConsumerProcess:
             f"--replicas={replicas}",
             f"--max-attempts={max_attempts}",
             f"--backoff={backoff}",
+            f"--order-by={order_by}",
         ]
         self.starts = 0
         # Unix times of the SIGKILLs this consumer received.
