@@ -17,6 +17,9 @@ Accesses, and why they are needed:
   a handler's message will be redelivered;
 - ``UNSUB`` without forgetting the subscription (:func:`stop_interest`): to collect and
   hand back, on close, what the server sent before it saw the ``UNSUB``;
+- the client of a JetStream context and of a message, and a KV bucket's subject prefix
+  (:func:`jetstream_client`, :func:`message_client`, :func:`kv_subject_prefix`): to write
+  the inbox's KV operations and the acknowledgements after them without a request each;
 - FastStream's pull loop of one subscriber (:func:`replace_pull_loop`) and its ``stop``
   (:func:`wrap_stop`): to run the plugin's own fetch-ahead and dispatch in its place.
 """
@@ -39,6 +42,9 @@ __all__ = (
     "SUPPORTED",
     "CompatError",
     "PullParts",
+    "jetstream_client",
+    "kv_subject_prefix",
+    "message_client",
     "pull_parts",
     "record_naks",
     "replace_pull_loop",
@@ -117,6 +123,29 @@ async def write_protocol(client: Client, data: bytes) -> None:
     await send(data)
     if client.is_connected:
         await flush()
+
+
+def jetstream_client(js: Any) -> Client:
+    """The connection of a nats-py ``JetStreamContext``."""
+    client = getattr(js, "_nc", None)
+    if client is None or not hasattr(client, "new_inbox"):
+        raise CompatError("nats-py's JetStreamContext has no _nc client")
+    return client  # type: ignore[no-any-return]
+
+
+def message_client(msg: Msg) -> Client | None:
+    """The connection a message came on (None for messages made in memory)."""
+    if not hasattr(msg, "_client"):
+        raise CompatError("nats-py's Msg has no _client")
+    return msg._client
+
+
+def kv_subject_prefix(kv: Any) -> str:
+    """``$KV.<bucket>.`` (or its JetStream-domain form): a key's subject is this plus the key."""
+    prefix = getattr(kv, "_pre", None)
+    if not isinstance(prefix, str):
+        raise CompatError("nats-py's KeyValue has no _pre subject prefix")
+    return prefix
 
 
 def settle_locally(msg: Msg) -> None:

@@ -46,7 +46,7 @@ from .compat import (
     wrap_stop,
     write_protocol,
 )
-from .fetching import MAX_PREFETCH, FetchWindow, PullSource
+from .fetching import MAX_PREFETCH, FetchWindow, PullSource, request_expiry
 from .ordering import key_function
 
 if TYPE_CHECKING:
@@ -239,7 +239,7 @@ class _Run:
     ) -> None:
         self.settings = settings
         self.client: Client = parts.client
-        self.source = PullSource(parts)
+        self.source = PullSource(parts, expires=request_expiry(settings.ack_wait))
         self.window = FetchWindow(
             workers=settings.max_workers,
             ack_wait=settings.ack_wait,

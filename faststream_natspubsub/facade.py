@@ -29,6 +29,7 @@ from .envelope import CONTENT_ENCODING_HEADER, EnvelopeCodec, format_timestamp, 
 from .errors import NatsPubsubError, SubjectError
 from .health import DEFAULT_MAX_PENDING, HealthReport, HealthStatus, check_health
 from .inbox import DEFAULT_INBOX_TTL, InboxStore, KvInboxStore, MemoryInboxStore, inbox_bucket_name
+from .inbox_ahead import InboxAhead
 from .metadata import current_inbound
 from .metrics import PubsubMetrics
 from .middlewares.batch import BatchMiddleware
@@ -169,7 +170,12 @@ class NatsPubsub:
         )
         self.inbox_store = self._make_inbox_store(inbox, inbox_ttl)
         self.inbox = (
-            InboxMiddleware(self.inbox_store, metrics=self.metrics)
+            InboxMiddleware(
+                self.inbox_store,
+                metrics=self.metrics,
+                # A KV mark is a round trip: the ack follows it without holding the handler.
+                defer_ack=isinstance(self.inbox_store, KvInboxStore),
+            )
             if self.inbox_store is not None
             else None
         )
@@ -232,6 +238,7 @@ class NatsPubsub:
             max_workers=max_workers,
             batch=batch,
             order_by=order_by,
+            inbox=inbox,
             extra=faststream_kwargs,
         )
         return self._registered(
@@ -289,6 +296,7 @@ class NatsPubsub:
         batch: BatchSettings | None,
         extra: dict[str, Any],
         order_by: OrderBy | None = None,
+        inbox: bool = True,
     ) -> tuple[str, dict[str, Any], DispatchSettings | None]:
         if batch is not None and max_workers != 1:
             raise ValueError("batch subscribers handle one batch at a time: max_workers=1")
@@ -327,6 +335,11 @@ class NatsPubsub:
             "ack_policy": AckPolicy.NACK_ON_ERROR,
         }
         kwargs.update(extra)
+        hooks = (
+            InboxAhead(self.inbox, codec=self.codec, durable=durable, ack_wait=ack_wait)
+            if inbox and self.inbox is not None
+            else None
+        )
         dispatch = (
             dispatch_settings(
                 max_workers=max_workers,
@@ -334,6 +347,7 @@ class NatsPubsub:
                 order_by=order_by,
                 retry=self.retry,
                 codec=self.codec,
+                hooks=hooks,
             )
             if own_dispatch
             else None
@@ -625,6 +639,7 @@ class PubsubRouter(NatsRouter):
             max_workers=max_workers,
             batch=batch,
             order_by=order_by,
+            inbox=inbox,
             extra=faststream_kwargs,
         )
         return self._pubsub._registered(

@@ -29,7 +29,7 @@ from .compat import PullParts, stop_interest, took_from_queue
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
 
-__all__ = ("MAX_PREFETCH", "FetchWindow", "PullSource")
+__all__ = ("MAX_PREFETCH", "REQUEST_EXPIRES", "FetchWindow", "PullSource", "request_expiry")
 
 logger = logging.getLogger("faststream_natspubsub.fetching")
 
@@ -52,8 +52,21 @@ _HEARTBEAT: Final = "100"
 # The server ends a pull request with one of these; nats-py skips them too.
 _REQUEST_ENDED: Final = frozenset({"404", "408", "409"})
 _PENDING_MESSAGES: Final = "Nats-Pending-Messages"
-# How long a pull request waits on the server for messages.
+# How long a pull request waits on the server for messages: 5 s, and less than half of
+# ack_wait. A process that dies leaves its requests waiting on the server until they expire,
+# and while one waits the server looks for messages to deliver, including those of the dead
+# process once their ack_wait ran out: for one that has used up max_deliver it emits the
+# MAX_DELIVERIES advisory then, when possibly no process of the app is there to hear it.
+# Expired before that, the advisory comes with the next live process's first request.
 REQUEST_EXPIRES: Final = 5.0
+_REQUEST_EXPIRES_SHARE_OF_ACK_WAIT: Final = 0.4
+
+
+def request_expiry(ack_wait: float) -> float:
+    """How long the pull requests of a consumer with this ``ack_wait`` wait on the server."""
+    return max(min(REQUEST_EXPIRES, ack_wait * _REQUEST_EXPIRES_SHARE_OF_ACK_WAIT), 0.05)
+
+
 # A request refused at once (409: too many waiting requests, consumer deleted, leader
 # change) is not repeated sooner than this.
 _REFUSED_PAUSE: Final = 0.25

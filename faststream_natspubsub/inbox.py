@@ -10,15 +10,21 @@ dies while handling an event does not block it forever.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import re
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Iterable
 from enum import Enum
 from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+
+from .compat import jetstream_client, kv_subject_prefix
+from .kv_pipeline import KvWriter
 
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
@@ -37,6 +43,11 @@ __all__ = (
 # How long a processed event id is remembered; a redelivery later than this runs again.
 DEFAULT_INBOX_TTL: Final = 7 * 24 * 3600.0
 _PROCESSED: Final = b"processed"
+# Claims made ahead for fetched messages, kept until their handlers ask; beyond this many
+# the oldest are given up (a claim nobody asks for would hold its event back for a lease).
+_AHEAD_LIMIT: Final = 10_000
+
+logger = logging.getLogger("faststream_natspubsub.inbox")
 _SAFE_KEY = re.compile(r"[-_=a-zA-Z0-9]+(\.[-_=a-zA-Z0-9]+)*")
 
 
@@ -144,6 +155,11 @@ class KvInboxStore:
 
     Claims use KV's create (only if absent) and update-with-revision (compare and swap), so two
     processes can never both claim one event. The bucket's TTL forgets old entries.
+
+    Once bound, creates, marks and deletes go out as pipelined writes (:class:`KvWriter`):
+    the claims of a batch, or of messages fetched ahead (:meth:`claim_ahead`), travel in one
+    write and are answered in one round trip, and a mark can be sent without waiting for its
+    answer (:meth:`mark_started`). Only a claim that finds the key taken needs requests.
     """
 
     def __init__(self, *, bucket: str, ttl: float = DEFAULT_INBOX_TTL, replicas: int = 1) -> None:
@@ -157,6 +173,9 @@ class KvInboxStore:
         # it over at once instead of waiting for it to expire.
         self._held: set[str] = set()
         self._kv: KeyValue | None = None
+        self._writer: KvWriter | None = None
+        # Claims sent ahead, by key: the answer, and when they were sent (monotonic).
+        self._ahead: OrderedDict[str, tuple[asyncio.Future[int], float]] = OrderedDict()
         # Used instead of the bucket in memory tests (TestNatsBroker), where there is none.
         self._stand_in: MemoryInboxStore | None = None
 
@@ -168,6 +187,8 @@ class KvInboxStore:
             self._kv = await js.create_key_value(
                 bucket=self.bucket, ttl=self.ttl, history=1, replicas=self.replicas
             )
+        self._writer = KvWriter(jetstream_client(js), kv_subject_prefix(self._kv))
+        self._ahead.clear()
 
     @property
     def bound(self) -> bool:
@@ -192,6 +213,76 @@ class KvInboxStore:
         if self._kv is None and self._stand_in is not None:
             return await self._stand_in.claim(event_id, lease=lease)
         key = _key(event_id)
+        ahead = self._ahead.pop(key, None)
+        # A claim sent ahead is used while most of its lease is left.
+        if ahead is not None and time.monotonic() - ahead[1] < lease / 2:
+            return await self._claimed(key, ahead[0], lease)
+        if self._writer is not None:
+            (created,) = await self._writer.create([key], self._lease_value(lease))
+            return await self._claimed(key, created, lease)
+        return await self._claim_by_requests(key, lease)
+
+    async def claim_many(self, event_ids: list[str], *, lease: float) -> list[ClaimResult]:
+        """:meth:`claim` for many events: their creates go out in one write."""
+        if self._writer is None:
+            return [await self.claim(event_id, lease=lease) for event_id in event_ids]
+        keys = [_key(event_id) for event_id in event_ids]
+        created = await self._writer.create(keys, self._lease_value(lease))
+        return [
+            await self._claimed(key, future, lease)
+            for key, future in zip(keys, created, strict=True)
+        ]
+
+    async def claim_ahead(self, event_ids: Iterable[str], *, lease: float) -> None:
+        """Send claims for events whose handlers will ask soon; :meth:`claim` uses them."""
+        if self._writer is None:
+            return
+        keys = [key for key in dict.fromkeys(map(_key, event_ids)) if key not in self._ahead]
+        if not keys:
+            return
+        created = await self._writer.create(keys, self._lease_value(lease))
+        now = time.monotonic()
+        for key, future in zip(keys, created, strict=True):
+            future.add_done_callback(_retrieve)
+            self._ahead[key] = (future, now)
+        while len(self._ahead) > _AHEAD_LIMIT:
+            key, (future, _) = self._ahead.popitem(last=False)
+            await self._give_up([(key, future)])
+
+    async def release_ahead(self, event_ids: Iterable[str]) -> None:
+        """Give up the claims sent ahead for these events (their messages went back)."""
+        dropped = []
+        for key in map(_key, event_ids):
+            ahead = self._ahead.pop(key, None)
+            if ahead is not None:
+                dropped.append((key, ahead[0]))
+        await self._give_up(dropped)
+
+    async def _give_up(self, claims: list[tuple[str, asyncio.Future[int]]]) -> None:
+        if not claims or self._writer is None:
+            return
+        if any(not future.done() for _, future in claims):
+            await asyncio.wait([future for _, future in claims], timeout=self._writer.timeout)
+        ours = [
+            key
+            for key, future in claims
+            if future.done() and not future.cancelled() and future.exception() is None
+        ]
+        if ours:
+            deleted = await self._writer.delete(ours)
+            await asyncio.wait(deleted, timeout=self._writer.timeout)
+            for future in deleted:
+                _retrieve(future)
+
+    async def _claimed(self, key: str, created: asyncio.Future[int], lease: float) -> ClaimResult:
+        try:
+            await created
+        except KeyWrongLastSequenceError:  # taken, processed, or deleted before: look closer
+            return await self._claim_by_requests(key, lease)
+        self._held.add(key)
+        return ClaimResult.CLAIMED
+
+    async def _claim_by_requests(self, key: str, lease: float) -> ClaimResult:
         value = self._lease_value(lease)
         try:
             await self.kv.create(key, value)
@@ -203,7 +294,7 @@ class KvInboxStore:
         try:
             entry = await self.kv.get(key)
         except KeyNotFoundError:  # released in between: claim it again
-            return await self.claim(event_id, lease=lease)
+            return await self._claim_by_requests(key, lease)
         current = entry.value or b""
         if current == _PROCESSED:
             return ClaimResult.PROCESSED
@@ -217,12 +308,28 @@ class KvInboxStore:
         return ClaimResult.CLAIMED
 
     async def mark_processed(self, event_id: str) -> None:
+        stored = await self.mark_started(event_id)
+        await stored
+
+    async def mark_started(self, event_id: str) -> asyncio.Future[int]:
+        """Send the processed mark; the future says when the server has stored it."""
         if self._kv is None and self._stand_in is not None:
             await self._stand_in.mark_processed(event_id)
-            return
+            return _done(0)
         key = _key(event_id)
-        await self.kv.put(key, _PROCESSED)
         self._held.discard(key)
+        if self._writer is None:
+            return _done(await self.kv.put(key, _PROCESSED))
+        (stored,) = await self._writer.put([key], _PROCESSED)
+        return stored
+
+    async def mark_many(self, event_ids: list[str]) -> list[asyncio.Future[int]]:
+        """:meth:`mark_started` for many events, in one write."""
+        if self._writer is None:
+            return [await self.mark_started(event_id) for event_id in event_ids]
+        keys = [_key(event_id) for event_id in event_ids]
+        self._held.difference_update(keys)
+        return await self._writer.put(keys, _PROCESSED)
 
     async def release(self, event_id: str) -> None:
         if self._kv is None and self._stand_in is not None:
@@ -230,7 +337,7 @@ class KvInboxStore:
             return
         key = _key(event_id)
         self._held.discard(key)
-        await self.kv.delete(key)
+        await self.kv.delete(key)  # on the failure path only: a request is fine
 
     async def lease_remaining(self, event_id: str) -> float | None:
         if self._kv is None and self._stand_in is not None:
@@ -249,6 +356,18 @@ class KvInboxStore:
 
     def _lease_value(self, lease: float) -> bytes:
         return f"claimed {time.time() + lease:.3f} {self.owner}".encode()
+
+
+def _done(value: int) -> asyncio.Future[int]:
+    future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    future.set_result(value)
+    return future
+
+
+def _retrieve(future: asyncio.Future[int]) -> None:
+    """Mark a future's exception as seen (claims ahead may fail unseen: a duplicate's)."""
+    if future.done() and not future.cancelled():
+        future.exception()
 
 
 def _key(event_id: str) -> str:

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from faststream_natspubsub.fetching import MAX_PREFETCH, FetchWindow
+from faststream_natspubsub.fetching import (
+    MAX_PREFETCH,
+    REQUEST_EXPIRES,
+    FetchWindow,
+    request_expiry,
+)
 
 
 def test_before_any_handler_ended_a_few_messages_are_fetched_ahead() -> None:
@@ -65,3 +70,11 @@ def test_more_is_asked_for_once_half_the_window_is_free() -> None:
 def test_a_window_needs_a_worker() -> None:
     with pytest.raises(ValueError, match="workers"):
         FetchWindow(workers=0, ack_wait=30.0)
+
+
+def test_pull_requests_expire_well_within_ack_wait() -> None:
+    # A crashed process's requests must be gone before its messages' ack_wait runs out
+    assert request_expiry(30.0) == REQUEST_EXPIRES
+    assert request_expiry(1.0) == pytest.approx(0.4)
+    assert request_expiry(1.0) < 1.0 / 2
+    assert request_expiry(0.01) > 0

@@ -192,9 +192,9 @@ class _BatchRun:
             inbox.stand_in_if_in_memory(items[0].raw)
         prefix, lease = inbox.scope(subscriber)
         claimed: list[_Item] = []
-        for item in items:
-            key = prefix + item.envelope.event_id
-            outcome = await inbox.claim(key, lease=lease)
+        keys = [prefix + item.envelope.event_id for item in items]
+        outcomes = await inbox.claim_many(keys, lease=lease)  # one round trip for the batch
+        for item, key, outcome in zip(items, keys, outcomes, strict=True):
             if outcome is ClaimResult.PROCESSED:
                 inbox.skipped(item.raw.subject, item.envelope.event_id)
                 await item.raw.ack()
@@ -215,10 +215,8 @@ class _BatchRun:
                 await self._fail(item, error)
             else:
                 succeeded.append(item)
-        if inbox is not None:
-            for item in succeeded:
-                if item.inbox_key is not None:
-                    await inbox.mark_processed(item.inbox_key)
+        if inbox is not None:  # every mark stored (one round trip) before any ack
+            await inbox.mark_many([i.inbox_key for i in succeeded if i.inbox_key is not None])
         await ack_all([item.raw for item in succeeded])
         for item in succeeded:
             failure.succeeded(item.raw, item.raw.subject, item.deliveries)

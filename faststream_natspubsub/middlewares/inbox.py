@@ -2,7 +2,9 @@
 
 Placed inside the envelope middleware (it needs the event id). The processed mark is written
 right after the handler returns and before the ack, so a crash between the two leaves a
-redelivery that is skipped rather than run again.
+redelivery that is skipped rather than run again. With ``defer_ack`` (the facade's KV inbox)
+the handler's task does not wait for the mark: the ack goes out when the server has stored
+it, and the next message starts meanwhile.
 
 An event whose claim another consumer holds is NAKed, not run. A first delivery (most likely
 a copy racing a live handler) comes back after a couple of seconds; a redelivery (most likely
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from faststream.exceptions import AckMessage, NackMessage
 
+from ..compat import message_client, settle_locally, write_protocol
 from ..inbox import ClaimResult, InboxStore, KvInboxStore, LeaseReporter
 from ..metadata import INBOUND_ATTRIBUTE
 from ..metrics import PubsubMetrics
@@ -52,6 +55,8 @@ _MARK_RETRY_DELAYS: Final = (0.05, 0.2, 0.5, 1.0, 2.0, 4.0)
 # Processed events whose mark could not be written, remembered here so this process still
 # skips their redeliveries; bounded, oldest forgotten first.
 _UNMARKED_LIMIT: Final = 10_000
+# A stopping subscriber waits this long at most for marks still on their way (then acks).
+_DRAIN_TIMEOUT: Final = 10.0
 
 
 class InboxMiddleware:
@@ -63,8 +68,10 @@ class InboxMiddleware:
         *,
         metrics: PubsubMetrics | None = None,
         on_duplicate: Callable[[InboundEvent], None] | None = None,
+        defer_ack: bool = False,
     ) -> None:
         self.store = store
+        self.defer_ack = defer_ack and hasattr(store, "mark_started")
         self.metrics = metrics or PubsubMetrics()
         self.on_duplicate = on_duplicate
         self.duplicates = 0
@@ -74,6 +81,7 @@ class InboxMiddleware:
             weakref.WeakKeyDictionary()
         )
         self._unmarked: OrderedDict[str, None] = OrderedDict()
+        self._deferred = _AcksAfterMarks(self)
         # A KV store not bound yet: in memory tests it never is (see stand_in_if_in_memory).
         self._unbound_kv = store if isinstance(store, KvInboxStore) else None
 
@@ -107,12 +115,17 @@ class InboxMiddleware:
         except (KeyError, TypeError):
             pass
         config = getattr(subscriber, "config", None)
-        durable = getattr(config, "durable_name", None)
-        ack_wait = getattr(config, "ack_wait", None) or 0.0
-        scope = (f"{durable}." if durable else "", max(float(ack_wait) * 2, _MIN_LEASE))
+        scope = self.scope_for(
+            getattr(config, "durable_name", None), getattr(config, "ack_wait", None)
+        )
         with contextlib.suppress(TypeError):  # not weak-referenceable: recomputed each time
             self._scopes[subscriber] = scope
         return scope
+
+    @staticmethod
+    def scope_for(durable: str | None, ack_wait: float | None) -> tuple[str, float]:
+        """The key prefix and lease for a consumer ``durable`` with this ``ack_wait``."""
+        return (f"{durable}." if durable else "", max(float(ack_wait or 0.0) * 2, _MIN_LEASE))
 
     def __call__(self, msg: Any, /, *, context: ContextRepo) -> ConsumeDelegate:
         return ConsumeDelegate(msg, context=context, config=self)
@@ -154,8 +167,52 @@ class InboxMiddleware:
         except BaseException:
             await self.release(key)
             raise
-        await self.mark_processed(key)
+        raw = msg.raw_message
+        if self.defer_ack and _acknowledgeable(raw):
+            await self._deferred.mark_then_ack(key, raw)
+        else:
+            await self.mark_processed(key)
         return result
+
+    async def claim_many(self, keys: list[str], *, lease: float) -> list[ClaimResult]:
+        """:meth:`claim` for a batch: one write and one round trip when the store can."""
+        outcomes: dict[int, ClaimResult] = {}
+        rest: list[int] = []
+        for index, key in enumerate(keys):
+            if self._unmarked and key in self._unmarked:
+                outcomes[index] = await self.claim(key, lease=lease)
+            else:
+                rest.append(index)
+        claim_many = getattr(self.store, "claim_many", None)
+        if claim_many is not None:
+            results = await claim_many([keys[i] for i in rest], lease=lease)
+        else:
+            results = [await self.store.claim(keys[i], lease=lease) for i in rest]
+        outcomes.update(zip(rest, results, strict=True))
+        return [outcomes[index] for index in range(len(keys))]
+
+    async def mark_many(self, keys: list[str]) -> None:
+        """:meth:`mark_processed` for a batch: one write, one round trip when the store can."""
+        mark_many = getattr(self.store, "mark_many", None)
+        if mark_many is None or not keys:
+            for key in keys:
+                await self.mark_processed(key)
+            return
+        try:
+            stored = await mark_many(keys)
+        except Exception:  # noqa: BLE001 - not sent: each one takes the retrying path
+            stored = [None] * len(keys)
+        if any(future is not None for future in stored):
+            await asyncio.wait([f for f in stored if f is not None])
+        for key, future in zip(keys, stored, strict=True):
+            if future is None or future.cancelled() or future.exception() is not None:
+                await self.mark_processed(key)
+            else:
+                self._unmarked.pop(key, None)
+
+    async def drain(self, timeout: float = _DRAIN_TIMEOUT) -> None:
+        """Wait until the marks on their way are stored and their messages acknowledged."""
+        await self._deferred.drain(timeout)
 
     async def claim(self, key: str, *, lease: float) -> ClaimResult:
         """The store's answer, or PROCESSED for an event whose mark is still unwritten here."""
@@ -232,3 +289,89 @@ class InboxMiddleware:
             await self.store.release(key)
         except Exception:
             logger.warning("could not release the inbox claim of %s", key, exc_info=True)
+
+
+def _acknowledgeable(raw: Any) -> bool:
+    """A JetStream message of a live connection, not acknowledged yet."""
+    reply = getattr(raw, "reply", "")
+    return (
+        isinstance(reply, str)
+        and reply.startswith("$JS.ACK.")
+        and not getattr(raw, "is_acked", True)
+        and message_client(raw) is not None
+    )
+
+
+class _AcksAfterMarks:
+    """Acknowledgements that wait for their event's processed mark, off the handler's task.
+
+    The message is marked acknowledged locally at once (FastStream's ack then does nothing);
+    its ``+ACK`` is written when the server has stored the mark, together with the others
+    stored by then. A mark that fails takes the retrying path of ``mark_processed``, then
+    the message is acknowledged as it would have been.
+    """
+
+    def __init__(self, inbox: InboxMiddleware) -> None:
+        self._inbox = inbox
+        self._pending: set[asyncio.Future[Any]] = set()
+        self._ready: list[Any] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def mark_then_ack(self, key: str, raw: Any) -> None:
+        try:
+            stored = await self._inbox.store.mark_started(key)  # type: ignore[attr-defined]
+        except Exception:  # noqa: BLE001 - not even sent: the retrying path, now
+            await self._inbox.mark_processed(key)
+            return
+        settle_locally(raw)
+        self._pending.add(stored)
+        stored.add_done_callback(lambda done: self._stored(key, raw, done))
+
+    def _stored(self, key: str, raw: Any, stored: asyncio.Future[Any]) -> None:
+        self._pending.discard(stored)
+        if stored.cancelled() or stored.exception() is not None:
+            self._spawn(self._mark_again_then_ack(key, raw))
+            return
+        self._inbox._unmarked.pop(key, None)
+        self._ready.append(raw)
+        if len(self._ready) == 1:  # the first of this round: one write for all of them
+            self._spawn(self._ack_ready())
+
+    async def _mark_again_then_ack(self, key: str, raw: Any) -> None:
+        await self._inbox.mark_processed(key)
+        self._ready.append(raw)
+        await self._ack_ready()
+
+    async def _ack_ready(self) -> None:
+        await asyncio.sleep(0)  # marks answered in the same read join this write
+        ready, self._ready = self._ready, []
+        by_client: dict[int, tuple[Any, list[bytes]]] = {}
+        for raw in ready:
+            client = message_client(raw)
+            entry = by_client.setdefault(id(client), (client, []))
+            entry[1].append(b"PUB %s 4\r\n+ACK\r\n" % raw.reply.encode())
+        for client, lines in by_client.values():
+            if client is None or client.is_closed:
+                continue  # the server redelivers; the inbox then skips it
+            try:
+                await write_protocol(client, b"".join(lines))
+            except Exception:  # the same: redelivered, then skipped
+                logger.debug("could not acknowledge %d marked events", len(lines), exc_info=True)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self, timeout: float) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self._pending or self._tasks:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                logger.warning(
+                    "%d processed marks were not confirmed in time; their events may be "
+                    "delivered again and are then skipped",
+                    len(self._pending),
+                )
+                return
+            await asyncio.wait({*self._pending, *self._tasks}, timeout=remaining)

@@ -1,0 +1,61 @@
+"""The inbox's part in the fetch-ahead dispatch: claims travel before their handlers start.
+
+When messages arrive, their claims go out in one write, so by the time a handler's turn comes
+its claim is (usually) answered: one round trip per arrival instead of one per message. A
+message handed back unstarted (a graceful stop) gives its claim up first, so whoever gets it
+next is not held back for a lease; and a stopping subscriber waits for the processed marks
+still on their way, so their acknowledgements are sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from .envelope import EnvelopeCodec, MalformedEnvelopeError
+
+if TYPE_CHECKING:
+    from nats.aio.msg import Msg
+
+    from .middlewares.inbox import InboxMiddleware
+
+__all__ = ("InboxAhead",)
+
+
+class InboxAhead:
+    """:class:`~faststream_natspubsub.dispatch.DispatchHooks` for one subscriber's inbox."""
+
+    def __init__(
+        self,
+        inbox: InboxMiddleware,
+        *,
+        codec: EnvelopeCodec,
+        durable: str | None,
+        ack_wait: float,
+    ) -> None:
+        self.inbox = inbox
+        self.codec = codec
+        # The same keys and lease as the inbox middleware uses for this subscriber.
+        self.prefix, self.lease = inbox.scope_for(durable, ack_wait)
+        self._claim_ahead = getattr(inbox.store, "claim_ahead", None)
+        self._release_ahead = getattr(inbox.store, "release_ahead", None)
+
+    async def fetched(self, msgs: Sequence[Msg]) -> None:
+        if self._claim_ahead is not None:
+            await self._claim_ahead(self._keys(msgs), lease=self.lease)
+
+    async def unstarted(self, msgs: Sequence[Msg]) -> None:
+        if self._release_ahead is not None:
+            await self._release_ahead(self._keys(msgs))
+
+    async def stopped(self) -> None:
+        await self.inbox.drain()
+
+    def _keys(self, msgs: Sequence[Msg]) -> list[str]:
+        keys: list[str] = []
+        for msg in msgs:
+            try:
+                keys.append(self.prefix + self.codec.decode(msg.data).event_id)
+            except MalformedEnvelopeError:
+                continue  # dead-lettered by the failure middleware; the inbox never sees it
+        return keys
