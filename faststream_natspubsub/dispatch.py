@@ -138,7 +138,7 @@ class Dispatcher:
     async def run(self, subscriber: Any, consume: Callable[[Msg], Awaitable[Any]]) -> None:
         """The subscriber's consuming task: until it is cancelled by the subscriber's stop."""
         subscription = subscriber.subscription
-        run = _Run(self.settings, pull_parts(subscription), consume)
+        run = _Run(self.settings, pull_parts(subscription), consume, subscription.consumer_info)
         self.current = run
         original_unsubscribe = subscription.unsubscribe
 
@@ -236,10 +236,13 @@ class _Run:
         settings: DispatchSettings,
         parts: Any,
         consume: Callable[[Msg], Awaitable[Any]],
+        consumer_info: Callable[[], Awaitable[Any]] | None = None,
     ) -> None:
         self.settings = settings
         self.client: Client = parts.client
-        self.source = PullSource(parts, expires=request_expiry(settings.ack_wait))
+        self.source = PullSource(
+            parts, expires=request_expiry(settings.ack_wait), consumer_info=consumer_info
+        )
         self.window = FetchWindow(
             workers=settings.max_workers,
             ack_wait=settings.ack_wait,
@@ -260,6 +263,11 @@ class _Run:
         self.running = 0
         self.in_flight: set[_Item] = set()
         self.closing = False
+        # Arrivals while a stop collects what to hand back: handed back with it, in order.
+        self._collecting: list[_Item] | None = None
+        # Set while the feeder is not between taking arrivals and placing them.
+        self._placed = asyncio.Event()
+        self._placed.set()
         self.recovery: _Recovery | None = None
         self._idle: deque[asyncio.Future[None]] = deque()
         self._sweep: asyncio.TimerHandle | None = None
@@ -292,7 +300,11 @@ class _Run:
                 await asyncio.sleep(_ERROR_PAUSE)
                 continue
             if msgs:
-                await self._arrived(msgs)
+                self._placed.clear()
+                try:
+                    await self._arrived(msgs)
+                finally:
+                    self._placed.set()
             elif self.recovery is not None:
                 self._check_recovery()
 
@@ -323,7 +335,7 @@ class _Run:
                 await asyncio.sleep(0)
 
     async def _next(self) -> _Item | None:
-        while not self.ready:
+        while not self.ready or self.closing:
             if self.closing:
                 return None
             waiter = self.loop.create_future()
@@ -350,7 +362,12 @@ class _Run:
         used = self.running + self.waiting + source.outstanding + source.arrived
         room = self.window.size - used
         if room >= self.window.refill_threshold() or (room > 0 and source.outstanding == 0):
-            await source.request(room)
+            try:
+                await source.request(room)
+            except Exception:  # closed, or the reconnect buffer is full: asked again later
+                logger.debug("could not send a pull request", exc_info=True)
+                source.outstanding = 0
+                return
             await asyncio.sleep(0)  # let the client write it before handling goes on
 
     # -- placing arrivals -----------------------------------------------------------------
@@ -362,7 +379,10 @@ class _Run:
             await self._arrived_while_closing(items)
             return
         if self.hooks is not None:
-            await self.hooks.fetched(msgs)
+            try:
+                await self.hooks.fetched(msgs)
+            except Exception:  # claims ahead only save time: the handlers claim anyway
+                logger.warning("could not prepare fetched messages", exc_info=True)
             if self.closing:  # it began while the hook ran
                 await self._arrived_while_closing(items)
                 return
@@ -543,8 +563,7 @@ class _Run:
         if self.closing:
             return
         self.closing = True
-        self._wake(len(self._idle))
-        arrived = [_Item(msg, 0.0) for msg in await self.source.close()]
+        self._collecting = []
         retried: list[_Item] = []
         unstarted = [item for item in self.ready if not item.started]
         self.ready.clear()
@@ -561,6 +580,11 @@ class _Run:
         self.held_seqs.clear()
         self.waiting = sum(len(lane.queue) for lane in self.lanes.values())
         self.held = 0
+        self._wake(len(self._idle))
+        drained = [_Item(msg, 0.0) for msg in await self.source.close()]
+        await self._placed.wait()  # what the feeder holds joins the rest
+        arrived, self._collecting = self._collecting + drained, None
+        # One NAK write, in stream order: the server redelivers in this order.
         unstarted.extend(self._behind_running(arrived))
         unstarted.sort(key=lambda i: i.seq)
         await self._nak(retried + unstarted)
@@ -581,6 +605,9 @@ class _Run:
         return free
 
     async def _arrived_while_closing(self, items: list[_Item]) -> None:
+        if self._collecting is not None:
+            self._collecting.extend(items)
+            return
         await self._nak(sorted(self._behind_running(items), key=lambda i: i.seq))
 
     async def close(self) -> None:
@@ -615,7 +642,10 @@ class _Run:
         if self.hooks is not None:
             fresh = [item.msg for item in items if not item.msg.is_acked]
             if fresh:
-                await self.hooks.unstarted(fresh)
+                try:
+                    await self.hooks.unstarted(fresh)
+                except Exception:  # handed back anyway; their claims run out on their own
+                    logger.warning("could not release messages handed back", exc_info=True)
         await self._write(items, _NAK)
         for item in items:
             if not item.msg.is_acked:

@@ -20,7 +20,8 @@ import json
 import logging
 import math
 import time
-from typing import TYPE_CHECKING, Final
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Final
 
 from nats.js.errors import APIError
 
@@ -119,9 +120,19 @@ class FetchWindow:
 class PullSource:
     """Pull requests and arrivals of one nats-py pull subscription."""
 
-    def __init__(self, parts: PullParts, *, expires: float = REQUEST_EXPIRES) -> None:
+    def __init__(
+        self,
+        parts: PullParts,
+        *,
+        expires: float = REQUEST_EXPIRES,
+        consumer_info: Callable[[], Awaitable[Any]] | None = None,
+    ) -> None:
         self.parts = parts
         self.expires = expires
+        self._consumer_info = consumer_info
+        # The wait for the next arrival: a task of its own, so that a message it has taken
+        # from the queue is never lost between the wait's end and its caller's turn.
+        self._getter: asyncio.Task[Msg] | None = None
         self.outstanding = 0
         """Messages asked for by requests that have not ended."""
         self._expires_at = 0.0
@@ -162,7 +173,7 @@ class PullSource:
     def take(self, limit: int | None = None) -> list[Msg]:
         """Messages that have arrived, without waiting (status lines are consumed)."""
         queue = self.parts.queue
-        taken: list[Msg] = []
+        taken = self._from_getter()  # it holds the earliest of them
         while not queue.empty() and (limit is None or len(taken) < limit):
             msg = queue.get_nowait()
             took_from_queue(self.parts, msg)
@@ -175,15 +186,21 @@ class PullSource:
         taken = self.take()
         if taken or timeout <= 0:
             return taken
-        try:
-            first = await asyncio.wait_for(self.parts.queue.get(), timeout)
-        except asyncio.TimeoutError:
+        if self._getter is None:
+            self._getter = asyncio.get_running_loop().create_task(self.parts.queue.get())
+        await asyncio.wait({self._getter}, timeout=timeout)
+        return self.take()
+
+    def _from_getter(self) -> list[Msg]:
+        getter = self._getter
+        if getter is None or not getter.done():
             return []
-        took_from_queue(self.parts, first)
-        if self._is_message(first):
-            taken.append(first)
-        taken.extend(self.take())
-        return taken
+        self._getter = None
+        if getter.cancelled() or getter.exception() is not None:
+            return []
+        msg = getter.result()
+        took_from_queue(self.parts, msg)
+        return [msg] if self._is_message(msg) else []
 
     def until_expiry(self) -> float:
         """Seconds until the running requests expire (at least a little)."""
@@ -200,9 +217,18 @@ class PullSource:
             self._closed = True
             try:
                 await stop_interest(self.parts)
+                # The server keeps a request of a gone inbox in its queue until it looks at
+                # the queue again; a NAK meeting such a request loses its message's turn
+                # (it then waits for ack_wait). Reading the consumer makes it look.
+                if self._consumer_info is not None:
+                    await self._consumer_info()
             except Exception:  # closing: hand back what is here anyway
                 logger.debug("could not stop the pull inbox's interest", exc_info=True)
-        return self.take()
+        taken = self.take()
+        if self._getter is not None:  # nothing more comes: the wait is over
+            self._getter.cancel()
+            self._getter = None
+        return taken
 
     def _reconnect_count(self) -> int:
         stats = getattr(self.parts.client, "stats", None)
