@@ -187,16 +187,23 @@ def stream_sequence(msg: Msg) -> int:
 class _Item:
     """One message from arrival to its handler's end."""
 
-    __slots__ = ("beat_due", "key", "msg", "nak_delay", "naked", "seq", "started")
+    __slots__ = ("_seq", "beat_due", "key", "msg", "nak_delay", "naked", "started")
 
     def __init__(self, msg: Msg, beat_due: float) -> None:
         self.msg = msg
-        self.seq = stream_sequence(msg)
+        self._seq = -1
         self.key: Hashable = None
         self.beat_due = beat_due
         self.started = False
         self.naked = False
         self.nak_delay: float | None = None
+
+    @property
+    def seq(self) -> int:
+        """The stream sequence (read from the reply subject only when needed)."""
+        if self._seq < 0:
+            self._seq = stream_sequence(self.msg)
+        return self._seq
 
     def on_nak(self, delay: float | None) -> None:
         self.naked = True

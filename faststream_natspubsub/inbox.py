@@ -317,10 +317,12 @@ class KvInboxStore:
             await self._stand_in.mark_processed(event_id)
             return _done(0)
         key = _key(event_id)
-        self._held.discard(key)
         if self._writer is None:
-            return _done(await self.kv.put(key, _PROCESSED))
+            revision = await self.kv.put(key, _PROCESSED)
+            self._held.discard(key)
+            return _done(revision)
         (stored,) = await self._writer.put([key], _PROCESSED)
+        self._release_when_stored(key, stored)
         return stored
 
     async def mark_many(self, event_ids: list[str]) -> list[asyncio.Future[int]]:
@@ -328,8 +330,20 @@ class KvInboxStore:
         if self._writer is None:
             return [await self.mark_started(event_id) for event_id in event_ids]
         keys = [_key(event_id) for event_id in event_ids]
-        self._held.difference_update(keys)
-        return await self._writer.put(keys, _PROCESSED)
+        stored = await self._writer.put(keys, _PROCESSED)
+        for key, future in zip(keys, stored, strict=True):
+            self._release_when_stored(key, future)
+        return stored
+
+    def _release_when_stored(self, key: str, stored: asyncio.Future[int]) -> None:
+        """The key stays held here until its mark is stored: until then, another delivery
+        of the event to this process must find it in progress, not a lease left behind."""
+
+        def stored_or_not(future: asyncio.Future[int]) -> None:
+            if not future.cancelled() and future.exception() is None:
+                self._held.discard(key)
+
+        stored.add_done_callback(stored_or_not)
 
     async def release(self, event_id: str) -> None:
         if self._kv is None and self._stand_in is not None:

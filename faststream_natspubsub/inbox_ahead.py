@@ -10,7 +10,9 @@ still on their way, so their acknowledgements are sent.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
+
+from pydantic_core import from_json
 
 from .envelope import EnvelopeCodec, MalformedEnvelopeError
 
@@ -20,6 +22,8 @@ if TYPE_CHECKING:
     from .middlewares.inbox import InboxMiddleware
 
 __all__ = ("InboxAhead",)
+
+_GZIP_MAGIC: Final = b"\x1f\x8b"
 
 
 class InboxAhead:
@@ -54,8 +58,25 @@ class InboxAhead:
     def _keys(self, msgs: Sequence[Msg]) -> list[str]:
         keys: list[str] = []
         for msg in msgs:
-            try:
-                keys.append(self.prefix + self.codec.decode(msg.data).event_id)
-            except MalformedEnvelopeError:
-                continue  # dead-lettered by the failure middleware; the inbox never sees it
+            event_id = self._event_id(msg.data)
+            if event_id is not None:
+                keys.append(self.prefix + event_id)
         return keys
+
+    def _event_id(self, data: bytes) -> str | None:
+        """The envelope's event id, as the envelope middleware will read it; None for what
+        it will find malformed (dead-lettered: the inbox never sees it)."""
+        if data[:2] == _GZIP_MAGIC:
+            try:
+                return self.codec.decode(data).event_id
+            except MalformedEnvelopeError:
+                return None
+        # The JSON alone: an envelope object is only built once, by the envelope middleware.
+        try:
+            envelope = from_json(data)
+        except ValueError:
+            return None
+        if not isinstance(envelope, dict) or not ("message" in envelope or "payload" in envelope):
+            return None
+        event_id = envelope.get("event_id")
+        return event_id if isinstance(event_id, str) and event_id else None

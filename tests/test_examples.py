@@ -301,3 +301,14 @@ def test_e10_the_example_tests_pass_under_pytest() -> None:
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
     assert "3 passed" in completed.stdout
+
+
+@pytest.mark.nats
+async def test_e11_each_account_is_posted_in_order_and_a_retry_holds_only_its_account(
+    server: EmbeddedNatsServer,
+) -> None:
+    outcome = await load("e11_ordered").main(server.url)
+
+    assert outcome.by_account == {account: list(range(1, 11)) for account in "ABC"}
+    assert outcome.attempts[("B", 1)] == 2
+    assert all(n == 1 for key, n in outcome.attempts.items() if key != ("B", 1))

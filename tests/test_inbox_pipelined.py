@@ -89,6 +89,28 @@ async def test_claims_sent_ahead_answer_the_claim_and_can_be_given_up(nc: Client
     assert await theirs.claim("b", lease=30) is ClaimResult.CLAIMED
 
 
+async def test_while_its_mark_is_on_its_way_an_event_stays_in_progress_here(
+    nc: Client,
+) -> None:
+    store = await _store(nc)
+    assert await store.claim("e1", lease=30) is ClaimResult.CLAIMED
+    # Given the processed mark sent, its answer not back yet
+    on_its_way: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    async def unanswered(keys: Any, value: bytes) -> list[asyncio.Future[int]]:
+        return [on_its_way]
+
+    store._writer.put = unanswered  # type: ignore[union-attr, method-assign]
+    await store.mark_started("e1")
+    # When another delivery of the event comes to this process, it is held back (its claim
+    # is not a lease left behind by a failed release, which this process would take over)
+    assert await store.claim("e1", lease=30) is ClaimResult.IN_PROGRESS
+    # And once the mark is stored, the key is no longer held here
+    on_its_way.set_result(1)
+    await asyncio.sleep(0)
+    assert "e1" not in store._held
+
+
 class _SlowMarks(KvInboxStore):
     """Marks are stored only when the test says so."""
 
