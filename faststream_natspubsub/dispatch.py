@@ -368,7 +368,7 @@ class _Run:
             return
         used = self.running + self.waiting + source.outstanding + source.arrived
         room = self.window.size - used
-        if room >= self.window.refill_threshold() or (room > 0 and source.outstanding == 0):
+        if room >= self.window.refill_threshold or (room > 0 and source.outstanding == 0):
             try:
                 await source.request(room)
             except Exception:  # closed, or the reconnect buffer is full: asked again later

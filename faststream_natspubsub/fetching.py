@@ -91,6 +91,12 @@ class FetchWindow:
         self.horizon = min(seconds_ahead, ack_wait * _FETCH_AHEAD_SHARE_OF_ACK_WAIT)
         self.service_time: float | None = None
         """Moving average of one handler call, in seconds (None before the first)."""
+        self.prefetch = min(self.max_prefetch, _INITIAL_PREFETCH)
+        """Messages to hold beyond the running ones."""
+        self.size = workers + self.prefetch
+        """Messages the subscriber may hold: one per worker plus the prefetch."""
+        self.refill_threshold = max(1, self.size // 2)
+        """Ask for more once at least this many places are free (half the window)."""
 
     def handled(self, seconds: float) -> None:
         """One handler call took ``seconds``."""
@@ -98,23 +104,10 @@ class FetchWindow:
             self.service_time = seconds
         else:
             self.service_time += _PACE_WEIGHT * (seconds - self.service_time)
-
-    @property
-    def prefetch(self) -> int:
-        """Messages to hold beyond the running ones."""
-        if self.service_time is None:
-            return min(self.max_prefetch, _INITIAL_PREFETCH)
         rate = self.workers / max(self.service_time, 1e-6)
-        return max(1, min(self.max_prefetch, math.ceil(rate * self.horizon)))
-
-    @property
-    def size(self) -> int:
-        """Messages the subscriber may hold: one per worker plus the prefetch."""
-        return self.workers + self.prefetch
-
-    def refill_threshold(self) -> int:
-        """Ask for more once at least this many places are free (half the window)."""
-        return max(1, self.size // 2)
+        self.prefetch = max(1, min(self.max_prefetch, math.ceil(rate * self.horizon)))
+        self.size = self.workers + self.prefetch
+        self.refill_threshold = max(1, self.size // 2)
 
 
 class PullSource:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Hashable
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
+
+from pydantic_core import from_json
 
 from .envelope import EnvelopeCodec, MalformedEnvelopeError
 
@@ -21,6 +23,8 @@ if TYPE_CHECKING:
 __all__ = ("KeyOf", "OrderBy", "key_function")
 
 logger = logging.getLogger("faststream_natspubsub.ordering")
+
+_GZIP_MAGIC: Final = b"\x1f\x8b"
 
 OrderBy: TypeAlias = "str | Callable[[Any], Hashable]"
 """What ``order_by`` accepts: a field name, or a callable on the event's message."""
@@ -51,7 +55,7 @@ class _MessageKey:
 
     def __call__(self, msg: Msg) -> Hashable:
         try:
-            key = self._of(self._codec.decode(msg.data).message)
+            key = self._of(_message_of(msg.data, self._codec))
             hash(key)
         except MalformedEnvelopeError:
             return None
@@ -61,6 +65,27 @@ class _MessageKey:
             )
             return None
         return key
+
+
+def _message_of(data: bytes, codec: EnvelopeCodec) -> Any:
+    """The envelope's ``message`` (or older ``payload``), as the envelope middleware reads it.
+
+    From the JSON alone when the body is not compressed: no envelope object is built for a
+    key (the envelope middleware builds one anyway).
+    """
+    if data[:2] == _GZIP_MAGIC:
+        return codec.decode(data).message
+    try:
+        envelope = from_json(data)
+    except ValueError as exc:
+        raise MalformedEnvelopeError("not valid JSON") from exc
+    if not isinstance(envelope, dict) or not isinstance(envelope.get("event_id"), str):
+        raise MalformedEnvelopeError("not an envelope")
+    if "message" in envelope:
+        return envelope["message"]
+    if "payload" in envelope:
+        return envelope["payload"]
+    raise MalformedEnvelopeError("envelope has neither 'message' nor 'payload'")
 
 
 class _FieldKey:

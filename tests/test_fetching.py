@@ -64,7 +64,7 @@ def test_more_is_asked_for_once_half_the_window_is_free() -> None:
     window = FetchWindow(workers=1, ack_wait=30.0, max_prefetch=9)
     window.handled(0.0001)
     assert window.size == 10
-    assert window.refill_threshold() == 5
+    assert window.refill_threshold == 5
 
 
 def test_a_window_needs_a_worker() -> None:

@@ -8,6 +8,7 @@ import pytest
 from nats.aio.msg import Msg
 from pydantic_core import to_json
 
+from faststream_natspubsub import EnvelopeCodec
 from faststream_natspubsub.dispatch import DispatchSettings, dispatch_settings, stream_sequence
 from faststream_natspubsub.ordering import key_function
 from faststream_natspubsub.retry import RetryPolicy
@@ -24,8 +25,19 @@ def _envelope(message: dict[str, Any], **metadata: Any) -> bytes:
 
 
 def test_a_callable_gets_the_message_as_published() -> None:
-    key = key_function(lambda message: message["customer"])
+    codec = EnvelopeCodec(compress_threshold=10)
+    key = key_function(lambda message: message["customer"], codec)
     assert key(_msg(_envelope({"customer": "C-7", "total": 3}))) == "C-7"
+    # NatsPubsub 1.0's older form, and a compressed body
+    assert key(_msg(to_json({"event_id": "e", "payload": {"customer": "C-8"}}))) == "C-8"
+    compressed, was_compressed = codec.encode(
+        {"event_id": "e", "message": {"customer": "C-9", "pad": "x" * 50}}
+    )
+    assert was_compressed
+    assert key(_msg(compressed)) == "C-9"
+    # No event id, or neither message nor payload: not an envelope, key None
+    assert key(_msg(to_json({"message": {"customer": "C-1"}}))) is None
+    assert key(_msg(to_json({"event_id": "e"}))) is None
 
 
 def test_a_field_name_reads_the_envelope_metadata_subject_or_topic() -> None:
