@@ -29,7 +29,7 @@ from .envelope import CONTENT_ENCODING_HEADER, EnvelopeCodec, format_timestamp, 
 from .errors import NatsPubsubError, SubjectError
 from .health import DEFAULT_MAX_PENDING, HealthReport, HealthStatus, check_health
 from .inbox import DEFAULT_INBOX_TTL, InboxStore, KvInboxStore, MemoryInboxStore, inbox_bucket_name
-from .inbox_ahead import InboxAhead
+from .inbox_ahead import InboxAhead, drain_on_stop
 from .metadata import current_inbound
 from .metrics import PubsubMetrics
 from .middlewares.batch import BatchMiddleware
@@ -263,6 +263,8 @@ class NatsPubsub:
             Dispatcher.install(subscriber, dispatch)
         else:
             self._pull_subscribers.add(subscriber)
+            if inbox and self.inbox is not None and self.inbox.defer_ack:
+                drain_on_stop(subscriber, self.inbox)
         return subscriber  # type: ignore[no-any-return]
 
     def _make_inbox_store(self, inbox: InboxStore | str | None, ttl: float) -> InboxStore | None:

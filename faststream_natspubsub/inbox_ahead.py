@@ -14,14 +14,17 @@ from typing import TYPE_CHECKING, Final
 
 from pydantic_core import from_json
 
+from .compat import wrap_stop
 from .envelope import EnvelopeCodec, MalformedEnvelopeError
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from nats.aio.msg import Msg
 
     from .middlewares.inbox import InboxMiddleware
 
-__all__ = ("InboxAhead",)
+__all__ = ("InboxAhead", "drain_on_stop")
 
 _GZIP_MAGIC: Final = b"\x1f\x8b"
 
@@ -80,3 +83,13 @@ class InboxAhead:
             return None
         event_id = envelope.get("event_id")
         return event_id if isinstance(event_id, str) and event_id else None
+
+
+def drain_on_stop(subscriber: Any, inbox: InboxMiddleware) -> None:
+    """A subscriber without the dispatch (batch mode) also waits, once stopped, for the
+    processed marks on their way, so their acknowledgements are sent."""
+
+    async def nothing() -> None:
+        return None
+
+    wrap_stop(subscriber, before=nothing, after=inbox.drain)

@@ -112,7 +112,7 @@ async def test_while_its_mark_is_on_its_way_an_event_stays_in_progress_here(
 
 
 class _SlowMarks(KvInboxStore):
-    """Marks are stored only when the test says so."""
+    """Marks are answered only when the test says so."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -120,15 +120,21 @@ class _SlowMarks(KvInboxStore):
         self.sent = 0
 
     async def mark_started(self, event_id: str) -> Any:
-        stored = await super().mark_started(event_id)
-        self.sent += 1
-        held: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        (held,) = await self.mark_many([event_id])
+        return held
+
+    async def mark_many(self, event_ids: list[str]) -> list[asyncio.Future[int]]:
+        stored = await super().mark_many(event_ids)
+        self.sent += len(event_ids)
+        loop = asyncio.get_running_loop()
+        held: list[asyncio.Future[int]] = [loop.create_future() for _ in event_ids]
 
         async def later() -> None:
             await self.release.wait()
-            held.set_result(await stored)
+            for future, answer in zip(held, stored, strict=True):
+                future.set_result(await answer)
 
-        asyncio.get_running_loop().create_task(later())
+        self._later = loop.create_task(later())
         return held
 
 
@@ -155,6 +161,30 @@ async def test_an_event_is_acknowledged_only_once_its_processed_mark_is_stored(
         store.release.set()
         await wait_until(lambda: _acked(js, 3), message="the acks")
     assert handled == [result.event_id for result in results]
+
+
+async def test_in_batch_mode_too_an_event_is_acknowledged_only_once_its_mark_is_stored(
+    server: EmbeddedNatsServer,
+) -> None:
+    store = _SlowMarks(bucket=inbox_bucket_name(ENV, APP))
+    pubsub = NatsPubsub(new_broker(server), env=ENV, app=APP, inbox=store)
+    handled: list[int] = []
+
+    @pubsub.subscriber(TOPIC, batch=BatchSettings(max_messages=10, max_wait=0.2))
+    async def post(entries: list[Entry]) -> None:
+        handled.extend(entry.n for entry in entries)
+
+    async with running(pubsub.broker):
+        js = pubsub.broker.connection.jetstream()
+        await pubsub.publish_many([(TOPIC, {"n": n}) for n in range(5)])
+        # Given a batch handled while its marks are not answered yet
+        await wait_until(lambda: store.sent == 5, message="the batch's marks")
+        await asyncio.sleep(0.3)
+        # Then nothing is acknowledged; once they are, every ack follows
+        assert (await js.consumer_info(STREAM, DURABLE)).num_ack_pending == 5
+        store.release.set()
+        await wait_until(lambda: _acked(js, 5), message="the acks")
+    assert sorted(handled) == list(range(5))
 
 
 async def _acked(js: Any, count: int) -> bool:

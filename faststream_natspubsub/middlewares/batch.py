@@ -215,9 +215,13 @@ class _BatchRun:
                 await self._fail(item, error)
             else:
                 succeeded.append(item)
-        if inbox is not None:  # every mark stored (one round trip) before any ack
-            await inbox.mark_many([i.inbox_key for i in succeeded if i.inbox_key is not None])
-        await ack_all([item.raw for item in succeeded])
+        marked = [item for item in succeeded if item.inbox_key is not None]
+        to_ack = succeeded
+        if inbox is not None and marked:  # each ack follows its stored mark
+            keys = [item.inbox_key for item in marked if item.inbox_key is not None]
+            if await inbox.mark_many_then_ack(keys, [item.raw for item in marked]):
+                to_ack = [item for item in succeeded if item.inbox_key is None]
+        await ack_all([item.raw for item in to_ack])
         for item in succeeded:
             failure.succeeded(item.raw, item.raw.subject, item.deliveries)
 

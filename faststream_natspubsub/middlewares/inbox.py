@@ -19,6 +19,7 @@ import contextlib
 import logging
 import weakref
 from collections import OrderedDict
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
 from faststream.exceptions import AckMessage, NackMessage
@@ -210,6 +211,21 @@ class InboxMiddleware:
             else:
                 self._unmarked.pop(key, None)
 
+    async def mark_many_then_ack(self, keys: list[str], raws: list[Any]) -> bool:
+        """Marks for a batch in one write, each message acknowledged once its mark is stored,
+        without holding up the batch: True. Without ``defer_ack`` (or if the marks could not
+        be sent) the marks are stored when this returns False, and the caller acknowledges.
+        """
+        if (
+            self.defer_ack
+            and hasattr(self.store, "mark_many")
+            and all(_acknowledgeable(raw) for raw in raws)
+            and await self._deferred.marks_then_acks(keys, raws)
+        ):
+            return True
+        await self.mark_many(keys)
+        return False
+
     async def drain(self, timeout: float = _DRAIN_TIMEOUT) -> None:
         """Wait until the marks on their way are stored and their messages acknowledged."""
         await self._deferred.drain(timeout)
@@ -325,7 +341,22 @@ class _AcksAfterMarks:
             return
         settle_locally(raw)
         self._pending.add(stored)
-        stored.add_done_callback(lambda done: self._stored(key, raw, done))
+        stored.add_done_callback(partial(self._stored, key, raw))
+
+    async def marks_then_acks(self, keys: list[str], raws: list[Any]) -> bool:
+        """:meth:`mark_then_ack` for a batch, in one write; False if nothing was sent (the
+        marks then went the retrying way and the caller acknowledges)."""
+        try:
+            stored = await self._inbox.store.mark_many(keys)  # type: ignore[attr-defined]
+        except Exception:  # noqa: BLE001 - not even sent: the retrying path, now
+            for key in keys:
+                await self._inbox.mark_processed(key)
+            return False
+        for key, raw, future in zip(keys, raws, stored, strict=True):
+            settle_locally(raw)
+            self._pending.add(future)
+            future.add_done_callback(partial(self._stored, key, raw))
+        return True
 
     def _stored(self, key: str, raw: Any, stored: asyncio.Future[Any]) -> None:
         self._pending.discard(stored)
