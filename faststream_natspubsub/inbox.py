@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 
 from .compat import jetstream_client, kv_subject_prefix
-from .kv_pipeline import KvWriter
+from .kv_pipeline import KvBatch, KvWriter
 
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
@@ -175,7 +175,7 @@ class KvInboxStore:
         self._kv: KeyValue | None = None
         self._writer: KvWriter | None = None
         # Claims sent ahead, by key: the answer, and when they were sent (monotonic).
-        self._ahead: OrderedDict[str, tuple[asyncio.Future[int], float]] = OrderedDict()
+        self._ahead: OrderedDict[str, tuple[KvBatch, int, float]] = OrderedDict()
         # Used instead of the bucket in memory tests (TestNatsBroker), where there is none.
         self._stand_in: MemoryInboxStore | None = None
 
@@ -215,11 +215,11 @@ class KvInboxStore:
         key = _key(event_id)
         ahead = self._ahead.pop(key, None)
         # A claim sent ahead is used while most of its lease is left.
-        if ahead is not None and time.monotonic() - ahead[1] < lease / 2:
-            return await self._claimed(key, ahead[0], lease)
+        if ahead is not None and time.monotonic() - ahead[2] < lease / 2:
+            return await self._claimed(key, ahead[0], ahead[1], lease)
         if self._writer is not None:
-            (created,) = await self._writer.create([key], self._lease_value(lease))
-            return await self._claimed(key, created, lease)
+            created = await self._writer.create([key], self._lease_value(lease))
+            return await self._claimed(key, created, 0, lease)
         return await self._claim_by_requests(key, lease)
 
     async def claim_many(self, event_ids: list[str], *, lease: float) -> list[ClaimResult]:
@@ -228,10 +228,7 @@ class KvInboxStore:
             return [await self.claim(event_id, lease=lease) for event_id in event_ids]
         keys = [_key(event_id) for event_id in event_ids]
         created = await self._writer.create(keys, self._lease_value(lease))
-        return [
-            await self._claimed(key, future, lease)
-            for key, future in zip(keys, created, strict=True)
-        ]
+        return [await self._claimed(key, created, i, lease) for i, key in enumerate(keys)]
 
     async def claim_ahead(self, event_ids: Iterable[str], *, lease: float) -> None:
         """Send claims for events whose handlers will ask soon; :meth:`claim` uses them."""
@@ -242,12 +239,11 @@ class KvInboxStore:
             return
         created = await self._writer.create(keys, self._lease_value(lease))
         now = time.monotonic()
-        for key, future in zip(keys, created, strict=True):
-            future.add_done_callback(_retrieve)
-            self._ahead[key] = (future, now)
+        for index, key in enumerate(keys):
+            self._ahead[key] = (created, index, now)
         while len(self._ahead) > _AHEAD_LIMIT:
-            key, (future, _) = self._ahead.popitem(last=False)
-            await self._give_up([(key, future)])
+            key, (batch, index, _) = self._ahead.popitem(last=False)
+            await self._give_up([(key, batch, index)])
 
     async def release_ahead(self, event_ids: Iterable[str]) -> None:
         """Give up the claims sent ahead for these events (their messages went back)."""
@@ -255,30 +251,30 @@ class KvInboxStore:
         for key in map(_key, event_ids):
             ahead = self._ahead.pop(key, None)
             if ahead is not None:
-                dropped.append((key, ahead[0]))
+                dropped.append((key, ahead[0], ahead[1]))
         await self._give_up(dropped)
 
-    async def _give_up(self, claims: list[tuple[str, asyncio.Future[int]]]) -> None:
+    async def _give_up(self, claims: list[tuple[str, KvBatch, int]]) -> None:
         if not claims or self._writer is None:
             return
-        if any(not future.done() for _, future in claims):
-            await asyncio.wait([future for _, future in claims], timeout=self._writer.timeout)
+        batches = {id(batch): batch.done for _, batch, _ in claims}
+        pending = [done for done in batches.values() if not done.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=self._writer.timeout)
         ours = [
-            key
-            for key, future in claims
-            if future.done() and not future.cancelled() and future.exception() is None
+            key for key, batch, index in claims if batch.done.done() and batch.error(index) is None
         ]
         if ours:
             deleted = await self._writer.delete(ours)
-            await asyncio.wait(deleted, timeout=self._writer.timeout)
-            for future in deleted:
-                _retrieve(future)
+            await asyncio.wait([deleted.done], timeout=self._writer.timeout)
 
-    async def _claimed(self, key: str, created: asyncio.Future[int], lease: float) -> ClaimResult:
-        try:
-            await created
-        except KeyWrongLastSequenceError:  # taken, processed, or deleted before: look closer
+    async def _claimed(self, key: str, created: KvBatch, index: int, lease: float) -> ClaimResult:
+        await created.wait()
+        error = created.error(index)
+        if isinstance(error, KeyWrongLastSequenceError):  # taken, processed, or deleted before
             return await self._claim_by_requests(key, lease)
+        if error is not None:
+            raise error
         self._held.add(key)
         return ClaimResult.CLAIMED
 
@@ -311,39 +307,56 @@ class KvInboxStore:
         stored = await self.mark_started(event_id)
         await stored
 
-    async def mark_started(self, event_id: str) -> asyncio.Future[int]:
-        """Send the processed mark; the future says when the server has stored it."""
+    async def mark_started(self, event_id: str) -> asyncio.Future[None]:
+        """Send the processed mark; the future completes when the server has stored it (or
+        with the error the write failed with)."""
+        stored = await self.mark_many([event_id])
+        result: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def settle(done: asyncio.Future[list[BaseException | None]]) -> None:
+            error = done.result()[0]
+            if error is None:
+                result.set_result(None)
+            else:
+                result.set_exception(error)
+
+        stored.add_done_callback(settle)
+        return result
+
+    async def mark_many(self, event_ids: list[str]) -> asyncio.Future[list[BaseException | None]]:
+        """Send the processed marks of many events in one write; the future gives, once every
+        one is answered, the error of each (None: stored)."""
+        loop = asyncio.get_running_loop()
+        outcome: asyncio.Future[list[BaseException | None]] = loop.create_future()
         if self._kv is None and self._stand_in is not None:
-            await self._stand_in.mark_processed(event_id)
-            return _done(0)
-        key = _key(event_id)
-        if self._writer is None:
-            revision = await self.kv.put(key, _PROCESSED)
-            self._held.discard(key)
-            return _done(revision)
-        (stored,) = await self._writer.put([key], _PROCESSED)
-        self._release_when_stored(key, stored)
-        return stored
-
-    async def mark_many(self, event_ids: list[str]) -> list[asyncio.Future[int]]:
-        """:meth:`mark_started` for many events, in one write."""
-        if self._writer is None:
-            return [await self.mark_started(event_id) for event_id in event_ids]
+            for event_id in event_ids:
+                await self._stand_in.mark_processed(event_id)
+            outcome.set_result([None] * len(event_ids))
+            return outcome
         keys = [_key(event_id) for event_id in event_ids]
+        if self._writer is None:
+            errors: list[BaseException | None] = []
+            for key in keys:
+                try:
+                    await self.kv.put(key, _PROCESSED)
+                except Exception as exc:  # noqa: BLE001 - reported per key, as the writer does
+                    errors.append(exc)
+                else:
+                    self._held.discard(key)
+                    errors.append(None)
+            outcome.set_result(errors)
+            return outcome
         stored = await self._writer.put(keys, _PROCESSED)
-        for key, future in zip(keys, stored, strict=True):
-            self._release_when_stored(key, future)
-        return stored
 
-    def _release_when_stored(self, key: str, stored: asyncio.Future[int]) -> None:
-        """The key stays held here until its mark is stored: until then, another delivery
-        of the event to this process must find it in progress, not a lease left behind."""
+        def settle(_: asyncio.Future[None]) -> None:
+            errors = stored.errors()
+            # A key stays held here until its mark is stored: until then, another delivery
+            # of the event to this process must find it in progress, not a lease left behind.
+            self._held.difference_update(k for k, e in zip(keys, errors, strict=True) if e is None)
+            outcome.set_result(errors)
 
-        def stored_or_not(future: asyncio.Future[int]) -> None:
-            if not future.cancelled() and future.exception() is None:
-                self._held.discard(key)
-
-        stored.add_done_callback(stored_or_not)
+        stored.done.add_done_callback(settle)
+        return outcome
 
     async def release(self, event_id: str) -> None:
         if self._kv is None and self._stand_in is not None:
@@ -370,18 +383,6 @@ class KvInboxStore:
 
     def _lease_value(self, lease: float) -> bytes:
         return f"claimed {time.time() + lease:.3f} {self.owner}".encode()
-
-
-def _done(value: int) -> asyncio.Future[int]:
-    future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    future.set_result(value)
-    return future
-
-
-def _retrieve(future: asyncio.Future[int]) -> None:
-    """Mark a future's exception as seen (claims ahead may fail unseen: a duplicate's)."""
-    if future.done() and not future.cancelled():
-        future.exception()
 
 
 def _key(event_id: str) -> str:

@@ -4,9 +4,9 @@ nats-py's ``KeyValue.create``/``put`` are JetStream publishes made as requests: 
 for its own reply, through a future, a timer and a JSON parse (about 60 µs of client time
 here), one after the other when a handler awaits them. :class:`KvWriter` sends the same
 publishes (``$KV.<bucket>.<key>``, with ``Nats-Expected-Last-Subject-Sequence: 0`` for a
-create) as protocol lines, many in one write, and routes the server's answers to a future
-per write through one reply subscription. Callers wait for the futures they need, when they
-need them: claims for a batch, or for messages fetched ahead, travel together.
+create) as protocol lines, many in one write, and routes the server's answers through one
+reply subscription into a :class:`KvBatch` per write, which wakes its caller once, when the
+last answer is in: claims for a batch, or for messages fetched ahead, travel together.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.aio.msg import Msg
 
-__all__ = ("KvWriter",)
+__all__ = ("KvBatch", "KvWriter")
 
 logger = logging.getLogger("faststream_natspubsub.kv_pipeline")
 
@@ -41,8 +41,49 @@ _WRONG_LAST_SEQUENCE: Final = frozenset({10071, 10164})
 _NO_RESPONDERS: Final = "503"
 
 
+class KvBatch:
+    """The answers to the operations of one write: a revision or an error each.
+
+    ``done`` completes once every operation is answered (or timed out): one wake-up for
+    the whole batch, not one per operation.
+    """
+
+    __slots__ = ("_outcomes", "_remaining", "done")
+
+    def __init__(self, size: int, loop: asyncio.AbstractEventLoop) -> None:
+        self._outcomes: list[int | BaseException | None] = [None] * size
+        self._remaining = size
+        self.done: asyncio.Future[None] = loop.create_future()
+        if size == 0:
+            self.done.set_result(None)
+
+    def __len__(self) -> int:
+        return len(self._outcomes)
+
+    async def wait(self) -> None:
+        """Until every operation is answered."""
+        await self.done
+
+    def error(self, index: int) -> BaseException | None:
+        """What operation ``index`` failed with; None if it was stored (or is unanswered)."""
+        outcome = self._outcomes[index]
+        return outcome if isinstance(outcome, BaseException) else None
+
+    def errors(self) -> list[BaseException | None]:
+        """:meth:`error` of every operation."""
+        return [o if isinstance(o, BaseException) else None for o in self._outcomes]
+
+    def _settle(self, index: int, outcome: int | BaseException) -> None:
+        if self._outcomes[index] is not None:
+            return
+        self._outcomes[index] = outcome
+        self._remaining -= 1
+        if self._remaining <= 0 and not self.done.done():
+            self.done.set_result(None)
+
+
 class KvWriter:
-    """Pipelined ``put`` and ``create`` on one bucket, over one connection."""
+    """Pipelined ``put``, ``create`` and ``delete`` on one bucket, over one connection."""
 
     def __init__(
         self, client: Client, subject_prefix: str, *, timeout: float = DEFAULT_TIMEOUT
@@ -54,61 +95,53 @@ class KvWriter:
         self._inbox = ""
         self._subscription: Any = None
         self._next_token = 0
-        self._waiting: dict[str, tuple[asyncio.Future[int], float]] = {}
+        self._waiting: dict[str, tuple[KvBatch, int, float]] = {}
         self._sweep: asyncio.TimerHandle | None = None
 
-    async def create(self, keys: Sequence[str], value: bytes) -> list[asyncio.Future[int]]:
+    async def create(self, keys: Sequence[str], value: bytes) -> KvBatch:
         """Write ``value`` under each key that does not exist yet, in one write.
 
-        Each future gives the new revision, or raises ``KeyWrongLastSequenceError`` when the
-        key exists (or has a delete marker), or the error the server or the timeout gave.
+        An operation fails with ``KeyWrongLastSequenceError`` when its key exists (or has a
+        delete marker), or with the error the server or the timeout gave.
         """
         return await self._send(keys, value, _CREATE_HEADERS)
 
-    async def put(self, keys: Sequence[str], value: bytes) -> list[asyncio.Future[int]]:
-        """Write ``value`` under each key, in one write; each future gives the revision."""
+    async def put(self, keys: Sequence[str], value: bytes) -> KvBatch:
+        """Write ``value`` under each key, in one write."""
         return await self._send(keys, value, None)
 
-    async def delete(self, keys: Sequence[str]) -> list[asyncio.Future[int]]:
+    async def delete(self, keys: Sequence[str]) -> KvBatch:
         """Delete each key (a delete marker, as ``KeyValue.delete``), in one write."""
         return await self._send(keys, b"", _DELETE_HEADERS)
 
-    async def _send(
-        self, keys: Sequence[str], value: bytes, headers: bytes | None
-    ) -> list[asyncio.Future[int]]:
+    async def _send(self, keys: Sequence[str], value: bytes, headers: bytes | None) -> KvBatch:
         await self._subscribe()
         loop = asyncio.get_running_loop()
+        batch = KvBatch(len(keys), loop)
+        if not keys:
+            return batch
         deadline = loop.time() + self.timeout
-        futures: list[asyncio.Future[int]] = []
         frames: list[bytes] = []
         inbox = self._inbox.encode()
-        for key in keys:
+        prefix = self.subject_prefix.encode()
+        waiting = self._waiting
+        for index, key in enumerate(keys):
             token = str(self._next_token)
             self._next_token += 1
-            subject = (self.subject_prefix + key).encode()
+            subject = prefix + key.encode()
             reply = b"%s.%s" % (inbox, token.encode())
             if headers is None:
                 frames.append(b"PUB %s %s %d\r\n%s\r\n" % (subject, reply, len(value), value))
             else:
                 frames.append(
                     b"HPUB %s %s %d %d\r\n%s%s\r\n"
-                    % (
-                        subject,
-                        reply,
-                        len(headers),
-                        len(headers) + len(value),
-                        headers,
-                        value,
-                    )
+                    % (subject, reply, len(headers), len(headers) + len(value), headers, value)
                 )
-            future: asyncio.Future[int] = loop.create_future()
-            self._waiting[token] = (future, deadline)
-            futures.append(future)
-        if frames:
-            await write_protocol(self.client, b"".join(frames))
-            if self._sweep is None:
-                self._sweep = loop.call_later(_SWEEP_EVERY, self._on_sweep, loop)
-        return futures
+            waiting[token] = (batch, index, deadline)
+        await write_protocol(self.client, b"".join(frames))
+        if self._sweep is None:
+            self._sweep = loop.call_later(_SWEEP_EVERY, self._on_sweep, loop)
+        return batch
 
     async def _subscribe(self) -> None:
         if self._subscription is None:
@@ -119,21 +152,19 @@ class KvWriter:
         waiting = self._waiting.pop(msg.subject[len(self._inbox) + 1 :], None)
         if waiting is None:  # it timed out before
             return
-        future = waiting[0]
-        if future.done():
-            return
+        batch, index, _ = waiting
         try:
-            future.set_result(_revision(msg))
-        except Exception as exc:  # noqa: BLE001 - an error answer fails its own write only
-            future.set_exception(exc)
+            outcome: int | BaseException = _revision(msg)
+        except Exception as exc:  # noqa: BLE001 - an error answer fails its own operation only
+            outcome = exc
+        batch._settle(index, outcome)
 
     def _on_sweep(self, loop: asyncio.AbstractEventLoop) -> None:
         now = loop.time()
-        for token, (future, deadline) in list(self._waiting.items()):
+        for token, (batch, index, deadline) in list(self._waiting.items()):
             if deadline <= now:
                 del self._waiting[token]
-                if not future.done():
-                    future.set_exception(NatsTimeoutError())
+                batch._settle(index, NatsTimeoutError())
         self._sweep = loop.call_later(_SWEEP_EVERY, self._on_sweep, loop) if self._waiting else None
 
 

@@ -21,6 +21,7 @@ from faststream_natspubsub import (
     NatsPubsub,
 )
 from faststream_natspubsub.inbox import inbox_bucket_name
+from faststream_natspubsub.kv_pipeline import KvBatch
 from faststream_natspubsub.publishing import OutgoingEvent
 from faststream_natspubsub.subjects import consumer_name
 from faststream_natspubsub.testing import EmbeddedNatsServer
@@ -95,10 +96,10 @@ async def test_while_its_mark_is_on_its_way_an_event_stays_in_progress_here(
     store = await _store(nc)
     assert await store.claim("e1", lease=30) is ClaimResult.CLAIMED
     # Given the processed mark sent, its answer not back yet
-    on_its_way: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    on_its_way = KvBatch(1, asyncio.get_running_loop())
 
-    async def unanswered(keys: Any, value: bytes) -> list[asyncio.Future[int]]:
-        return [on_its_way]
+    async def unanswered(keys: Any, value: bytes) -> KvBatch:
+        return on_its_way
 
     store._writer.put = unanswered  # type: ignore[union-attr, method-assign]
     await store.mark_started("e1")
@@ -106,7 +107,7 @@ async def test_while_its_mark_is_on_its_way_an_event_stays_in_progress_here(
     # is not a lease left behind by a failed release, which this process would take over)
     assert await store.claim("e1", lease=30) is ClaimResult.IN_PROGRESS
     # And once the mark is stored, the key is no longer held here
-    on_its_way.set_result(1)
+    on_its_way._settle(0, 1)
     await asyncio.sleep(0)
     assert "e1" not in store._held
 
@@ -119,22 +120,16 @@ class _SlowMarks(KvInboxStore):
         self.release = asyncio.Event()
         self.sent = 0
 
-    async def mark_started(self, event_id: str) -> Any:
-        (held,) = await self.mark_many([event_id])
-        return held
-
-    async def mark_many(self, event_ids: list[str]) -> list[asyncio.Future[int]]:
+    async def mark_many(self, event_ids: list[str]) -> Any:
         stored = await super().mark_many(event_ids)
         self.sent += len(event_ids)
-        loop = asyncio.get_running_loop()
-        held: list[asyncio.Future[int]] = [loop.create_future() for _ in event_ids]
+        held: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
         async def later() -> None:
             await self.release.wait()
-            for future, answer in zip(held, stored, strict=True):
-                future.set_result(await answer)
+            held.set_result(await stored)
 
-        self._later = loop.create_task(later())
+        self._later = asyncio.get_running_loop().create_task(later())
         return held
 
 

@@ -200,16 +200,14 @@ class InboxMiddleware:
                 await self.mark_processed(key)
             return
         try:
-            stored = await mark_many(keys)
-        except Exception:  # noqa: BLE001 - not sent: each one takes the retrying path
-            stored = [None] * len(keys)
-        if any(future is not None for future in stored):
-            await asyncio.wait([f for f in stored if f is not None])
-        for key, future in zip(keys, stored, strict=True):
-            if future is None or future.cancelled() or future.exception() is not None:
-                await self.mark_processed(key)
-            else:
+            errors = await (await mark_many(keys))
+        except Exception as exc:  # noqa: BLE001 - not sent: each one takes the retrying path
+            errors = [exc] * len(keys)
+        for key, error in zip(keys, errors, strict=True):
+            if error is None:
                 self._unmarked.pop(key, None)
+            else:
+                await self.mark_processed(key)
 
     async def mark_many_then_ack(self, keys: list[str], raws: list[Any]) -> bool:
         """Marks for a batch in one write, each message acknowledged once its mark is stored,
@@ -352,10 +350,10 @@ class _AcksAfterMarks:
             for key in keys:
                 await self._inbox.mark_processed(key)
             return False
-        for key, raw, future in zip(keys, raws, stored, strict=True):
+        for raw in raws:
             settle_locally(raw)
-            self._pending.add(future)
-            future.add_done_callback(partial(self._stored, key, raw))
+        self._pending.add(stored)
+        stored.add_done_callback(partial(self._batch_stored, keys, raws))
         return True
 
     def _stored(self, key: str, raw: Any, stored: asyncio.Future[Any]) -> None:
@@ -366,6 +364,19 @@ class _AcksAfterMarks:
         self._inbox._unmarked.pop(key, None)
         self._ready.append(raw)
         if len(self._ready) == 1:  # the first of this round: one write for all of them
+            self._spawn(self._ack_ready())
+
+    def _batch_stored(self, keys: list[str], raws: list[Any], stored: asyncio.Future[Any]) -> None:
+        self._pending.discard(stored)
+        errors = stored.result()
+        first = not self._ready
+        for key, raw, error in zip(keys, raws, errors, strict=True):
+            if error is None:
+                self._inbox._unmarked.pop(key, None)
+                self._ready.append(raw)
+            else:
+                self._spawn(self._mark_again_then_ack(key, raw))
+        if first and self._ready:
             self._spawn(self._ack_ready())
 
     async def _mark_again_then_ack(self, key: str, raw: Any) -> None:
