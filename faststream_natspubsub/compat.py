@@ -20,6 +20,8 @@ Accesses, and why they are needed:
 - the client of a JetStream context and of a message, and a KV bucket's subject prefix
   (:func:`jetstream_client`, :func:`message_client`, :func:`kv_subject_prefix`): to write
   the inbox's KV operations and the acknowledgements after them without a request each;
+- a subscription whose messages go straight to a function (:func:`subscribe_direct`): the
+  inbox's KV answers, hundreds per batch, without a queue and a task wake-up each;
 - FastStream's pull loop of one subscriber (:func:`replace_pull_loop`) and its ``stop``
   (:func:`wrap_stop`): to run the plugin's own fetch-ahead and dispatch in its place.
 """
@@ -50,6 +52,7 @@ __all__ = (
     "replace_pull_loop",
     "settle_locally",
     "stop_interest",
+    "subscribe_direct",
     "took_from_queue",
     "wrap_stop",
     "write_protocol",
@@ -231,3 +234,45 @@ def wrap_stop(
             await after()
 
     subscriber.stop = stop
+
+
+class _Direct:
+    """Stands in for a subscription's queue: every message goes to ``on_msg`` at once."""
+
+    __slots__ = ("_on_msg", "_subscription")
+
+    def __init__(self, subscription: Any, on_msg: Callable[[Msg], None]) -> None:
+        self._subscription = subscription
+        self._on_msg = on_msg
+
+    def put_nowait(self, msg: Msg) -> None:
+        self._subscription._pending_size -= len(msg.data)  # nothing is kept pending
+        self._on_msg(msg)
+
+    def qsize(self) -> int:
+        return 0
+
+    def empty(self) -> bool:
+        return True
+
+    def full(self) -> bool:
+        return False
+
+    def __len__(self) -> int:  # falsy: draining the subscription has nothing to wait for
+        return 0
+
+
+async def subscribe_direct(client: Client, subject: str, on_msg: Callable[[Msg], None]) -> Any:
+    """Subscribe to ``subject`` with ``on_msg`` called for each message as it is read.
+
+    nats-py hands a callback subscription's messages to a task through a queue, one
+    wake-up each; for answers that only settle futures that costs more than the work.
+    ``on_msg`` must be quick and must not raise.
+    """
+    subscription = await client.subscribe(subject)
+    if not isinstance(getattr(subscription, "_pending_queue", None), asyncio.Queue) or not (
+        isinstance(getattr(subscription, "_pending_size", None), int)
+    ):
+        raise CompatError("nats-py's Subscription has no _pending_queue/_pending_size")
+    subscription._pending_queue = _Direct(subscription, on_msg)  # type: ignore[assignment]
+    return subscription

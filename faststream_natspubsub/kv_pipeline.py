@@ -20,7 +20,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import APIError, KeyWrongLastSequenceError, NoStreamResponseError
 from pydantic_core import from_json
 
-from .compat import write_protocol
+from .compat import subscribe_direct, write_protocol
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -146,9 +146,11 @@ class KvWriter:
     async def _subscribe(self) -> None:
         if self._subscription is None:
             self._inbox = self.client.new_inbox()
-            self._subscription = await self.client.subscribe(self._inbox + ".*", cb=self._on_reply)
+            self._subscription = await subscribe_direct(
+                self.client, self._inbox + ".*", self._on_reply
+            )
 
-    async def _on_reply(self, msg: Msg) -> None:
+    def _on_reply(self, msg: Msg) -> None:
         waiting = self._waiting.pop(msg.subject[len(self._inbox) + 1 :], None)
         if waiting is None:  # it timed out before
             return

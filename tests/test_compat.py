@@ -22,6 +22,7 @@ from faststream_natspubsub.compat import (
     replace_pull_loop,
     settle_locally,
     stop_interest,
+    subscribe_direct,
     took_from_queue,
     wrap_stop,
     write_protocol,
@@ -110,6 +111,30 @@ async def test_stop_interest_ends_deliveries_but_keeps_what_came(js: JetStreamCo
     info = await js.consumer_info(STREAM, "d")
     assert info.num_waiting == 0
     assert info.num_pending == 1
+
+
+@pytest.mark.nats
+async def test_a_direct_subscription_hands_each_message_over_as_it_is_read(
+    server: EmbeddedNatsServer,
+) -> None:
+    nc = await nats.connect(server.url)
+    try:
+        seen: list[bytes] = []
+        subscription = await subscribe_direct(nc, "direct.>", lambda msg: seen.append(msg.data))
+        for n in range(100):
+            await nc.publish(f"direct.{n}", str(n).encode())
+        await nc.flush()
+        await wait_until(lambda: len(seen) == 100, message="every message")
+        assert seen == [str(n).encode() for n in range(100)]
+        # Nothing is kept pending (no slow-consumer limit is ever reached), and it closes
+        assert subscription.pending_msgs == 0
+        assert subscription.pending_bytes == 0
+        await subscription.unsubscribe()
+        await nc.publish("direct.after", b"x")
+        await nc.flush()
+        assert len(seen) == 100
+    finally:
+        await nc.close()
 
 
 @pytest.mark.nats
