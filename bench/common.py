@@ -62,7 +62,8 @@ def sample_message(i: int, *, sent_ns: int = 0) -> dict[str, Any]:
     """An order of fixed shape; wrapped in the envelope it is about 300 bytes."""
     return {
         "order_id": f"ORD-{i:09d}",
-        "customer_id": "CUS-0042",
+        # 1,000 customers, each a key of the ordered row; the same length for every i.
+        "customer_id": f"CUS-{i % 1000:04d}",
         "total": 99.99,
         "currency": "EUR",
         "sent_ns": sent_ns,

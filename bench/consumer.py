@@ -4,6 +4,11 @@ Started by ``bench/run.py``; prints ``READY`` once subscribed and then one ``RES
 line. Contenders: ``plugin`` (NatsPubsub full stack), ``plugin-inbox`` (plus the memory
 inbox), ``faststream`` (plain subscriber, same pull settings), ``raw`` (nats-py fetch + ack);
 ``plugin-sql-inbox`` and ``plugin-batch-sql-inbox`` use ``SqlInboxStore`` on ``--database``.
+
+What users get without tuning: ``plugin-default`` is ``pubsub.subscriber(topic)`` as the README
+writes it; ``plugin-io-N`` the same with ``max_workers=N`` and a handler awaiting 5 ms of I/O;
+``plugin-ordered-N`` that with ``order_by`` (1,000 keys); ``plugin-kv-inbox`` and
+``plugin-batch-kv-inbox`` the default and batch subscribers with ``inbox="kv"``.
 """
 
 from __future__ import annotations
@@ -53,7 +58,15 @@ KINDS = (
     "plugin-batch-sql-inbox",
     "faststream",
     "raw",
+    "plugin-default",
+    "plugin-io-32",
+    "plugin-io-100",
+    "plugin-ordered-32",
+    "plugin-kv-inbox",
+    "plugin-batch-kv-inbox",
 )
+# The I/O-bound handler's wait.
+IO_HANDLER_SECONDS = 0.005
 
 
 class Probe:
@@ -141,6 +154,8 @@ async def _consume_faststream(args: argparse.Namespace, probe: Probe) -> None:
             for item in items:
                 probe.hit(item.sent_ns if latency else None)
 
+    elif args.kind in DEFAULT_KINDS:
+        _subscribe_default(args, broker, probe)
     else:
         pubsub = NatsPubsub(broker, env=args.env, app=args.app, inbox=_inbox(args))
         subscriber = pubsub.subscriber(
@@ -160,6 +175,37 @@ async def _consume_faststream(args: argparse.Namespace, probe: Probe) -> None:
         await broker.stop()
 
 
+DEFAULT_KINDS = (
+    "plugin-default",
+    "plugin-io-32",
+    "plugin-io-100",
+    "plugin-ordered-32",
+    "plugin-kv-inbox",
+)
+
+
+def _subscribe_default(args: argparse.Namespace, broker: NatsBroker, probe: Probe) -> None:
+    """The facade's subscriber without pull settings: what a user writes."""
+    kind = args.kind
+    pubsub = NatsPubsub(
+        broker, env=args.env, app=args.app, inbox="kv" if kind == "plugin-kv-inbox" else None
+    )
+    options: dict[str, Any] = {}
+    io_bound = kind.startswith(("plugin-io-", "plugin-ordered-"))
+    if io_bound:
+        options["max_workers"] = int(kind.rsplit("-", 1)[1])
+    if kind.startswith("plugin-ordered-"):
+        options["order_by"] = lambda message: message["customer_id"]
+    latency = args.mode == "latency"
+    subscriber = pubsub.subscriber(args.topic, durable=args.durable, **options)
+
+    @subscriber
+    async def handle(body: dict[str, Any]) -> None:
+        if io_bound:
+            await asyncio.sleep(IO_HANDLER_SECONDS)
+        probe.hit(body["sent_ns"] if latency else None)
+
+
 def _inbox(args: argparse.Namespace) -> Any:
     """The contender's inbox: none, memory (with the bound asked for), or SQL."""
     if args.kind.endswith("sql-inbox"):
@@ -170,6 +216,8 @@ def _inbox(args: argparse.Namespace) -> Any:
         engine = create_async_engine(args.database)
         use_sqlite_wal(engine)
         return SqlInboxStore(engine)
+    if args.kind.endswith("kv-inbox"):
+        return "kv"
     if not args.kind.endswith("inbox"):
         return None
     return MemoryInboxStore(max_entries=args.inbox_entries) if args.inbox_entries else "memory"

@@ -72,8 +72,25 @@ LABELS: Final = {
     "plugin-batch-inbox": "plugin batch + inbox",
     "faststream": "FastStream",
     "raw": "raw nats-py",
+    "plugin-default": "default subscriber",
+    "plugin-io-32": "5 ms I/O, 32 workers",
+    "plugin-io-100": "5 ms I/O, 100 workers",
+    "plugin-ordered-32": "5 ms I/O, 32 w, by key",
+    "plugin-kv-inbox": "default + KV inbox",
+    "plugin-batch-kv-inbox": "batch + KV inbox",
     **(sqlbench.LABELS if sqlbench else {}),
 }
+# The rows of what users get without tuning (the facade's defaults), and what each shows.
+DEFAULT_KINDS: Final = (
+    "plugin-default",
+    "plugin-io-32",
+    "plugin-io-100",
+    "plugin-ordered-32",
+    "plugin-kv-inbox",
+    "plugin-batch-kv-inbox",
+)
+# The I/O-bound handler's wait (bench/consumer.py), for the ideal rate N / handler time.
+IO_HANDLER_SECONDS: Final = 0.005
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -326,7 +343,14 @@ class Bench:
     async def consume(self) -> dict[str, Any]:
         """Each consumer, in its own process, reads the same pre-published envelopes."""
         s = self.settings
-        kinds = ["plugin", "plugin-batch", "plugin-batch-inbox", "faststream", "raw"]
+        kinds = [
+            "plugin",
+            "plugin-batch",
+            "plugin-batch-inbox",
+            "faststream",
+            "raw",
+            *DEFAULT_KINDS,
+        ]
         if self.inbox_available():
             kinds.insert(1, "plugin-inbox")
         if self.dbs is not None:
@@ -685,7 +709,11 @@ def compute_ratios(report: dict[str, Any]) -> dict[str, Any]:
         if rss_plugin is None or rss_fs is None
         else round(rss_plugin - rss_fs, 2),
         **sql,
+        **default_ratios(con),
         "paired": {
+            "default_consume_vs_tuned": _paired(con, "plugin-default", "plugin", rate),
+            "kv_inbox_vs_none": _paired(con, "plugin-kv-inbox", "plugin-default", rate),
+            "batch_kv_inbox_vs_batch": _paired(con, "plugin-batch-kv-inbox", "plugin-batch", rate),
             "consume_vs_faststream": _paired(con, "plugin", "faststream", rate),
             "publish_vs_faststream": _paired(pub, "plugin", "faststream", rate),
             "publish_many_vs_faststream": _paired(many, "plugin", "faststream", rate),
@@ -706,8 +734,43 @@ def compute_ratios(report: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-# The issue's targets; shown in the report, never asserted.
+def ideal_io_rate(workers: int, cpu_bound_rate: float | None) -> float | None:
+    """What ``workers`` handlers waiting 5 ms each could reach: ``workers / 5 ms``, but never
+    more than this process handles messages at all (its no-op rate, the CPU-bound rate)."""
+    if cpu_bound_rate is None:
+        return None
+    return min(workers / IO_HANDLER_SECONDS, cpu_bound_rate)
+
+
+def default_ratios(con: dict[str, Any]) -> dict[str, float | None]:
+    """Issue 16's ratios: what users get without tuning.
+
+    The CPU-bound rate is the default subscriber's with a no-op handler, in the same run.
+    """
+    rate = "msgs_per_s"
+    default = _median(con, "plugin-default", rate)
+    return {
+        "default_consume_vs_tuned": _ratio(default, _median(con, "plugin", rate)),
+        "io_scaling_32": _ratio(_median(con, "plugin-io-32", rate), ideal_io_rate(32, default)),
+        "io_scaling_100": _ratio(_median(con, "plugin-io-100", rate), ideal_io_rate(100, default)),
+        "ordered_io_scaling_32": _ratio(
+            _median(con, "plugin-ordered-32", rate), ideal_io_rate(32, default)
+        ),
+        "kv_inbox_vs_none": _ratio(_median(con, "plugin-kv-inbox", rate), default),
+        "batch_kv_inbox_vs_batch": _ratio(
+            _median(con, "plugin-batch-kv-inbox", rate), _median(con, "plugin-batch", rate)
+        ),
+    }
+
+
+# The issues' targets; shown in the report, never asserted.
 TARGETS: Final = (
+    ("default_consume_vs_tuned", ">=", 0.80),
+    ("io_scaling_32", ">=", 0.70),
+    ("io_scaling_100", ">=", 0.70),
+    ("ordered_io_scaling_32", ">=", 0.60),
+    ("kv_inbox_vs_none", ">=", 0.50),
+    ("batch_kv_inbox_vs_batch", ">=", 0.40),
     ("consume_vs_faststream", ">=", 0.90),
     ("publish_vs_faststream", ">=", 0.90),
     ("publish_many_vs_faststream", ">=", 2.0),
@@ -781,7 +844,8 @@ def render(report: dict[str, Any]) -> str:
         ]
     )
     fs = _median(con, "faststream", "msgs_per_s")
-    for kind, entry in con["contenders"].items():
+    tuned = {k: v for k, v in con["contenders"].items() if k not in DEFAULT_KINDS}
+    for kind, entry in tuned.items():
         r = entry["msgs_per_s"]
         lines.append(
             f"{LABELS[kind]:<24}{_fmt(r['median']):>10}{_fmt(r['min']):>10}{_fmt(r['max']):>10}"
@@ -790,6 +854,23 @@ def render(report: dict[str, Any]) -> str:
             f"{_fmt(_ratio(r['median'], fs), 2):>15}"
         )
     lines.append("")
+    defaults = {k: v for k, v in con["contenders"].items() if k in DEFAULT_KINDS}
+    if defaults:
+        lines.extend(
+            [
+                "what users get: the facade's subscriber without pull settings (msgs/s; "
+                f"{con['count']} msgs x {con['rounds']} rounds, one process each)",
+                header + f"{'CPU us/msg':>14}{'peak RSS MB':>13}",
+            ]
+        )
+        for kind, entry in defaults.items():
+            r = entry["msgs_per_s"]
+            lines.append(
+                f"{LABELS[kind]:<24}{_fmt(r['median']):>10}{_fmt(r['min']):>10}"
+                f"{_fmt(r['max']):>10}{_fmt(entry['cpu_us_per_msg']['median'], 1):>14}"
+                f"{_fmt(entry['peak_rss_mb']['median'], 1):>13}"
+            )
+        lines.append("")
     lines.extend(
         [
             f"end-to-end latency publish -> handler (us; {lat['count']} msgs at "

@@ -5,14 +5,36 @@ host upgrade is read in this one file. Each access either has a fallback that wo
 loudly with :class:`HostVersionError`, naming the versions this package supports; never a
 silent default. ``tests/test_compat.py`` exercises every access against the installed hosts.
 
+Besides the hosts' context and handler internals, the consume path needs:
+
+- a nats-py pull subscription's queue, client, request subject and reply inbox
+  (:func:`pull_parts`, :func:`took_from_queue`): to send pull requests ahead and take what
+  arrived without nats-py's task-per-message ``fetch``;
+- the client's outbound buffer (:func:`send_raw`, :func:`flush_pending`,
+  :func:`write_protocol`): many acknowledgements, KV writes or publishes in one write;
+- a message's "already acknowledged" flag (:func:`mark_settled`), set after such a write as
+  ``ack()`` would, and shadowing a message's ``nak`` (:func:`record_naks`): to learn that a
+  handler's message will be redelivered;
+- ``UNSUB`` without forgetting the subscription (:func:`stop_interest`): to collect and hand
+  back, on close, what the server sent before it saw the ``UNSUB``;
+- the client of a JetStream context and a KV bucket's subject prefix
+  (:func:`jetstream_client`, :func:`kv_subject_prefix`): to write the inbox's KV operations
+  without a request each;
+- a subscription whose messages go straight to a function (:func:`subscribe_direct`): the
+  inbox's KV answers, hundreds per batch, without a queue and a task wake-up each;
+- FastStream's pull loop of one subscriber (:func:`replace_pull_loop`) and its ``stop``
+  (:func:`wrap_stop`): to run the package's own fetch-ahead and dispatch in its place.
+
 Supported: FastStream 0.7.x, nats-py 2.12 and newer 2.x, opentelemetry-api 1.23 and newer 1.x
 (pyproject.toml's range; CI runs the fast tests on its lowest versions, ``.ci/lowest.txt``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import inspect
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from nats.aio.msg import Msg
@@ -20,7 +42,7 @@ from nats.aio.msg import Msg
 from .errors import NatsPubsubError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
 
     from faststream import ContextRepo
     from faststream.nats import NatsBroker
@@ -30,21 +52,32 @@ if TYPE_CHECKING:
 __all__ = (
     "SUPPORTED_VERSIONS",
     "HostVersionError",
+    "PullParts",
     "broker_connection_kwargs",
     "current_subscriber",
     "flush_pending",
     "handler_function",
     "in_memory_message",
+    "jetstream_client",
     "kv_reads_directly",
+    "kv_subject_prefix",
     "mark_settled",
     "mark_tls_stream",
     "message_client",
     "new_in_memory_message",
     "outbound_buffer_room",
+    "pull_parts",
+    "record_naks",
+    "replace_pull_loop",
     "sdk_meter_provider_installed",
     "send_raw",
+    "stop_interest",
+    "subscribe_direct",
     "subscriber_ack_wait",
     "subscriber_durable",
+    "took_from_queue",
+    "wrap_stop",
+    "write_protocol",
 )
 
 SUPPORTED_VERSIONS: Final = (
@@ -131,6 +164,51 @@ def broker_connection_kwargs(broker: NatsBroker) -> dict[str, Any]:
     return kwargs
 
 
+def replace_pull_loop(
+    subscriber: Any, loop: Callable[[Callable[[Msg], Awaitable[Any]]], Awaitable[None]]
+) -> None:
+    """Run ``loop(consume)`` instead of FastStream's fetch loop for one pull subscriber.
+
+    FastStream 0.7's ``PullStreamSubscriber`` starts ``self._consume_pull(cb=self.consume)``
+    as its task once subscribed; ``consume(msg)`` runs the whole handling of one message
+    (middlewares, handler, acknowledgement), or nothing once the subscriber is stopping.
+    Call it before the subscriber starts.
+    """
+    original = getattr(type(subscriber), "_consume_pull", None)
+    if original is None or "cb" not in inspect.signature(original).parameters:
+        raise HostVersionError("FastStream's pull subscriber has no _consume_pull(cb)")
+
+    async def consume_pull(cb: Callable[[Msg], Awaitable[Any]]) -> None:
+        await loop(cb)
+
+    subscriber._consume_pull = consume_pull
+
+
+def wrap_stop(
+    subscriber: Any,
+    *,
+    before: Callable[[], Awaitable[None]],
+    after: Callable[[], Awaitable[None]],
+) -> None:
+    """Run ``before()`` when the subscriber starts stopping and ``after()`` once it stopped.
+
+    FastStream's ``stop`` waits for running handlers (``graceful_timeout``), then closes the
+    subscription; ``before`` comes ahead of that wait, ``after`` behind the close.
+    """
+    original = getattr(subscriber, "stop", None)
+    if original is None or not inspect.iscoroutinefunction(original):
+        raise HostVersionError("FastStream's subscriber has no async stop()")
+
+    async def stop(*args: Any, **kwargs: Any) -> None:
+        await before()
+        try:
+            await original(*args, **kwargs)
+        finally:
+            await after()
+
+    subscriber.stop = stop
+
+
 # -- nats-py messages ---------------------------------------------------------------------
 
 
@@ -173,6 +251,23 @@ def new_in_memory_message(
     return Msg(_client=None, subject=subject, reply=reply, data=data, headers=headers)  # type: ignore[arg-type]
 
 
+def record_naks(msg: Msg, on_nak: Callable[[float | None], None]) -> None:
+    """Call ``on_nak(delay)`` whenever ``msg.nak(delay=...)`` is called, then NAK as usual.
+
+    FastStream NAKs through the raw message's ``nak``; shadowing it on this one instance is
+    how the dispatcher learns that a handled message will be redelivered.
+    """
+    original = getattr(msg, "nak", None)
+    if original is None or not inspect.iscoroutinefunction(original):
+        raise HostVersionError("nats-py's Msg has no async nak()")
+
+    async def nak(delay: float | None = None) -> None:
+        on_nak(delay)
+        await original(delay=delay)
+
+    msg.nak = nak  # type: ignore[method-assign]
+
+
 # -- nats-py connection -------------------------------------------------------------------
 
 
@@ -196,6 +291,13 @@ async def flush_pending(client: Client) -> None:
     """Ask the connection to write its buffer now (as ``publish`` does after each frame)."""
     if client.is_connected:
         await _client_method(client, "_flush_pending")()
+
+
+async def write_protocol(client: Client, data: bytes) -> None:
+    """:func:`send_raw` then :func:`flush_pending`: many protocol lines in one write,
+    fire-and-forget as ``publish`` is."""
+    await send_raw(client, data)
+    await flush_pending(client)
 
 
 def outbound_buffer_room(client: Client) -> int:
@@ -240,6 +342,126 @@ def mark_tls_stream(nc: Client) -> None:
     if replace is None:
         raise HostVersionError("asyncio StreamReaderProtocol._replace_writer is gone")
     replace(writer)
+
+
+# -- nats-py pull subscriptions and KV ----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PullParts:
+    """What the package's fetching uses of one nats-py ``PullSubscription``."""
+
+    client: Client
+    subscription: Any
+    """nats-py's core ``Subscription`` behind the pull subscription."""
+    queue: asyncio.Queue[Msg]
+    """Where nats-py puts what the server sends to the pull's reply inbox."""
+    next_subject: str
+    """``$JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer>``: where pull requests go."""
+    deliver_subject: str
+    """The reply inbox that pull requests name."""
+
+
+def pull_parts(pull_subscription: Any) -> PullParts:
+    """The parts of a nats-py ``JetStreamContext.PullSubscription``."""
+    sub = getattr(pull_subscription, "_sub", None)
+    queue = getattr(sub, "_pending_queue", None)
+    client = getattr(pull_subscription, "_nc", None)
+    next_subject = getattr(pull_subscription, "_nms", None)
+    deliver = getattr(pull_subscription, "_deliver", None)
+    if not (
+        isinstance(queue, asyncio.Queue)
+        and isinstance(getattr(sub, "_pending_size", None), int)
+        and isinstance(getattr(sub, "_id", None), int)
+        and isinstance(next_subject, str)
+        and isinstance(deliver, str)
+        and client is not None
+    ):
+        raise HostVersionError("not a nats-py pull subscription as this package knows it")
+    return PullParts(
+        client=client,
+        subscription=sub,
+        queue=queue,
+        next_subject=next_subject,
+        deliver_subject=deliver,
+    )
+
+
+def took_from_queue(parts: PullParts, msg: Msg) -> None:
+    """nats-py's own bookkeeping for a message taken from a subscription's queue."""
+    parts.subscription._pending_size -= len(msg.data)
+    parts.queue.task_done()
+
+
+async def stop_interest(parts: PullParts) -> None:
+    """Send ``UNSUB`` for the pull's inbox but keep receiving, until the server has seen it.
+
+    After this returns, the server sends nothing more to the inbox, and everything it sent
+    before is in ``parts.queue`` (a PING/PONG round trip): nothing is left in flight.
+    """
+    unsubscribe = getattr(parts.client, "_send_unsubscribe", None)
+    if unsubscribe is None:
+        raise HostVersionError("nats-py's Client has no _send_unsubscribe")
+    await unsubscribe(parts.subscription._id)
+    await parts.client.flush()
+
+
+def jetstream_client(js: Any) -> Client:
+    """The connection of a nats-py ``JetStreamContext``."""
+    client = getattr(js, "_nc", None)
+    if client is None or not hasattr(client, "new_inbox"):
+        raise HostVersionError("nats-py's JetStreamContext has no _nc client")
+    return client  # type: ignore[no-any-return]
+
+
+def kv_subject_prefix(kv: Any) -> str:
+    """``$KV.<bucket>.`` (or its JetStream-domain form): a key's subject is this plus the key."""
+    prefix = getattr(kv, "_pre", None)
+    if not isinstance(prefix, str):
+        raise HostVersionError("nats-py's KeyValue has no _pre subject prefix")
+    return prefix
+
+
+class _Direct:
+    """Stands in for a subscription's queue: every message goes to ``on_msg`` at once."""
+
+    __slots__ = ("_on_msg", "_subscription")
+
+    def __init__(self, subscription: Any, on_msg: Callable[[Msg], None]) -> None:
+        self._subscription = subscription
+        self._on_msg = on_msg
+
+    def put_nowait(self, msg: Msg) -> None:
+        self._subscription._pending_size -= len(msg.data)  # nothing is kept pending
+        self._on_msg(msg)
+
+    def qsize(self) -> int:
+        return 0
+
+    def empty(self) -> bool:
+        return True
+
+    def full(self) -> bool:
+        return False
+
+    def __len__(self) -> int:  # falsy: draining the subscription has nothing to wait for
+        return 0
+
+
+async def subscribe_direct(client: Client, subject: str, on_msg: Callable[[Msg], None]) -> Any:
+    """Subscribe to ``subject`` with ``on_msg`` called for each message as it is read.
+
+    nats-py hands a callback subscription's messages to a task through a queue, one
+    wake-up each; for answers that only settle futures that costs more than the work.
+    ``on_msg`` must be quick and must not raise.
+    """
+    subscription = await client.subscribe(subject)
+    if not isinstance(getattr(subscription, "_pending_queue", None), asyncio.Queue) or not (
+        isinstance(getattr(subscription, "_pending_size", None), int)
+    ):
+        raise HostVersionError("nats-py's Subscription has no _pending_queue/_pending_size")
+    subscription._pending_queue = _Direct(subscription, on_msg)  # type: ignore[assignment]
+    return subscription
 
 
 # -- OpenTelemetry ------------------------------------------------------------------------

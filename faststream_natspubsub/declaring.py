@@ -39,6 +39,9 @@ __all__ = ("DEFAULT_FETCH_TIMEOUT", "Declarations", "Registrar", "SubscriberDecl
 
 # Seconds a pull waits for messages before asking again.
 DEFAULT_FETCH_TIMEOUT: Final = 5.0
+# FastStream needs a PullSub to make a pull subscriber; the package's own dispatch does the
+# fetching (see dispatch.py), so these values are not used.
+_UNUSED_PULL_SUB: Final = PullSub(batch_size=1, timeout=DEFAULT_FETCH_TIMEOUT)
 # Topics whose checked subject is remembered (per app; topics are few in practice).
 _SUBJECT_CACHE_LIMIT: Final = 10_000
 
@@ -93,6 +96,8 @@ class SubscriberDeclaration:
     consumer: ConsumerSpec
     kwargs: dict[str, Any]
     """The FastStream ``subscriber`` arguments."""
+    fetch_ahead: bool
+    """The package's dispatch fetches and runs the handlers (not FastStream's pull loop)."""
 
 
 class Declarations:
@@ -158,11 +163,23 @@ class Declarations:
         max_workers: int,
         batch: BatchSettings | None,
         extra: dict[str, Any],
+        ordered: bool = False,
     ) -> SubscriberDeclaration:
-        """Check the arguments and declare the consumer of a subscriber to ``topic``."""
+        """Check the arguments and declare the consumer of a subscriber to ``topic``.
+
+        ``ordered``: an ``order_by`` was given, which needs the package's own dispatch.
+        """
         _refuse_managed(f"subscriber({topic!r})", extra, _MANAGED_SUBSCRIBER_ARGUMENTS)
         if batch is not None and max_workers != 1:
             raise ConfigurationError("batch subscribers handle one batch at a time: max_workers=1")
+        if max_workers < 1:
+            raise ConfigurationError(f"max_workers must be at least 1, not {max_workers!r}")
+        # Without a pull_sub of the caller's, the package's dispatch fetches and dispatches.
+        fetch_ahead = batch is None and "pull_sub" not in extra
+        if ordered and not fetch_ahead:
+            raise ConfigurationError(
+                "order_by needs the package's own fetching: pass no pull_sub and no batch"
+            )
         if ack_wait <= 0:
             raise ConfigurationError(f"ack_wait must be positive seconds, not {ack_wait!r}")
         subject, stream = self.source(topic, app)
@@ -189,16 +206,19 @@ class Declarations:
             "pull_sub": (
                 PullSub(batch_size=batch.max_messages, timeout=batch.max_wait, batch=True)
                 if batch is not None
-                else PullSub(batch_size=max_workers, timeout=DEFAULT_FETCH_TIMEOUT)
+                else _UNUSED_PULL_SUB
             ),
-            "max_workers": max_workers,
+            # With the package's dispatch FastStream runs one loop; the dispatch has the workers.
+            "max_workers": 1 if fetch_ahead else max_workers,
             # Pulled messages come to the app's reply prefix, not FastStream's _INBOX.
             "inbox_prefix": f"{self.inbox_prefix}.".encode(),
             # A safety net only: the facade's middleware decides ack, NAK or DLQ itself.
             "ack_policy": AckPolicy.NACK_ON_ERROR,
         }
         kwargs.update(extra)
-        return SubscriberDeclaration(subject=subject, consumer=consumer, kwargs=kwargs)
+        return SubscriberDeclaration(
+            subject=subject, consumer=consumer, kwargs=kwargs, fetch_ahead=fetch_ahead
+        )
 
     def publisher(self, topic: str, extra: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """The subject and FastStream ``publisher`` arguments for this app's ``topic``."""

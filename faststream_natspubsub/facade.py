@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from .batch import BatchSettings
     from .codecs.base import Codec
     from .console import OperationsConsole
+    from .ordering import OrderBy
     from .publishing import PublishResult
     from .sql import Outbox, OutboxOptions
     from .subjects import ForeignApp
@@ -187,7 +188,12 @@ class NatsPubsub:
         )
         self.inbox_store = self._make_inbox_store(inbox, inbox_ttl)
         self.inbox = (
-            InboxMiddleware(self.inbox_store, metrics=self.metrics)
+            InboxMiddleware(
+                self.inbox_store,
+                metrics=self.metrics,
+                # A KV mark is a round trip: the ack follows it without holding the handler.
+                defer_ack=isinstance(self.inbox_store, KvInboxStore),
+            )
             if self.inbox_store is not None
             else None
         )
@@ -251,15 +257,19 @@ class NatsPubsub:
         max_workers: int = 1,
         inbox: bool = True,
         batch: BatchSettings | None = None,
+        order_by: OrderBy | None = None,
         **faststream_kwargs: Any,
     ) -> LogicSubscriber[Any]:
         """A durable pull subscriber for ``topic`` of this app, or of ``app`` if given.
 
         ``ack_wait`` is in seconds; ``inbox=False`` opts this subscriber out of the inbox;
         ``batch`` calls the handler once per fetched batch (``list[Item]``), each item
-        keeping its own retry, DLQ and inbox outcome. Other keyword arguments go to
-        ``broker.subscriber``; those the facade manages (``stream``, ``config``,
-        ``ack_policy``, ...) raise :class:`ConfigurationError` saying what to use instead.
+        keeping its own retry, DLQ and inbox outcome. The subscriber fetches ahead of its
+        handlers; ``max_workers`` handlers run at once; ``order_by`` (a field name, or a
+        callable on the event's message) keeps the events of one key in order while other
+        keys run in parallel. Other keyword arguments go to ``broker.subscriber``; those the
+        facade manages (``stream``, ``config``, ``ack_policy``, ...) raise
+        :class:`ConfigurationError` saying what to use instead.
         """
         return self._registrar.subscriber(
             self.broker,
@@ -270,6 +280,7 @@ class NatsPubsub:
             inbox=inbox,
             batch=batch,
             faststream_kwargs=faststream_kwargs,
+            order_by=order_by,
         )
 
     def publisher(self, topic: str, **faststream_kwargs: Any) -> LogicPublisher:

@@ -10,18 +10,23 @@ dies while handling an event does not block it forever.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import re
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Iterable
 from enum import Enum
 from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 
+from .compat import jetstream_client, kv_subject_prefix
 from .errors import TopologyError
 from .guarded_kv import GuardedKeyValue
+from .kv_pipeline import KvBatch, KvWriter
 
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
@@ -43,6 +48,11 @@ __all__ = (
 # How long a processed event id is remembered; a redelivery later than this runs again.
 DEFAULT_INBOX_TTL: Final = 7 * 24 * 3600.0
 _PROCESSED: Final = b"processed"
+# Claims made ahead for fetched messages, kept until their handlers ask; beyond this many
+# the oldest are given up (a claim nobody asks for would hold its event back for a lease).
+_AHEAD_LIMIT: Final = 10_000
+
+logger = logging.getLogger("faststream_natspubsub.inbox")
 _SAFE_KEY = re.compile(r"[-_=a-zA-Z0-9]+(\.[-_=a-zA-Z0-9]+)*")
 
 
@@ -172,6 +182,11 @@ class KvInboxStore:
 
     Claims use KV's create (only if absent) and update-with-revision (compare and swap), so two
     processes can never both claim one event. The bucket's TTL forgets old entries.
+
+    Once bound, creates, marks and deletes go out as pipelined writes (:class:`KvWriter`):
+    the claims of a batch, or of messages fetched ahead (:meth:`claim_ahead`), travel in one
+    write and are answered in one round trip, and a mark can be sent without waiting for its
+    answer (:meth:`mark_started`). Only a claim that finds the key taken needs requests.
     """
 
     def __init__(self, *, bucket: str, ttl: float = DEFAULT_INBOX_TTL, replicas: int = 1) -> None:
@@ -185,6 +200,9 @@ class KvInboxStore:
         # it over at once instead of waiting for it to expire.
         self._held: set[str] = set()
         self._kv: KeyValue | GuardedKeyValue | None = None
+        self._writer: KvWriter | None = None
+        # Claims sent ahead, by key: the answer, and when they were sent (monotonic).
+        self._ahead: OrderedDict[str, tuple[KvBatch, int, float]] = OrderedDict()
         # Used instead of the bucket in memory tests (TestNatsBroker), where there is none.
         self._stand_in: MemoryInboxStore | None = None
 
@@ -207,6 +225,12 @@ class KvInboxStore:
                 bucket=self.bucket, ttl=self.ttl, history=1, replicas=self.replicas
             )
         self._kv = kv if watch is None else GuardedKeyValue(kv, watch, self.bucket)
+        if self._writer is not None:
+            self._writer.close()
+        self._writer = KvWriter(
+            jetstream_client(js), kv_subject_prefix(kv), watch=watch, bucket=self.bucket
+        )
+        self._ahead.clear()
 
     @property
     def bound(self) -> bool:
@@ -231,6 +255,72 @@ class KvInboxStore:
         if self._kv is None and self._stand_in is not None:
             return await self._stand_in.claim(event_id, lease=lease)
         key = _key(event_id)
+        ahead = self._ahead.pop(key, None)
+        # A claim sent ahead is used while most of its lease is left.
+        if ahead is not None and time.monotonic() - ahead[2] < lease / 2:
+            return await self._claimed(key, ahead[0], ahead[1], lease)
+        if self._writer is not None:
+            created = await self._writer.create([key], self._lease_value(lease))
+            return await self._claimed(key, created, 0, lease)
+        return await self._claim_by_requests(key, lease)
+
+    async def claim_many(self, event_ids: list[str], *, lease: float) -> list[ClaimResult]:
+        """:meth:`claim` for many events: their creates go out in one write."""
+        if self._writer is None:
+            return [await self.claim(event_id, lease=lease) for event_id in event_ids]
+        keys = [_key(event_id) for event_id in event_ids]
+        created = await self._writer.create(keys, self._lease_value(lease))
+        return [await self._claimed(key, created, i, lease) for i, key in enumerate(keys)]
+
+    async def claim_ahead(self, event_ids: Iterable[str], *, lease: float) -> None:
+        """Send claims for events whose handlers will ask soon; :meth:`claim` uses them."""
+        if self._writer is None:
+            return
+        keys = [key for key in dict.fromkeys(map(_key, event_ids)) if key not in self._ahead]
+        if not keys:
+            return
+        created = await self._writer.create(keys, self._lease_value(lease))
+        now = time.monotonic()
+        for index, key in enumerate(keys):
+            self._ahead[key] = (created, index, now)
+        while len(self._ahead) > _AHEAD_LIMIT:
+            key, (batch, index, _) = self._ahead.popitem(last=False)
+            await self._give_up([(key, batch, index)])
+
+    async def release_ahead(self, event_ids: Iterable[str]) -> None:
+        """Give up the claims sent ahead for these events (their messages went back)."""
+        dropped = []
+        for key in map(_key, event_ids):
+            ahead = self._ahead.pop(key, None)
+            if ahead is not None:
+                dropped.append((key, ahead[0], ahead[1]))
+        await self._give_up(dropped)
+
+    async def _give_up(self, claims: list[tuple[str, KvBatch, int]]) -> None:
+        if not claims or self._writer is None:
+            return
+        batches = {id(batch): batch.done for _, batch, _ in claims}
+        pending = [done for done in batches.values() if not done.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=self._writer.timeout)
+        ours = [
+            key for key, batch, index in claims if batch.done.done() and batch.error(index) is None
+        ]
+        if ours:
+            deleted = await self._writer.delete(ours)
+            await asyncio.wait([deleted.done], timeout=self._writer.timeout)
+
+    async def _claimed(self, key: str, created: KvBatch, index: int, lease: float) -> ClaimResult:
+        await created.wait()
+        error = created.error(index)
+        if isinstance(error, KeyWrongLastSequenceError):  # taken, processed, or deleted before
+            return await self._claim_by_requests(key, lease)
+        if error is not None:
+            raise error
+        self._held.add(key)
+        return ClaimResult.CLAIMED
+
+    async def _claim_by_requests(self, key: str, lease: float) -> ClaimResult:
         value = self._lease_value(lease)
         try:
             await self.kv.create(key, value)
@@ -242,7 +332,7 @@ class KvInboxStore:
         try:
             entry = await self.kv.get(key)
         except KeyNotFoundError:  # released in between: claim it again
-            return await self.claim(event_id, lease=lease)
+            return await self._claim_by_requests(key, lease)
         current = entry.value or b""
         if current == _PROCESSED:
             return ClaimResult.PROCESSED
@@ -256,12 +346,59 @@ class KvInboxStore:
         return ClaimResult.CLAIMED
 
     async def mark_processed(self, event_id: str) -> None:
+        stored = await self.mark_started(event_id)
+        await stored
+
+    async def mark_started(self, event_id: str) -> asyncio.Future[None]:
+        """Send the processed mark; the future completes when the server has stored it (or
+        with the error the write failed with)."""
+        stored = await self.mark_many([event_id])
+        result: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def settle(done: asyncio.Future[list[BaseException | None]]) -> None:
+            error = done.result()[0]
+            if error is None:
+                result.set_result(None)
+            else:
+                result.set_exception(error)
+
+        stored.add_done_callback(settle)
+        return result
+
+    async def mark_many(self, event_ids: list[str]) -> asyncio.Future[list[BaseException | None]]:
+        """Send the processed marks of many events in one write; the future gives, once every
+        one is answered, the error of each (None: stored)."""
+        loop = asyncio.get_running_loop()
+        outcome: asyncio.Future[list[BaseException | None]] = loop.create_future()
         if self._kv is None and self._stand_in is not None:
-            await self._stand_in.mark_processed(event_id)
-            return
-        key = _key(event_id)
-        await self.kv.put(key, _PROCESSED)
-        self._held.discard(key)
+            for event_id in event_ids:
+                await self._stand_in.mark_processed(event_id)
+            outcome.set_result([None] * len(event_ids))
+            return outcome
+        keys = [_key(event_id) for event_id in event_ids]
+        if self._writer is None:
+            errors: list[BaseException | None] = []
+            for key in keys:
+                try:
+                    await self.kv.put(key, _PROCESSED)
+                except Exception as exc:  # noqa: BLE001 - reported per key, as the writer does
+                    errors.append(exc)
+                else:
+                    self._held.discard(key)
+                    errors.append(None)
+            outcome.set_result(errors)
+            return outcome
+        stored = await self._writer.put(keys, _PROCESSED)
+
+        def settle(_: asyncio.Future[None]) -> None:
+            errors = stored.errors()
+            # A key stays held here until its mark is stored: until then, another delivery
+            # of the event to this process must find it in progress, not a lease left behind.
+            self._held.difference_update(k for k, e in zip(keys, errors, strict=True) if e is None)
+            outcome.set_result(errors)
+
+        stored.done.add_done_callback(settle)
+        return outcome
 
     async def release(self, event_id: str) -> None:
         if self._kv is None and self._stand_in is not None:
@@ -269,7 +406,7 @@ class KvInboxStore:
             return
         key = _key(event_id)
         self._held.discard(key)
-        await self.kv.delete(key)
+        await self.kv.delete(key)  # on the failure path only: a request is fine
 
     async def is_processed(self, event_id: str) -> bool:
         if self._kv is None and self._stand_in is not None:

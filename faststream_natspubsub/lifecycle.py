@@ -11,8 +11,10 @@ advisory reader, KV inbox) are tried with harmless probes (:mod:`.permission_pro
 every one missing is listed. While the app runs, a refused permission stops the
 subscribers that need it (:mod:`.permission_monitor`).
 
-Once the subscribers run, give each pull subscription the leaner fetch. On stop, stop the
-advisory listener.
+Before the subscribers start, put the package's fetch-ahead dispatch (:mod:`.dispatch`) in
+place of FastStream's pull loop for the subscribers it runs (it must replace the loop before
+FastStream starts it); once the subscribers run, give the others' pull subscriptions the
+leaner fetch (:mod:`.pull`). On stop, stop the advisory listener.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from typing import TYPE_CHECKING, Any
 
 from .advisories import MaxDeliveriesWatcher
 from .compat import handler_function
+from .dispatch import Dispatcher, dispatch_settings
 from .errors import ConfigurationError, PermissionDeniedError, TopologyError
 from .inbox import KvInboxStore
+from .inbox_ahead import InboxAhead, drain_on_stop
 from .permission_monitor import PermissionMonitor
 from .permission_probe import probe_consumer_rights
 from .permissions import permissions_for
@@ -43,6 +47,7 @@ if TYPE_CHECKING:
     from .inbox import InboxStore
     from .metrics import PubsubMetrics
     from .permissions import AppAccess, PermissionSet
+    from .runtime import SubscriberPlan
     from .sql import Outbox
     from .transactional import TransactionalInboxStore
     from .violations import PermissionWatch, Violation
@@ -82,6 +87,12 @@ class PubsubLifecycle:
         self.subscribers: list[tuple[Any, str]] = []
         self.by_durable: dict[str, Any] = {}
         """Each subscriber by its durable's name."""
+        self.plans: dict[Any, SubscriberPlan] = {}
+        """Each subscriber's plan (filled by the registrar)."""
+        # The fetch-ahead dispatch of each subscriber it runs, installed at the first start;
+        # and the subscribers that wait for their inbox's marks on their way when they stop.
+        self.dispatchers: dict[Any, Dispatcher] = {}
+        self._draining: set[Any] = set()
         self.monitor: PermissionMonitor | None = None
         self._watcher: MaxDeliveriesWatcher | None = None
         self._jsm: JetStreamManager | None = None
@@ -132,6 +143,7 @@ class PubsubLifecycle:
     async def start(self, connection: NatsClient) -> None:
         for subscriber, subject in self.subscribers:
             check_handler(subscriber, subject)
+        self._install_dispatch()
         if self.handler_targets is not None:
             # Handlers typed with a protobuf class, known before the first message arrives.
             self.handler_targets.inspect(subscriber for subscriber, _ in self.subscribers)
@@ -187,9 +199,41 @@ class PubsubLifecycle:
         """What the app's permission monitor reports (None before the first start)."""
         return self.monitor.component() if self.monitor is not None else None
 
+    def _install_dispatch(self) -> None:
+        """Before FastStream starts the subscribers: the fetch-ahead dispatch replaces the
+        pull loop of those it runs (once per subscriber, kept across restarts)."""
+        for subscriber, plan in self.plans.items():
+            inbox = plan.inbox
+            if not plan.fetch_ahead:
+                if inbox is not None and inbox.defer_ack and subscriber not in self._draining:
+                    drain_on_stop(subscriber, inbox)  # batch mode: acks follow stored marks
+                    self._draining.add(subscriber)
+                continue
+            if subscriber in self.dispatchers:
+                continue
+            hooks = (
+                InboxAhead(
+                    inbox,
+                    codec=plan.runtime.envelope.reader,
+                    durable=plan.durable,
+                    ack_wait=plan.ack_wait,
+                )
+                if inbox is not None and inbox.transactional is None
+                else None
+            )
+            settings = dispatch_settings(
+                max_workers=plan.max_workers,
+                ack_wait=plan.ack_wait,
+                order_by=plan.order_by,
+                retry=plan.runtime.failure.retry,
+                hooks=hooks,
+            )
+            self.dispatchers[subscriber] = Dispatcher.install(subscriber, settings)
+
     async def started(self, connection: NatsClient) -> None:
         for subscriber, _subject in self.subscribers:
-            BatchFetcher.install(getattr(subscriber, "subscription", None))
+            if subscriber not in self.dispatchers:  # batch mode, or a pull_sub of the caller's
+                BatchFetcher.install(getattr(subscriber, "subscription", None))
         if self.outbox is not None:
             await self.own_stream_ready()  # the relay publishes to the app's own stream
             await self.outbox.start(connection)

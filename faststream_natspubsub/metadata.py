@@ -170,7 +170,7 @@ class InboundEvent:
     do not pay for it.
     """
 
-    __slots__ = ("_metadata", "_received", "envelope", "message", "raw", "subject")
+    __slots__ = ("_headers", "_metadata", "_received", "envelope", "raw", "subject")
 
     def __init__(
         self,
@@ -181,11 +181,14 @@ class InboundEvent:
         raw: Any = None,
         received_at: datetime | None = None,
     ) -> None:
-        self.message = message
+        # Only the message's headers, not the message: what holds this object must not be
+        # reachable back from it (a reference cycle per message is garbage-collector work,
+        # costly with many handlers in flight).
         self.envelope = envelope
         self.subject = subject
         # The nats-py message of this event: the batch's item, or the message itself.
         self.raw = message.raw_message if raw is None else raw
+        self._headers: Mapping[str, str] | None = message.headers if raw is None else None
         # A float now, a datetime only if someone asks: most handlers never do.
         self._received: float | datetime = received_at or time.time()
         self._metadata: EventMetadata | None = None
@@ -220,8 +223,7 @@ class InboundEvent:
         else:
             stream, deliveries, pending = js.stream, js.num_delivered, js.num_pending
             stream_seq, consumer_seq = js.sequence.stream, js.sequence.consumer
-        own_message = self.raw is self.message.raw_message
-        headers = self.message.headers if own_message else (self.raw.headers or {})
+        headers = self._headers if self._headers is not None else (self.raw.headers or {})
         env = app = None
         try:
             parts = parse_subject(self.subject)

@@ -34,6 +34,8 @@ from nats.errors import ConnectionClosedError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import APIError
 
+from .compat import HostVersionError, PullParts, pull_parts, took_from_queue
+
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
 
@@ -57,12 +59,12 @@ class BatchFetcher:
     """``fetch(batch, timeout)`` for one nats-py ``PullSubscription``, without per-message
     tasks; a drop-in replacement for what FastStream's pull subscribers call."""
 
-    def __init__(self, subscription: Any) -> None:
-        self._sub = subscription._sub
-        self._queue: asyncio.Queue[Msg] = subscription._sub._pending_queue
-        self._nc = subscription._nc
-        self._next_subject: str = subscription._nms
-        self._deliver: str = subscription._deliver
+    def __init__(self, subscription: Any, parts: PullParts) -> None:
+        self._parts = parts
+        self._queue: asyncio.Queue[Msg] = parts.queue
+        self._nc = parts.client
+        self._next_subject = parts.next_subject
+        self._deliver = parts.deliver_subject
         self._original_fetch = subscription.fetch
         self._original_unsubscribe = subscription.unsubscribe
         # Messages asked for by requests that have not ended, and when the last one ends.
@@ -88,18 +90,12 @@ class BatchFetcher:
         existing = cls.installed(subscription)
         if existing is not None:
             return existing
-        sub = getattr(subscription, "_sub", None)
-        known = (
-            isinstance(getattr(sub, "_pending_queue", None), asyncio.Queue)
-            and isinstance(getattr(sub, "_pending_size", None), int)
-            and isinstance(getattr(subscription, "_nms", None), str)
-            and isinstance(getattr(subscription, "_deliver", None), str)
-            and getattr(subscription, "_nc", None) is not None
-        )
-        if not known:
-            logger.debug("not a known nats-py pull subscription; its own fetch stays in use")
+        try:
+            parts = pull_parts(subscription)
+        except HostVersionError as exc:
+            logger.warning("%s: nats-py's own fetch stays in use", exc)
             return None
-        fetcher = cls(subscription)
+        fetcher = cls(subscription, parts)
         subscription.fetch = _Fetch(fetcher)
         subscription.unsubscribe = fetcher.unsubscribe
         return fetcher
@@ -192,9 +188,7 @@ class BatchFetcher:
         return taken
 
     def _took(self, msg: Msg) -> None:
-        """nats-py's bookkeeping for a message taken from the queue."""
-        self._sub._pending_size -= len(msg.data)
-        self._queue.task_done()
+        took_from_queue(self._parts, msg)
 
     def _is_message(self, msg: Msg) -> bool:
         """True for a stream message; a status message updates the request accounting."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .errors import ConfigurationError
+from .ordering import key_function
 from .runtime import SubscriberPlan
 
 if TYPE_CHECKING:
@@ -19,6 +21,7 @@ if TYPE_CHECKING:
     from .declaring import Declarations, Registrar
     from .host import BrokerHost
     from .lifecycle import PubsubLifecycle
+    from .ordering import OrderBy
     from .runtime import AppRuntime
     from .subjects import ForeignApp
 
@@ -52,8 +55,15 @@ class TopicRegistrar:
         inbox: bool,
         batch: BatchSettings | None,
         faststream_kwargs: dict[str, Any],
+        order_by: OrderBy | None = None,
     ) -> LogicSubscriber[Any]:
         """A durable pull subscriber for ``topic``, registered on ``target``."""
+        try:  # a key read the way the envelope middleware reads the event
+            key_of = (
+                None if order_by is None else key_function(order_by, self.runtime.envelope.reader)
+            )
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(f"subscriber({topic!r}): {exc}") from None
         declared = self.declarations.subscriber(
             topic,
             app=app,
@@ -61,6 +71,7 @@ class TopicRegistrar:
             max_workers=max_workers,
             batch=batch,
             extra=dict(faststream_kwargs),
+            ordered=key_of is not None,
         )
         subscriber: LogicSubscriber[Any] = target.subscriber(declared.subject, **declared.kwargs)
         consumer = declared.consumer
@@ -72,9 +83,13 @@ class TopicRegistrar:
             ack_wait=consumer.ack_wait,
             inbox=self.runtime.inbox if inbox else None,
             batch=batch,
+            max_workers=max_workers,
+            fetch_ahead=declared.fetch_ahead,
+            order_by=key_of,
         )
         self.host.add_subscriber(subscriber, plan)
         self.lifecycle.subscribers.append((subscriber, declared.subject))
+        self.lifecycle.plans[subscriber] = plan
         self.lifecycle.by_durable[consumer.durable] = subscriber
         return subscriber
 

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from faststream.nats.subscriber.usecases.basic import LogicSubscriber
 
     from .batch import BatchSettings
+    from .ordering import OrderBy
     from .registrar import TopicRegistrar
     from .subjects import ForeignApp
 
@@ -56,6 +57,7 @@ class PubsubRouter:
         max_workers: int = 1,
         inbox: bool = True,
         batch: BatchSettings | None = None,
+        order_by: OrderBy | None = None,
         **faststream_kwargs: Any,
     ) -> LogicSubscriber[Any]:
         """Like :meth:`NatsPubsub.subscriber`, registered on this router."""
@@ -68,6 +70,7 @@ class PubsubRouter:
             inbox=inbox,
             batch=batch,
             faststream_kwargs=faststream_kwargs,
+            order_by=order_by,
         )
 
     def publisher(self, topic: str, **faststream_kwargs: Any) -> LogicPublisher:

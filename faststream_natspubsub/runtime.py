@@ -2,9 +2,10 @@
 
 :class:`AppRuntime` groups the configured concerns of one app (envelope, failure handling,
 heartbeat, inbox, batch mode); :class:`SubscriberPlan` holds what the facade decided for one
-subscriber (its subject, durable, ``ack_wait``, inbox scope). Both are built once, when the
-app and its subscribers are declared, and only read afterwards: the middleware finds a
-subscriber's plan and passes it down, so nothing is read back from FastStream's objects.
+subscriber (its subject, durable, ``ack_wait``, inbox scope, how it fetches and dispatches).
+Both are built once, when the app and its subscribers are declared, and only read
+afterwards: the middleware finds a subscriber's plan and passes it down, so nothing is read
+back from FastStream's objects.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from .middlewares.failure import FailureMiddleware
     from .middlewares.heartbeat import AckHeartbeatMiddleware
     from .middlewares.inbox import InboxMiddleware
+    from .ordering import KeyOf
 
 __all__ = ("AppRuntime", "SubscriberPlan")
 
@@ -55,6 +57,14 @@ class SubscriberPlan:
     inbox: InboxMiddleware | None
     """The app's inbox, or None when this subscriber opted out (or the app has none)."""
     batch: BatchSettings | None = None
+    max_workers: int = 1
+    """Handlers of this subscriber running at once."""
+    fetch_ahead: bool = False
+    """The package's own fetch-ahead dispatch runs this subscriber's messages (see
+    :mod:`.dispatch`); False in batch mode and with a ``pull_sub`` of the caller's."""
+    order_by: KeyOf | None = None
+    """The ordering key of a message (``subscriber(order_by=...)``); None: stream order
+    with one worker, no order with several."""
 
     @property
     def heartbeat_interval(self) -> float:

@@ -15,6 +15,12 @@ RATIO_KEYS = (
     "publish_vs_faststream",
     "publish_many_vs_faststream",
     "publish_many_vs_raw",
+    "default_consume_vs_tuned",
+    "io_scaling_32",
+    "io_scaling_100",
+    "ordered_io_scaling_32",
+    "kv_inbox_vs_none",
+    "batch_kv_inbox_vs_batch",
 )
 
 

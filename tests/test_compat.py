@@ -6,8 +6,10 @@ the test of that access fails here, not somewhere deep in a flow.
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from importlib.metadata import version
 from types import SimpleNamespace
 from typing import Any
@@ -17,13 +19,28 @@ import pytest
 from faststream import BaseMiddleware
 from faststream.nats import JStream, NatsBroker, PullSub, TestNatsBroker
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig
 from packaging.version import Version
 from support import wait_until
 
-from faststream_natspubsub import compat
-from faststream_natspubsub.compat import HostVersionError
+from faststream_natspubsub import NatsPubsubError, compat
+from faststream_natspubsub.compat import (
+    SUPPORTED_VERSIONS,
+    HostVersionError,
+    mark_settled,
+    pull_parts,
+    record_naks,
+    replace_pull_loop,
+    stop_interest,
+    subscribe_direct,
+    took_from_queue,
+    wrap_stop,
+    write_protocol,
+)
 from faststream_natspubsub.testing import EmbeddedNatsServer
+
+STREAM, SUBJECT = "COMPAT", "compat.items"
 
 
 async def test_current_subscriber_is_the_subscriber_whose_message_is_handled() -> None:
@@ -220,3 +237,179 @@ async def test_kv_reads_directly_follows_the_buckets_allow_direct(
 def test_kv_reads_directly_on_something_else_fails_loudly() -> None:
     with pytest.raises(HostVersionError, match="_direct"):
         compat.kv_reads_directly(object())  # type: ignore[arg-type]
+
+
+# -- the consume path: pull subscriptions, protocol writes, KV answers, the pull loop ------
+
+
+@pytest.fixture
+async def js(server: EmbeddedNatsServer) -> AsyncIterator[JetStreamContext]:
+    nc = await nats.connect(server.url)
+    jetstream = nc.jetstream()
+    await jetstream.add_stream(name=STREAM, subjects=[SUBJECT])
+    yield jetstream
+    await nc.close()
+
+
+async def _request(parts: Any, count: int) -> None:
+    await parts.client.publish(
+        parts.next_subject, b'{"batch": %d, "expires": 5000000000}' % count, parts.deliver_subject
+    )
+
+
+@pytest.mark.nats
+async def test_pull_parts_reach_the_queue_and_the_request_subjects(js: JetStreamContext) -> None:
+    subscription = await js.pull_subscribe(SUBJECT, durable="d", stream=STREAM)
+    parts = pull_parts(subscription)
+    await js.publish(SUBJECT, b"one")
+    # A request sent to the parts' subjects fills the parts' queue
+    await _request(parts, 1)
+    msg = await asyncio.wait_for(parts.queue.get(), 5)
+    assert msg.data == b"one"
+    # took_from_queue keeps nats-py's accounting as its own fetch does
+    took_from_queue(parts, msg)
+    assert subscription.pending_bytes == 0
+    assert subscription.pending_msgs == 0
+
+
+@pytest.mark.nats
+async def test_write_protocol_and_mark_settled_acknowledge_like_ack(
+    js: JetStreamContext,
+) -> None:
+    subscription = await js.pull_subscribe(SUBJECT, durable="d", stream=STREAM)
+    await js.publish(SUBJECT, b"one")
+    (msg,) = await subscription.fetch(1, timeout=5)
+    await write_protocol(msg._client, b"PUB %s 4\r\n+ACK\r\n" % msg.reply.encode())
+    mark_settled(msg)
+    assert msg.is_acked
+    await wait_until(lambda: _ack_pending(js, 0), message="the server to see the acknowledgement")
+
+
+async def _ack_pending(js: JetStreamContext, count: int) -> bool:
+    return bool((await js.consumer_info(STREAM, "d")).num_ack_pending == count)
+
+
+@pytest.mark.nats
+async def test_record_naks_sees_the_delay_and_still_naks(js: JetStreamContext) -> None:
+    subscription = await js.pull_subscribe(SUBJECT, durable="d", stream=STREAM)
+    await js.publish(SUBJECT, b"one")
+    (msg,) = await subscription.fetch(1, timeout=5)
+    seen: list[float | None] = []
+    record_naks(msg, seen.append)
+    await msg.nak(delay=0.2)
+    assert seen == [0.2]
+    assert msg.is_acked
+    (again,) = await subscription.fetch(1, timeout=5)
+    assert again.metadata.num_delivered == 2
+
+
+@pytest.mark.nats
+async def test_stop_interest_ends_deliveries_but_keeps_what_came(js: JetStreamContext) -> None:
+    subscription = await js.pull_subscribe(SUBJECT, durable="d", stream=STREAM)
+    parts = pull_parts(subscription)
+    for n in range(3):
+        await js.publish(SUBJECT, str(n).encode())
+    # Given a request still waiting on the server after delivering three messages
+    await _request(parts, 10)
+    await wait_until(lambda: parts.queue.qsize() == 3, message="three deliveries")
+    # When the interest stops
+    await stop_interest(parts)
+    # Then the server sends no more to the inbox, and what came is still there
+    await js.publish(SUBJECT, b"after")
+    await asyncio.sleep(0.3)
+    assert parts.queue.qsize() == 3
+    info = await js.consumer_info(STREAM, "d")
+    assert info.num_waiting == 0
+    assert info.num_pending == 1
+
+
+@pytest.mark.nats
+async def test_a_direct_subscription_hands_each_message_over_as_it_is_read(
+    server: EmbeddedNatsServer,
+) -> None:
+    nc = await nats.connect(server.url)
+    try:
+        seen: list[bytes] = []
+        subscription = await subscribe_direct(nc, "direct.>", lambda msg: seen.append(msg.data))
+        for n in range(100):
+            await nc.publish(f"direct.{n}", str(n).encode())
+        await nc.flush()
+        await wait_until(lambda: len(seen) == 100, message="every message")
+        assert seen == [str(n).encode() for n in range(100)]
+        # Nothing is kept pending (no slow-consumer limit is ever reached), and it closes
+        assert subscription.pending_msgs == 0
+        assert subscription.pending_bytes == 0
+        await subscription.unsubscribe()
+        await nc.publish("direct.after", b"x")
+        await nc.flush()
+        assert len(seen) == 100
+    finally:
+        await nc.close()
+
+
+@pytest.mark.nats
+async def test_jetstream_client_and_kv_subject_prefix_name_where_kv_writes_go(
+    js: JetStreamContext,
+) -> None:
+    kv = await js.create_key_value(bucket="compat_prefix")
+    assert compat.jetstream_client(js).is_connected
+    assert compat.kv_subject_prefix(kv) == "$KV.compat_prefix."
+
+
+@pytest.mark.nats
+async def test_the_pull_loop_and_stop_of_a_faststream_subscriber_can_be_replaced(
+    server: EmbeddedNatsServer, js: JetStreamContext
+) -> None:
+    broker = NatsBroker(server.url, logger=None)
+    subscriber = broker.subscriber(
+        SUBJECT,
+        stream=JStream(STREAM, declare=False),
+        durable="fs",
+        pull_sub=PullSub(batch_size=1, timeout=1.0),
+    )
+
+    @subscriber
+    async def handle(body: bytes) -> None: ...
+
+    looped: list[Any] = []
+    calls: list[str] = []
+
+    async def loop(consume: Any) -> None:
+        looped.append(consume)
+        await asyncio.Event().wait()
+
+    async def before() -> None:
+        calls.append("before")
+
+    async def after() -> None:
+        calls.append("after")
+
+    replace_pull_loop(subscriber, loop)
+    wrap_stop(subscriber, before=before, after=after)
+    await broker.start()
+    await wait_until(lambda: len(looped) == 1, message="the replaced loop")
+    assert looped[0] == subscriber.consume
+    await broker.stop()
+    assert calls == ["before", "after"]
+
+
+def test_each_consume_path_access_fails_loudly_on_objects_it_does_not_know() -> None:
+    class Unknown:
+        async def stop(self) -> None: ...
+
+    with pytest.raises(HostVersionError, match=r"supports faststream 0\.7"):
+        pull_parts(object())
+    with pytest.raises(HostVersionError):
+        record_naks(object(), print)  # type: ignore[arg-type]
+    with pytest.raises(HostVersionError):
+        replace_pull_loop(Unknown(), lambda consume: asyncio.sleep(0))
+    with pytest.raises(HostVersionError):
+        wrap_stop(object(), before=Unknown().stop, after=Unknown().stop)
+    with pytest.raises(HostVersionError):
+        asyncio.run(write_protocol(object(), b""))  # type: ignore[arg-type]
+    with pytest.raises(HostVersionError):
+        compat.jetstream_client(object())
+    with pytest.raises(HostVersionError):
+        compat.kv_subject_prefix(object())
+    assert issubclass(HostVersionError, NatsPubsubError)
+    assert "nats-py" in SUPPORTED_VERSIONS

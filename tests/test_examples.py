@@ -394,3 +394,13 @@ async def test_e16_the_outbox_publishes_committed_orders_and_the_sql_inbox_charg
 @pytest.mark.nats
 async def test_e17_two_apps_run_with_exactly_their_generated_permissions() -> None:
     assert await load("e17_permissions").main() == ["ORD-1"]
+
+
+async def test_e18_each_account_is_posted_in_order_and_a_retry_holds_only_its_account(
+    server: EmbeddedNatsServer,
+) -> None:
+    outcome = await load("e18_ordered").main(server.url)
+
+    assert outcome.by_account == {account: list(range(1, 11)) for account in "ABC"}
+    assert outcome.attempts[("B", 1)] == 2
+    assert all(n == 1 for key, n in outcome.attempts.items() if key != ("B", 1))

@@ -262,12 +262,16 @@ async def _acked_through(js: Any, durable: str, stream_seq: int) -> bool:
 
 
 class _LoseFirstAck(BaseMiddleware):
-    """Outermost: after the first delivery is handled, its ack is never sent (a lost ack)."""
+    """Outermost: after the first delivery is handled, its ack goes nowhere (a lost ack).
+
+    The ack (FastStream's, or the KV inbox's once the mark is stored) is published to the
+    message's reply subject after this returns: pointed elsewhere, it never reaches the server.
+    """
 
     async def consume_scope(self, call_next: Any, msg: Any) -> Any:
         result = await call_next(msg)
         if msg.raw_message.metadata.num_delivered == 1:
-            msg.raw_message._ackd = True  # FastStream's ack middleware now sends nothing
+            msg.raw_message.reply = "_INBOX.lost-ack"
         return result
 
 

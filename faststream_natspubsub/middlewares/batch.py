@@ -224,9 +224,9 @@ class _BatchRun:
             inbox.stand_in_if_in_memory(items[0].raw)
         prefix, lease = inbox.scope(plan.durable, plan.ack_wait)
         claimed: list[_Item] = []
-        for item in items:
-            key = inbox_key(prefix, item.raw.subject, item.envelope.event_id)
-            outcome = await inbox.claim(key, lease=lease)
+        keys = [inbox_key(prefix, item.raw.subject, item.envelope.event_id) for item in items]
+        outcomes = await inbox.claim_many(keys, lease=lease)  # one round trip for the batch
+        for item, key, outcome in zip(items, keys, outcomes, strict=True):
             if outcome is ClaimResult.PROCESSED:
                 inbox.skipped(item.raw.subject, key)
                 await item.raw.ack()
@@ -247,6 +247,7 @@ class _BatchRun:
                 await self._fail(item, error)
             else:
                 succeeded.append(item)
+        to_ack = succeeded
         if self._tx is not None:
             if not succeeded:
                 return  # nothing to keep: the handler's writes are rolled back
@@ -257,10 +258,12 @@ class _BatchRun:
                     await self._fail(item, exc)
                 return
         elif inbox is not None:
-            for item in succeeded:
-                if item.inbox_key is not None:
-                    await inbox.mark_processed(item.inbox_key)
-        await ack_all([item.raw for item in succeeded])
+            marked = [item for item in succeeded if item.inbox_key is not None]
+            if marked:  # the batch's marks in one write; each ack follows its stored mark
+                keys = [item.inbox_key for item in marked if item.inbox_key is not None]
+                if await inbox.mark_many_then_ack(keys, [item.raw for item in marked]):
+                    to_ack = [item for item in succeeded if item.inbox_key is None]
+        await ack_all([item.raw for item in to_ack])
         for item in succeeded:
             failure.succeeded(item.raw, item.raw.subject, item.deliveries)
 

@@ -7,8 +7,9 @@
    last attempt crashed, hung past ``ack_wait`` or could not dead-letter). It comes after
    the inbox, because a duplicate or a held-back copy was not an attempt;
 4. the handler runs with the event exposed and its message kept alive by the heartbeat;
-   success marks the inbox and acknowledges, failure releases the claim and is retried or
-   dead-lettered by the app's policy.
+   success marks the inbox and acknowledges (with the KV inbox, the ack goes out once the
+   mark is stored, without holding up the next message), failure releases the claim and
+   is retried or dead-lettered by the app's policy.
 
 Each step is a call into one concern (envelope, inbox, failure, heartbeat) with what it
 needs; none of them calls another.
@@ -111,7 +112,7 @@ async def consume_event(
     finally:
         heartbeat.finish(beat)
     if inbox is not None and key is not None:
-        await inbox.mark_processed(key)
+        await inbox.processed(key, raw)  # the ack may follow the stored mark off this task
     failure.succeeded(raw, subject, deliveries)
     return result
 

@@ -2,7 +2,9 @@
 
 Placed inside the envelope middleware (it needs the event id). The processed mark is written
 right after the handler returns and before the ack, so a crash between the two leaves a
-redelivery that is skipped rather than run again.
+redelivery that is skipped rather than run again. With ``defer_ack`` (the facade's KV inbox)
+the handler's task does not wait for the mark: the ack goes out when the server has stored
+it, and the next message starts meanwhile.
 
 An event whose claim another consumer holds is NAKed, not run. A first delivery (most likely
 a copy racing a live handler) comes back after a couple of seconds; a redelivery (most likely
@@ -16,6 +18,7 @@ import asyncio
 import logging
 import weakref
 from collections import OrderedDict
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from faststream.exceptions import AckMessage, NackMessage
@@ -23,8 +26,11 @@ from faststream.exceptions import AckMessage, NackMessage
 from ..compat import (
     current_subscriber,
     in_memory_message,
+    mark_settled,
+    message_client,
     subscriber_ack_wait,
     subscriber_durable,
+    write_protocol,
 )
 from ..inbox import ClaimResult, InboxStore, KvInboxStore, LeaseReporter, inbox_key
 from ..metadata import current_inbound
@@ -59,6 +65,8 @@ _MARK_RETRY_DELAYS: Final = (0.05, 0.2, 0.5, 1.0, 2.0, 4.0)
 # Processed events whose mark could not be written, remembered here so this process still
 # skips their redeliveries; bounded, oldest forgotten first.
 _UNMARKED_LIMIT: Final = 10_000
+# A stopping subscriber waits this long at most for marks still on their way (then acks).
+_DRAIN_TIMEOUT: Final = 10.0
 
 
 class InboxMiddleware:
@@ -69,15 +77,18 @@ class InboxMiddleware:
         store: InboxStore | TransactionalInboxStore,
         *,
         metrics: PubsubMetrics | None = None,
+        defer_ack: bool = False,
     ) -> None:
         # A transactional store (SQL) takes its own branch; ``store`` is then unused.
         self.transactional = store if isinstance(store, TransactionalInboxStore) else None
         self.store = cast("InboxStore", store)
+        self.defer_ack = defer_ack and hasattr(store, "mark_started")
         self.metrics = metrics or PubsubMetrics()
         self.duplicates = 0
         # Subscribers opted out when the middleware is composed by hand.
         self._excluded: weakref.WeakSet[Any] = weakref.WeakSet()
         self._unmarked: OrderedDict[str, None] = OrderedDict()
+        self._deferred = _AcksAfterMarks(self)
         # A KV store not bound yet: in memory tests it never is (see stand_in_if_in_memory).
         self._unbound_kv = store if isinstance(store, KvInboxStore) else None
 
@@ -162,8 +173,70 @@ class InboxMiddleware:
         except BaseException:
             await self.release(key)
             raise
-        await self.mark_processed(key)
+        await self.processed(key, msg.raw_message)
         return result
+
+    async def processed(self, key: str, raw: Any) -> None:
+        """The handler of ``raw`` succeeded: mark ``key`` processed before the ack. With
+        ``defer_ack`` the ack follows the stored mark off the caller's task, and ``raw``
+        counts as acknowledged at once (FastStream's own ack then sends nothing)."""
+        if self.defer_ack and _acknowledgeable(raw):
+            await self._deferred.mark_then_ack(key, raw)
+        else:
+            await self.mark_processed(key)
+
+    async def claim_many(self, keys: list[str], *, lease: float) -> list[ClaimResult]:
+        """:meth:`claim` for a batch: one write and one round trip when the store can."""
+        outcomes: dict[int, ClaimResult] = {}
+        rest: list[int] = []
+        for index, key in enumerate(keys):
+            if self._unmarked and key in self._unmarked:
+                outcomes[index] = await self.claim(key, lease=lease)
+            else:
+                rest.append(index)
+        claim_many = getattr(self.store, "claim_many", None)
+        if claim_many is not None:
+            results = await claim_many([keys[i] for i in rest], lease=lease)
+        else:
+            results = [await self.store.claim(keys[i], lease=lease) for i in rest]
+        outcomes.update(zip(rest, results, strict=True))
+        return [outcomes[index] for index in range(len(keys))]
+
+    async def mark_many(self, keys: list[str]) -> None:
+        """:meth:`mark_processed` for a batch: one write, one round trip when the store can."""
+        mark_many = getattr(self.store, "mark_many", None)
+        if mark_many is None or not keys:
+            for key in keys:
+                await self.mark_processed(key)
+            return
+        try:
+            errors = await (await mark_many(keys))
+        except Exception as exc:  # noqa: BLE001 - not sent: each one takes the retrying path
+            errors = [exc] * len(keys)
+        for key, error in zip(keys, errors, strict=True):
+            if error is None:
+                self._unmarked.pop(key, None)
+            else:
+                await self.mark_processed(key)
+
+    async def mark_many_then_ack(self, keys: list[str], raws: list[Any]) -> bool:
+        """Marks for a batch in one write, each message acknowledged once its mark is stored,
+        without holding up the batch: True. Without ``defer_ack`` (or if the marks could not
+        be sent) the marks are stored when this returns False, and the caller acknowledges.
+        """
+        if (
+            self.defer_ack
+            and hasattr(self.store, "mark_many")
+            and all(_acknowledgeable(raw) for raw in raws)
+            and await self._deferred.marks_then_acks(keys, raws)
+        ):
+            return True
+        await self.mark_many(keys)
+        return False
+
+    async def drain(self, timeout: float = _DRAIN_TIMEOUT) -> None:
+        """Wait until the marks on their way are stored and their messages acknowledged."""
+        await self._deferred.drain(timeout)
 
     async def claim(self, key: str, *, lease: float) -> ClaimResult:
         """The store's answer, or PROCESSED for an event whose mark is still unwritten here."""
@@ -240,3 +313,117 @@ class InboxMiddleware:
             await self.store.release(key)
         except Exception:
             logger.warning("could not release the inbox claim of %s", key, exc_info=True)
+
+
+def _acknowledgeable(raw: Any) -> bool:
+    """A JetStream message of a live connection, not acknowledged yet."""
+    reply = getattr(raw, "reply", "")
+    return (
+        isinstance(reply, str)
+        and reply.startswith("$JS.ACK.")
+        and not getattr(raw, "is_acked", True)
+        and message_client(raw) is not None
+    )
+
+
+class _AcksAfterMarks:
+    """Acknowledgements that wait for their event's processed mark, off the handler's task.
+
+    The message is marked acknowledged locally at once (FastStream's ack then does nothing);
+    its ``+ACK`` is written when the server has stored the mark, together with the others
+    stored by then. A mark that fails takes the retrying path of ``mark_processed``, then
+    the message is acknowledged as it would have been.
+    """
+
+    def __init__(self, inbox: InboxMiddleware) -> None:
+        self._inbox = inbox
+        self._pending: set[asyncio.Future[Any]] = set()
+        self._ready: list[Any] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def mark_then_ack(self, key: str, raw: Any) -> None:
+        try:
+            stored = await self._inbox.store.mark_started(key)  # type: ignore[attr-defined]
+        except Exception:  # noqa: BLE001 - not even sent: the retrying path, now
+            await self._inbox.mark_processed(key)
+            return
+        mark_settled(raw)
+        self._pending.add(stored)
+        stored.add_done_callback(partial(self._stored, key, raw))
+
+    async def marks_then_acks(self, keys: list[str], raws: list[Any]) -> bool:
+        """:meth:`mark_then_ack` for a batch, in one write; False if nothing was sent (the
+        marks then went the retrying way and the caller acknowledges)."""
+        try:
+            stored = await self._inbox.store.mark_many(keys)  # type: ignore[attr-defined]
+        except Exception:  # noqa: BLE001 - not even sent: the retrying path, now
+            for key in keys:
+                await self._inbox.mark_processed(key)
+            return False
+        for raw in raws:
+            mark_settled(raw)
+        self._pending.add(stored)
+        stored.add_done_callback(partial(self._batch_stored, keys, raws))
+        return True
+
+    def _stored(self, key: str, raw: Any, stored: asyncio.Future[Any]) -> None:
+        self._pending.discard(stored)
+        if stored.cancelled() or stored.exception() is not None:
+            self._spawn(self._mark_again_then_ack(key, raw))
+            return
+        self._inbox._unmarked.pop(key, None)
+        self._ready.append(raw)
+        if len(self._ready) == 1:  # the first of this round: one write for all of them
+            self._spawn(self._ack_ready())
+
+    def _batch_stored(self, keys: list[str], raws: list[Any], stored: asyncio.Future[Any]) -> None:
+        self._pending.discard(stored)
+        errors = stored.result()
+        first = not self._ready
+        for key, raw, error in zip(keys, raws, errors, strict=True):
+            if error is None:
+                self._inbox._unmarked.pop(key, None)
+                self._ready.append(raw)
+            else:
+                self._spawn(self._mark_again_then_ack(key, raw))
+        if first and self._ready:
+            self._spawn(self._ack_ready())
+
+    async def _mark_again_then_ack(self, key: str, raw: Any) -> None:
+        await self._inbox.mark_processed(key)
+        self._ready.append(raw)
+        await self._ack_ready()
+
+    async def _ack_ready(self) -> None:
+        await asyncio.sleep(0)  # marks answered in the same read join this write
+        ready, self._ready = self._ready, []
+        by_client: dict[int, tuple[Any, list[bytes]]] = {}
+        for raw in ready:
+            client = message_client(raw)
+            entry = by_client.setdefault(id(client), (client, []))
+            entry[1].append(b"PUB %s 4\r\n+ACK\r\n" % raw.reply.encode())
+        for client, lines in by_client.values():
+            if client is None or client.is_closed:
+                continue  # the server redelivers; the inbox then skips it
+            try:
+                await write_protocol(client, b"".join(lines))
+            except Exception:  # the same: redelivered, then skipped
+                logger.debug("could not acknowledge %d marked events", len(lines), exc_info=True)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self, timeout: float) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self._pending or self._tasks:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                logger.warning(
+                    "%d processed marks were not confirmed in time; their events may be "
+                    "delivered again and are then skipped",
+                    len(self._pending),
+                )
+                return
+            await asyncio.wait({*self._pending, *self._tasks}, timeout=remaining)

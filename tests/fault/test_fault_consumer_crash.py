@@ -70,7 +70,9 @@ async def test_an_event_whose_consumer_is_killed_mid_handler_is_redelivered_afte
     assert slow.effects() == []
     assert fresh.effects() == [event_id]
     assert again[0].deliveries == 2
-    assert again[0].at - first.at >= ACK_WAIT
+    # Handler starts lag their deliveries by a few milliseconds (more for a fresh process's
+    # first message): ack_wait, give or take that lag
+    assert again[0].at - first.at >= ACK_WAIT - 0.05
 
 
 async def test_with_the_kv_inbox_a_handler_killed_mid_way_takes_effect_once_on_redelivery(
@@ -87,8 +89,8 @@ async def test_with_the_kv_inbox_a_handler_killed_mid_way_takes_effect_once_on_r
 GRACEFUL_TIMEOUT = 10.0
 HANDLER_SECONDS = 3.0
 WORKERS = 4
-# Messages fetched but not yet started when SIGTERM comes are not NAKed by FastStream's
-# shutdown: they reach the next consumer only after ack_wait, so keep it short here.
+# Messages fetched but not yet started when SIGTERM comes are handed back (NAKed) at once;
+# a short ack_wait still bounds the test should one not be.
 DRAIN_ACK_WAIT = 5.0
 
 

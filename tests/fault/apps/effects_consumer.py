@@ -6,8 +6,9 @@ calls ``broker.stop()``, which waits up to ``--graceful-timeout`` for running ha
 
 The event body says what the handler does: ``{"kind": "normal"}`` appends the event id to
 ``--effects``; ``"poison"`` raises ``PermanentError``; ``"flaky"`` fails on its first delivery;
-``"later"`` raises ``RetryLater(delay)`` on its first delivery. Every delivery is first logged
-to ``--started`` as ``<event id> <delivery> <unix time>``.
+``"later"`` raises ``RetryLater(delay)`` on its first delivery. With ``--order-by FIELD``,
+events with the same value of that field of their body are handled in order. Every delivery
+is first logged to ``--started`` as ``<event id> <delivery> <unix time>``.
 
 ``--inbox=sql --database=URL``: the SQL inbox; the effect is then a row of ``fault_effects``
 written through ``InboxSession`` (it commits with the processed mark), logged to
@@ -84,7 +85,9 @@ def build(args: argparse.Namespace) -> FastStream:
         streams=StreamSettings(replicas=args.replicas),
     )
 
-    @pubsub.subscriber(TOPIC, ack_wait=args.ack_wait, max_workers=args.workers)
+    order_by = (lambda message: message.get(args.order_by)) if args.order_by else None
+
+    @pubsub.subscriber(TOPIC, ack_wait=args.ack_wait, max_workers=args.workers, order_by=order_by)
     async def handle(body: dict[str, Any], meta: EventMetadata) -> None:
         if args.started:
             append_line(args.started, f"{meta.event_id} {meta.deliveries} {time.time():.6f}")
@@ -201,6 +204,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--replicas", type=int, default=1)
     parser.add_argument("--max-attempts", type=int, default=5)
     parser.add_argument("--backoff", type=float, default=0.2)
+    parser.add_argument("--order-by", default="", help="order by this field of the message")
     return parser.parse_args()
 
 

@@ -47,6 +47,7 @@ class ConsumerProcess:
         app: str = "ledger",
         database: Sequence[str] = (),
         effects_reader: Callable[[], list[str]] | None = None,
+        order_by: str = "",
     ) -> None:
         self.servers = list(servers)
         self.name = name
@@ -69,6 +70,7 @@ class ConsumerProcess:
             f"--app={app}",
             f"--written={self.written_path}",
             *database,
+            f"--order-by={order_by}",
         ]
         self.starts = 0
         # Unix times of the SIGKILLs this consumer received.
