@@ -210,6 +210,46 @@ async def test_order_by_keeps_each_key_in_order_and_runs_keys_in_parallel(
         assert by_key[key] == list(range(index, 120, 4))
 
 
+async def test_a_router_subscriber_orders_by_key_and_keeps_it_across_a_restart_of_its_broker(
+    server: EmbeddedNatsServer,
+) -> None:
+    async with publisher(server) as pub:
+        consumer = NatsPubsub(new_broker(server), env=ENV, app=APP)
+        router = consumer.router()
+        by_key: dict[str, list[int]] = defaultdict(list)
+        active: set[str] = set()
+        same_key_overlap = False
+
+        @router.subscriber(TOPIC, max_workers=8, order_by=lambda message: message["key"])
+        async def keyed(body: dict[str, Any]) -> None:
+            nonlocal same_key_overlap
+            same_key_overlap = same_key_overlap or body["key"] in active
+            active.add(body["key"])
+            await asyncio.sleep(random.uniform(0, 0.005))
+            by_key[body["key"]].append(body["n"])
+            active.discard(body["key"])
+
+        consumer.broker.include_router(router.nats)
+
+        def handled() -> int:
+            return sum(map(len, by_key.values()))
+
+        # When the router's subscriber consumes, its broker stops, starts again, consumes more
+        await _publish(pub, [{"key": "ab"[n % 2], "n": n} for n in range(40)])
+        async with running(consumer.broker):
+            await wait_until(lambda: handled() >= 40, timeout=20, message="the first events")
+        await _publish(pub, [{"key": "ab"[n % 2], "n": n} for n in range(40, 80)])
+        async with running(consumer.broker):
+            await wait_until(lambda: handled() >= 80, timeout=20, message="the later events")
+            await wait_until(lambda: _idle(pub), message="every event acked")
+
+    # Then each key was handled one at a time in publishing order, each event once
+    assert not same_key_overlap
+    assert by_key["a"] == list(range(0, 80, 2))
+    assert by_key["b"] == list(range(1, 80, 2))
+    assert len(consumer._registrar.lifecycle.dispatchers) == 1
+
+
 @pytest.mark.slow
 async def test_a_retried_event_holds_its_key_and_the_key_waits_past_ack_wait(
     server: EmbeddedNatsServer,

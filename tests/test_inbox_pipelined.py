@@ -10,6 +10,7 @@ from typing import Any
 import nats
 import pytest
 from nats.aio.client import Client
+from permission_support import ADMIN, users_config
 from pydantic import BaseModel
 from support import new_broker, running, wait_until
 
@@ -19,12 +20,14 @@ from faststream_natspubsub import (
     EventMetadata,
     KvInboxStore,
     NatsPubsub,
+    PermissionDeniedError,
 )
 from faststream_natspubsub.inbox import inbox_bucket_name
-from faststream_natspubsub.kv_pipeline import KvBatch
+from faststream_natspubsub.kv_pipeline import DEFAULT_TIMEOUT, KvBatch
 from faststream_natspubsub.publishing import OutgoingEvent
 from faststream_natspubsub.subjects import consumer_name
 from faststream_natspubsub.testing import EmbeddedNatsServer
+from faststream_natspubsub.violations import PermissionWatch
 
 pytestmark = pytest.mark.nats
 
@@ -290,3 +293,35 @@ async def test_batch_mode_with_the_kv_inbox_runs_each_event_once(
         await _publish_distinct_copies(pubsub, items)
         await wait_until(lambda: _acked(js, 200), timeout=30, message="every copy acked")
     assert sorted(effects) == list(range(100))
+
+
+async def test_a_refused_kv_write_fails_at_once_not_after_the_timeout() -> None:
+    # Given a user who may read the bucket's stream but not write its keys
+    watch = PermissionWatch()
+    config = users_config({"reader": 'permissions { publish { deny: ["$KV.inbox_refused.>"] } }'})
+    async with EmbeddedNatsServer(config=config) as server:
+        admin = await nats.connect(server.url, user=ADMIN, password=ADMIN)
+        await admin.jetstream().create_key_value(bucket="inbox_refused")
+        await admin.close()
+
+        async def heard(error: Exception) -> None:
+            watch.hear(error)
+
+        nc = await nats.connect(server.url, user="reader", password="reader", error_cb=heard)
+        try:
+            store = KvInboxStore(bucket="inbox_refused")
+            await store.bind(nc.jetstream(), create=False, watch=watch)
+            # When a claim and a mark go out through the pipelined writer
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises(PermissionDeniedError, match=r"\$KV\.inbox_refused\.e-1"):
+                await store.claim("e-1", lease=30)
+            marks = await store.mark_many(["e-2", "e-3"])
+            errors = await marks
+            elapsed = loop.time() - started
+        finally:
+            await nc.close()
+
+    # Then each fails with the refusal, named, as soon as the server reports it
+    assert [type(error) for error in errors] == [PermissionDeniedError] * 2
+    assert elapsed < DEFAULT_TIMEOUT / 2

@@ -7,11 +7,11 @@ import logging
 from typing import Any
 
 import pytest
-from faststream.nats import NatsBroker
+from faststream.nats import NatsBroker, PullSub
 from pydantic import BaseModel
 from support import new_broker
 
-from faststream_natspubsub import ConfigurationError, NatsPubsub, RetryPolicy
+from faststream_natspubsub import BatchSettings, ConfigurationError, NatsPubsub, RetryPolicy
 from faststream_natspubsub.testing import EmbeddedNatsServer, TestNatsPubsub
 
 
@@ -47,6 +47,33 @@ def test_a_durable_already_used_by_another_subscriber_is_refused() -> None:
     pubsub.subscriber("a", durable="shared")
     with pytest.raises(ConfigurationError, match="'shared' is already used"):
         pubsub.subscriber("b", durable="shared")
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"pull_sub": PullSub(batch_size=10)}, {"batch": BatchSettings(max_messages=10)}],
+)
+def test_order_by_without_the_packages_own_fetching_is_refused(kwargs: dict[str, Any]) -> None:
+    pubsub = NatsPubsub(NatsBroker(), env="t", app="orders")
+    with pytest.raises(ConfigurationError, match="order_by needs the package's own fetching"):
+        pubsub.subscriber("z", order_by="tenant_id", **kwargs)
+    with pytest.raises(ConfigurationError, match="order_by needs"):
+        pubsub.router().subscriber("y", order_by="tenant_id", **kwargs)
+
+
+@pytest.mark.parametrize(("order_by", "says"), [("  ", "name a field"), (42, "callable")])
+def test_an_order_by_that_is_neither_a_field_nor_a_callable_is_refused(
+    order_by: Any, says: str
+) -> None:
+    pubsub = NatsPubsub(NatsBroker(), env="t", app="orders")
+    with pytest.raises(ConfigurationError, match=says):
+        pubsub.subscriber("z", order_by=order_by)
+
+
+def test_max_workers_below_one_is_refused() -> None:
+    pubsub = NatsPubsub(NatsBroker(), env="t", app="orders")
+    with pytest.raises(ConfigurationError, match="max_workers must be at least 1"):
+        pubsub.subscriber("z", max_workers=0)
 
 
 def make_app_with_an_undefined_model(broker: NatsBroker) -> NatsPubsub:
