@@ -52,6 +52,7 @@ __all__ = (
     "replace_pull_loop",
     "settle_locally",
     "stop_interest",
+    "stop_recording_naks",
     "subscribe_direct",
     "took_from_queue",
     "wrap_stop",
@@ -177,6 +178,12 @@ def record_naks(msg: Msg, on_nak: Callable[[float | None], None]) -> None:
         await original(delay=delay)
 
     msg.nak = nak  # type: ignore[method-assign]
+
+
+def stop_recording_naks(msg: Msg) -> None:
+    """Undo :func:`record_naks` (its function refers to the message: a reference cycle that
+    only the garbage collector would free)."""
+    msg.__dict__.pop("nak", None)
 
 
 async def stop_interest(parts: PullParts) -> None:

@@ -43,6 +43,7 @@ from .compat import (
     record_naks,
     replace_pull_loop,
     settle_locally,
+    stop_recording_naks,
     wrap_stop,
     write_protocol,
 )
@@ -483,6 +484,7 @@ class _Run:
         """Update the key of a message whose handler ended; what to NAK now (closing)."""
         if self.order_by is None:
             return []
+        stop_recording_naks(item.msg)
         lane = self.lanes.get(item.key)
         if lane is None or lane.active is not item:
             return []
