@@ -72,6 +72,7 @@ __all__ = (
     "sdk_meter_provider_installed",
     "send_raw",
     "stop_interest",
+    "stop_recording_naks",
     "subscribe_direct",
     "subscriber_ack_wait",
     "subscriber_durable",
@@ -266,6 +267,12 @@ def record_naks(msg: Msg, on_nak: Callable[[float | None], None]) -> None:
         await original(delay=delay)
 
     msg.nak = nak  # type: ignore[method-assign]
+
+
+def stop_recording_naks(msg: Msg) -> None:
+    """Undo :func:`record_naks` (its function refers to the message: a reference cycle that
+    only the garbage collector would free)."""
+    msg.__dict__.pop("nak", None)
 
 
 # -- nats-py connection -------------------------------------------------------------------

@@ -44,6 +44,7 @@ from .compat import (
     pull_parts,
     record_naks,
     replace_pull_loop,
+    stop_recording_naks,
     wrap_stop,
     write_protocol,
 )
@@ -482,6 +483,7 @@ class _Run:
         """Update the key of a message whose handler ended; what to NAK now (closing)."""
         if self.order_by is None:
             return []
+        stop_recording_naks(item.msg)
         lane = self.lanes.get(item.key)
         if lane is None or lane.active is not item:
             return []

@@ -33,6 +33,7 @@ from faststream_natspubsub.compat import (
     record_naks,
     replace_pull_loop,
     stop_interest,
+    stop_recording_naks,
     subscribe_direct,
     took_from_queue,
     wrap_stop,
@@ -299,6 +300,8 @@ async def test_record_naks_sees_the_delay_and_still_naks(js: JetStreamContext) -
     await msg.nak(delay=0.2)
     assert seen == [0.2]
     assert msg.is_acked
+    stop_recording_naks(msg)
+    assert "nak" not in vars(msg)  # the message's own nak again
     (again,) = await subscription.fetch(1, timeout=5)
     assert again.metadata.num_delivered == 2
 
