@@ -1,8 +1,9 @@
 """Benchmark: the plugin against plain FastStream and raw nats-py on an embedded nats-server.
 
-Usage: ``python bench/run.py [--quick] [--json PATH]``. Contenders alternate (the order rotates
-every round) and every measurement is repeated; tables show median, min and max. Read the
-ratios, not the absolute numbers: they are taken side by side on the same, shared machine.
+Usage: ``python bench/run.py [--quick | --smoke] [--json PATH]``. Contenders alternate (the
+order rotates every round) and every measurement is repeated; tables show median, min and
+max. Read the ratios, not the absolute numbers: they are taken side by side on the same,
+shared machine.
 """
 
 from __future__ import annotations
@@ -137,6 +138,23 @@ QUICK: Final = Settings(
     fetch_timeout=1.0,
     latency_rounds=2,
     latency_count=300,
+    latency_rate=400.0,
+    rss_count=0,
+)
+# Every row once with tiny sizes: checks that the benchmark runs end to end (the test suite
+# does this); its numbers mean nothing.
+SMOKE: Final = Settings(
+    publish_rounds=1,
+    single_count=200,
+    bulk_count=1000,
+    window=256,
+    consume_rounds=1,
+    consume_count=1000,
+    batch=256,
+    workers=1,
+    fetch_timeout=1.0,
+    latency_rounds=1,
+    latency_count=100,
     latency_rate=400.0,
     rss_count=0,
 )
@@ -997,13 +1015,19 @@ async def _sql_databases() -> AsyncIterator[Any]:
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="small sizes, about a minute")
+    sizes = parser.add_mutually_exclusive_group()
+    sizes.add_argument("--quick", action="store_true", help="small sizes, a few minutes")
+    sizes.add_argument(
+        "--smoke", action="store_true", help="every row once, tiny sizes: numbers mean nothing"
+    )
     parser.add_argument("--json", type=Path, help="write every raw number here")
     parser.add_argument("--codecs", action="store_true", help="only the codec section")
     args = parser.parse_args(argv)
-    mode = "quick" if args.quick else "full"
+    mode, settings = (
+        ("smoke", SMOKE) if args.smoke else ("quick", QUICK) if args.quick else ("full", FULL)
+    )
     started = now()
-    report = run(bench_main(QUICK if args.quick else FULL, mode, codecs_only=args.codecs))
+    report = run(bench_main(settings, mode, codecs_only=args.codecs))
     if args.codecs:
         report["duration_s"] = round(now() - started, 1)
     print(render(report) if "ratios" in report else "")
