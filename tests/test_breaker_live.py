@@ -114,3 +114,62 @@ async def test_while_open_nothing_starts_and_one_probe_resumes_the_flow(
     assert set(handled.values()) == {1}
     assert closed == "closed"
     assert dead == 0
+
+
+@pytest.mark.slow
+async def test_a_20_s_outage_with_1000_events_flowing_dead_letters_none(
+    server: EmbeddedNatsServer,
+) -> None:
+    # Given a subscriber with every default (retry policy, circuit breaker) whose handler
+    # needs a dependency, and 1,000 events published at 100 a second
+    consumer = NatsPubsub(new_broker(server), env=ENV, app=APP)
+    up = True
+    handled: Counter[str] = Counter()
+    failures = 0
+
+    @consumer.subscriber(TOPIC)
+    async def run(body: dict[str, Any], meta: EventMetadata) -> None:
+        nonlocal failures
+        if not up:
+            failures += 1
+            raise DependencyDown("the dependency is down")
+        handled[meta.event_id] += 1
+
+    states: set[str] = set()
+    async with running(consumer.broker):
+        started = time.monotonic()
+
+        async def publish() -> list[str]:
+            ids: list[str] = []
+            for start in range(0, 1000, 10):
+                ids += await _publish(consumer, 10, start)
+                await asyncio.sleep(0.1)
+            return ids
+
+        publishing = asyncio.create_task(publish())
+        # When the dependency is down for 20 s, 1 s after the first events
+        await asyncio.sleep(1.0)
+        up = False
+        outage_ends = time.monotonic() + 20.0
+        while time.monotonic() < outage_ends:
+            states.add(await _breaker(consumer))
+            await asyncio.sleep(0.5)
+        up = True
+        published = await publishing
+        # Then every event is handled once the dependency is back
+        await wait_until(lambda: len(handled) == 1000, timeout=60, message="all handled")
+        await wait_until(lambda: _idle(consumer), timeout=10, message="every event acked")
+        took = time.monotonic() - started
+        dead = await _dead_letters(consumer)
+
+    logging.getLogger(__name__).warning(
+        "outage test: %d handled, %d dead-lettered, %d failed attempts, %.1fs",
+        len(handled),
+        dead,
+        failures,
+        took,
+    )
+    assert set(handled) == set(published)
+    assert set(handled.values()) == {1}
+    assert dead == 0
+    assert "open" in states
