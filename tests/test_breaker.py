@@ -258,3 +258,37 @@ async def _handler(body: dict[str, Any]) -> None:
 
 async def _batch(items: list[dict[str, Any]]) -> None:
     return None
+
+
+def test_openings_held_failures_and_open_subscribers_are_measured() -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    reader = InMemoryMetricReader()
+    clock = Clock()
+    breaker = SubscriberBreaker(
+        CircuitBreaker(failures=1, cooldown=1.0),
+        subject="test.orders.x",
+        durable="d",
+        metrics=PubsubMetrics(MeterProvider(metric_readers=[reader])),
+        clock=clock,
+    )
+    breaker.attach(lambda: None)
+    breaker.failed(object(), "a", ConnectionError("down"))
+    clock.now += 1.0
+    breaker.machine.may_start()
+    breaker.failed(object(), "a", ConnectionError("down"))  # the probe failed
+
+    data = reader.get_metrics_data()
+    assert data is not None
+    points = {
+        (metric.name, dict(point.attributes or {}).get("natspubsub.cause")): point.value
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        for point in metric.data.data_points  # type: ignore[union-attr]
+    }
+    assert points[("natspubsub.breaker.opened", "failures")] == 1
+    assert points[("natspubsub.breaker.opened", "probe_failed")] == 1
+    assert points[("natspubsub.breaker.held", None)] == 2
+    assert points[("natspubsub.breaker.open", None)] == 1
