@@ -7,6 +7,7 @@ metadata for handlers, installed on a FastStream ``NatsBroker`` by :class:`NatsP
 from .annotations import CurrentEnvelope, EventMetadata, InboxSession
 from .asyncapi import AsyncAPI
 from .batch import BatchMetadata, BatchSettings
+from .breaker import BreakerState, CircuitBreaker
 from .codecs import (
     Codec,
     EncodedMessage,
@@ -63,6 +64,8 @@ __all__ = (
     "BatchFailure",
     "BatchMetadata",
     "BatchSettings",
+    "BreakerState",
+    "CircuitBreaker",
     "ClaimResult",
     "Codec",
     "ComponentHealth",

@@ -23,6 +23,12 @@ of each (middlewares, handler, acknowledgement) through the subscriber's ``consu
   lets the running handlers finish; a key whose message is still running hands back its
   later messages when that one ends. Handlers that outlive ``graceful_timeout`` are cancelled
   and their messages NAKed too.
+- **A circuit breaker** (:mod:`.breaker`), when the subscriber has one: while it is open
+  no handler starts and nothing is fetched (running handlers finish); a failed delivery it
+  holds goes to the back of the waiting messages (for an ordered subscriber it keeps its
+  key's place) without a NAK, kept alive like the others, and runs again later; once the
+  cooldown ends one message (the probe) starts, and fetching resumes when the breaker closes.
+  A stop hands held messages back with the others.
 - **After a restart** an ordered subscriber first waits (up to ``recovery_timeout``) until
   the messages the consumer had pending when it started have come back: the events of a
   previous run's retries and of a crash are then handled before the later events of their
@@ -39,6 +45,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Hashable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
+from .breaker import BreakerState
 from .compat import (
     mark_settled,
     pull_parts,
@@ -54,6 +61,7 @@ if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.aio.msg import Msg
 
+    from .breaker import SubscriberBreaker
     from .ordering import KeyOf
     from .retry import RetryPolicy
 
@@ -111,6 +119,8 @@ class DispatchSettings:
     max_prefetch: int = MAX_PREFETCH
     """Messages fetched ahead of the handlers at most."""
     hooks: DispatchHooks | None = None
+    breaker: SubscriberBreaker | None = None
+    """The subscriber's circuit breaker; None: off."""
 
     def __post_init__(self) -> None:
         if self.max_workers < 1:
@@ -187,7 +197,7 @@ def stream_sequence(msg: Msg) -> int:
 class _Item:
     """One message from arrival to its handler's end."""
 
-    __slots__ = ("_seq", "beat_due", "key", "msg", "nak_delay", "naked", "started")
+    __slots__ = ("_seq", "beat_due", "key", "msg", "nak_delay", "naked", "probe", "started")
 
     def __init__(self, msg: Msg, beat_due: float) -> None:
         self.msg = msg
@@ -197,6 +207,7 @@ class _Item:
         self.started = False
         self.naked = False
         self.nak_delay: float | None = None
+        self.probe = False
 
     @property
     def seq(self) -> int:
@@ -279,15 +290,24 @@ class _Run:
         self._idle: deque[asyncio.Future[None]] = deque()
         self._sweep: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.breaker = settings.breaker
+        self._probe_timer: asyncio.TimerHandle | None = None
 
     # -- the tasks ------------------------------------------------------------------------
 
     async def serve(self) -> None:
         workers = [self.loop.create_task(self._work()) for _ in range(self.settings.max_workers)]
         self._sweep = self.loop.call_later(self.beat_interval / 2, self._on_sweep)
+        breaker = self.breaker
+        if breaker is not None:
+            breaker.attach(self._on_breaker)
         try:
             await self._feed()
         finally:
+            if breaker is not None:
+                breaker.detach()
+            if self._probe_timer is not None:
+                self._probe_timer.cancel()
             if self._sweep is not None:
                 self._sweep.cancel()
             for worker in workers:
@@ -332,6 +352,8 @@ class _Run:
                 self.running -= 1
             self.in_flight.discard(item)  # kept when cancelled: _abandon hands it back
             self.window.handled(self.loop.time() - started)
+            if self.breaker is not None and self._after_breaker(item):
+                continue
             hand_back = self._finished(item)
             if hand_back:
                 await self._nak(hand_back)
@@ -342,9 +364,18 @@ class _Run:
                 await asyncio.sleep(0)
 
     async def _next(self) -> _Item | None:
-        while not self.ready or self.closing:
+        while True:
             if self.closing:
                 return None
+            if self.ready:
+                if self.breaker is None:
+                    return self.ready.popleft()
+                machine = self.breaker.machine
+                probe = machine.state is BreakerState.HALF_OPEN
+                if machine.may_start():
+                    item = self.ready.popleft()
+                    item.probe = probe
+                    return item
             waiter = self.loop.create_future()
             self._idle.append(waiter)
             try:
@@ -352,7 +383,6 @@ class _Run:
             finally:
                 if not waiter.done():
                     waiter.cancel()
-        return self.ready.popleft()
 
     def _wake(self, count: int) -> None:
         while count > 0 and self._idle:
@@ -368,6 +398,11 @@ class _Run:
             return
         used = self.running + self.waiting + source.outstanding + source.arrived
         room = self.window.size - used
+        if self.breaker is not None and self.breaker.machine.state is not BreakerState.CLOSED:
+            # Open: nothing. Half-open: one message to probe with, if none is here.
+            if self.ready or source.outstanding or not self.breaker.machine.may_fetch():
+                return
+            room = min(room, 1)
         if room >= self.window.refill_threshold or (room > 0 and source.outstanding == 0):
             try:
                 await source.request(room)
@@ -376,6 +411,44 @@ class _Run:
                 source.outstanding = 0
                 return
             await asyncio.sleep(0)  # let the client write it before handling goes on
+
+    # -- the circuit breaker ----------------------------------------------------------------
+
+    def _after_breaker(self, item: _Item) -> bool:
+        """A handler ended: settle the probe; True when the breaker held the message (it
+        waits again, at the back, without a NAK)."""
+        breaker = self.breaker
+        assert breaker is not None
+        held = breaker.take_held(item.msg)
+        if item.probe:
+            item.probe = False
+            if not held and breaker.machine.state is BreakerState.HALF_OPEN:
+                breaker.machine.probe_ended()  # neither verdict: the next one probes
+                self._wake(1)
+        if not held:
+            return False
+        item.started = False
+        item.beat_due = self.loop.time()  # kept alive from the next sweep on
+        self.waiting += 1
+        self.ready.append(item)
+        return True
+
+    def _on_breaker(self) -> None:
+        """The breaker opened or closed."""
+        breaker = self.breaker
+        assert breaker is not None
+        if self._probe_timer is not None:
+            self._probe_timer.cancel()
+            self._probe_timer = None
+        until = breaker.machine.until_probe()
+        if until is None:  # closed: every waiting message may start, fetching resumes
+            self._wake(len(self.ready))
+            return
+        self._probe_timer = self.loop.call_later(until, self._on_probe_due)
+
+    def _on_probe_due(self) -> None:
+        self._probe_timer = None
+        self._wake(1)
 
     # -- placing arrivals -----------------------------------------------------------------
 
@@ -683,6 +756,7 @@ def dispatch_settings(
     order_by: KeyOf | None,
     retry: RetryPolicy,
     hooks: DispatchHooks | None = None,
+    breaker: SubscriberBreaker | None = None,
 ) -> DispatchSettings:
     """The settings of one facade subscriber (``order_by``: see :func:`.ordering.key_function`).
 
@@ -698,4 +772,5 @@ def dispatch_settings(
         order_by=order_by,
         recovery_timeout=max(ack_wait, longest_delay) + _RECOVERY_MARGIN,
         hooks=hooks,
+        breaker=breaker,
     )

@@ -13,11 +13,19 @@ from typing import TYPE_CHECKING, Any, Final
 
 from faststream.exceptions import IncorrectState
 
+from .breaker import DEFAULT_CIRCUIT_BREAKER, BreakerState, CircuitBreaker
 from .declaring import Declarations
 from .dlq import DLQ_MAX_BYTES, DLQ_MAX_MSGS, DeadLetterWriter, dlq_stream_settings
 from .envelope import EnvelopeCodec
 from .errors import ConfigurationError
-from .health import DEFAULT_MAX_PENDING, HealthReport, check_health, health_route
+from .health import (
+    DEFAULT_MAX_PENDING,
+    ComponentHealth,
+    HealthReport,
+    HealthStatus,
+    check_health,
+    health_route,
+)
 from .host import BrokerHost
 from .inbox import DEFAULT_INBOX_TTL, InboxStore, KvInboxStore, MemoryInboxStore, inbox_bucket_name
 from .inbox_prefix import bind_inbox_prefix, check_inbox_prefix
@@ -105,6 +113,7 @@ class NatsPubsub:
         topology: str = "create",
         outbox: AsyncEngine | OutboxOptions | None = None,
         inbox_prefix: str | None = None,
+        circuit_breaker: CircuitBreaker | None = DEFAULT_CIRCUIT_BREAKER,
     ) -> None:
         """``compat="natspubsub-1.0"`` also writes what NatsPubsub 1.0 consumers read (the
         message again as ``payload``, ``producer``, a top-level ``trace_id``), for fleets that
@@ -116,7 +125,14 @@ class NatsPubsub:
         ``inbox_prefix`` is where the replies to the app's requests and pulls go (the
         broker's, ``_INBOX`` by default): give each app its own (``"_INBOX_orders"``) and
         allow its user only that, so no other client can read its pulled events. It is set
-        on the broker's connection and handed to every subscriber of the app."""
+        on the broker's connection and handed to every subscriber of the app.
+        ``circuit_breaker`` is the default of the app's subscribers (on; ``None``: off): after
+        several different events failed in a row, a subscriber stops fetching for a
+        cooldown instead of walking every event to the DLQ (see :class:`CircuitBreaker`)."""
+        if circuit_breaker is not None and not isinstance(circuit_breaker, CircuitBreaker):
+            raise ConfigurationError(
+                f"circuit_breaker must be a CircuitBreaker or None, not {circuit_breaker!r}"
+            )
         if topology not in ("create", "verify"):
             raise ConfigurationError(f"topology must be 'create' or 'verify', not {topology!r}")
         self.topology_mode = topology
@@ -211,6 +227,7 @@ class NatsPubsub:
             batch=self.batch,
             dead_letters=self.dead_letters,
             metrics=self.metrics,
+            circuit_breaker=circuit_breaker,
         )
         declarations.dlq_stream = self.dlq_stream
         host = BrokerHost.of(broker)
@@ -258,6 +275,7 @@ class NatsPubsub:
         inbox: bool = True,
         batch: BatchSettings | None = None,
         order_by: OrderBy | None = None,
+        circuit_breaker: CircuitBreaker | bool | None = True,
         **faststream_kwargs: Any,
     ) -> LogicSubscriber[Any]:
         """A durable pull subscriber for ``topic`` of this app, or of ``app`` if given.
@@ -267,9 +285,11 @@ class NatsPubsub:
         keeping its own retry, DLQ and inbox outcome. The subscriber fetches ahead of its
         handlers; ``max_workers`` handlers run at once; ``order_by`` (a field name, or a
         callable on the event's message) keeps the events of one key in order while other
-        keys run in parallel. Other keyword arguments go to ``broker.subscriber``; those the
-        facade manages (``stream``, ``config``, ``ack_policy``, ...) raise
-        :class:`ConfigurationError` saying what to use instead.
+        keys run in parallel. ``circuit_breaker``: ``True`` (the default) takes the app's,
+        a :class:`CircuitBreaker` its own, ``False`` or ``None`` none (batch subscribers and
+        those with their own ``pull_sub`` have none). Other keyword arguments go to
+        ``broker.subscriber``; those the facade manages (``stream``, ``config``,
+        ``ack_policy``, ...) raise :class:`ConfigurationError` saying what to use instead.
         """
         return self._registrar.subscriber(
             self.broker,
@@ -281,6 +301,7 @@ class NatsPubsub:
             batch=batch,
             faststream_kwargs=faststream_kwargs,
             order_by=order_by,
+            circuit_breaker=circuit_breaker,
         )
 
     def publisher(self, topic: str, **faststream_kwargs: Any) -> LogicPublisher:
@@ -370,6 +391,7 @@ class NatsPubsub:
             max_pending=max_pending,
             watch=self._registrar.host.permissions,
         )
+        report = self._with_breakers(report)
         permissions = self._registrar.lifecycle.permissions_health()
         if permissions is not None:
             report = HealthReport.from_components({**report.components, "permissions": permissions})
@@ -377,6 +399,28 @@ class NatsPubsub:
             outbox = await self.outbox.health()
             report = HealthReport.from_components({**report.components, "outbox": outbox})
         return report
+
+    def _with_breakers(self, report: HealthReport) -> HealthReport:
+        """Each subscriber's circuit breaker in its consumer's component: its state in the
+        data, and degraded while it is not closed (the app waits for a dependency; a restart
+        would not help)."""
+        components = dict(report.components)
+        for plan in self._registrar.lifecycle.plans.values():
+            breaker = plan.breaker
+            name = f"consumer:{plan.stream}/{plan.durable}"
+            current = components.get(name)
+            if breaker is None or current is None:
+                continue
+            status, detail = current.status, current.detail
+            if breaker.state is not BreakerState.CLOSED:
+                note = f"circuit breaker {breaker.state.value} (last: {breaker.last_error})"
+                detail = note if status is HealthStatus.HEALTHY else f"{detail}, {note}"
+                if status is HealthStatus.HEALTHY:
+                    status = HealthStatus.DEGRADED
+            components[name] = ComponentHealth(
+                status=status, detail=detail, data={**current.data, **breaker.health()}
+            )
+        return HealthReport.from_components(components)
 
     def health_route(self, *, max_pending: int = DEFAULT_MAX_PENDING) -> GetHandler:
         """An ASGI route for FastStream's ``AsgiFastStream``: 200, or 503 when unhealthy.

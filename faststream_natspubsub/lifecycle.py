@@ -227,6 +227,7 @@ class PubsubLifecycle:
                 order_by=plan.order_by,
                 retry=plan.runtime.failure.retry,
                 hooks=hooks,
+                breaker=plan.breaker,
             )
             self.dispatchers[subscriber] = Dispatcher.install(subscriber, settings)
 

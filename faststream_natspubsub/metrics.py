@@ -2,7 +2,7 @@
 
 FastStream's own ``NatsTelemetryMiddleware`` already measures publish and process durations
 under the ``messaging.*`` names; these count what only this package knows (retries,
-dead letters, duplicates, heartbeats) and use the messaging attribute names.
+dead letters, duplicates, heartbeats, circuit breakers) and use the messaging attribute names.
 """
 
 from __future__ import annotations
@@ -31,6 +31,15 @@ METRIC_NAMES: Final = {
     "natspubsub.heartbeats": ("{signal}", "In-progress signals sent for slow handlers"),
     "natspubsub.handler.duration": ("s", "Handler time, validation included"),
     "natspubsub.end_to_end.latency": ("s", "Time from occurred_at to the handler's start"),
+    "natspubsub.breaker.opened": (
+        "{opening}",
+        "Circuit breaker openings, by cause (failures, probe_failed)",
+    ),
+    "natspubsub.breaker.open": ("{subscriber}", "Subscribers whose circuit breaker is not closed"),
+    "natspubsub.breaker.held": (
+        "{message}",
+        "Failed deliveries held in the client by an open circuit breaker (no NAK)",
+    ),
 }
 
 
@@ -64,6 +73,12 @@ class PubsubMetrics:
         self.heartbeats = counter("natspubsub.heartbeats")
         self.handler_duration = histogram("natspubsub.handler.duration")
         self.end_to_end_latency = histogram("natspubsub.end_to_end.latency")
+        self.breaker_opened = counter("natspubsub.breaker.opened")
+        unit, description = METRIC_NAMES["natspubsub.breaker.open"]
+        self.breaker_open = meter.create_up_down_counter(
+            "natspubsub.breaker.open", unit=unit, description=description
+        )
+        self.breaker_held = counter("natspubsub.breaker.held")
         self._attributes: dict[str, dict[str, str]] = {}
 
     def attributes(self, subject: str) -> dict[str, str]:

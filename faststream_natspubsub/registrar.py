@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .breaker import CircuitBreaker, SubscriberBreaker
 from .errors import ConfigurationError
 from .ordering import key_function
 from .runtime import SubscriberPlan
@@ -56,8 +57,14 @@ class TopicRegistrar:
         batch: BatchSettings | None,
         faststream_kwargs: dict[str, Any],
         order_by: OrderBy | None = None,
+        circuit_breaker: CircuitBreaker | bool | None = True,
     ) -> LogicSubscriber[Any]:
         """A durable pull subscriber for ``topic``, registered on ``target``."""
+        if not isinstance(circuit_breaker, CircuitBreaker | bool | None):
+            raise ConfigurationError(
+                f"subscriber({topic!r}): circuit_breaker must be a CircuitBreaker, True (the "
+                f"app's), False or None, not {circuit_breaker!r}"
+            )
         try:  # a key read the way the envelope middleware reads the event
             key_of = (
                 None if order_by is None else key_function(order_by, self.runtime.envelope.reader)
@@ -73,8 +80,19 @@ class TopicRegistrar:
             extra=dict(faststream_kwargs),
             ordered=key_of is not None,
         )
+        breaker_config = self._breaker_config(topic, circuit_breaker, declared.fetch_ahead)
         subscriber: LogicSubscriber[Any] = target.subscriber(declared.subject, **declared.kwargs)
         consumer = declared.consumer
+        breaker = (
+            SubscriberBreaker(
+                breaker_config,
+                subject=declared.subject,
+                durable=consumer.durable,
+                metrics=self.runtime.metrics,
+            )
+            if breaker_config is not None
+            else None
+        )
         plan = SubscriberPlan(
             runtime=self.runtime,
             subject=declared.subject,
@@ -86,12 +104,34 @@ class TopicRegistrar:
             max_workers=max_workers,
             fetch_ahead=declared.fetch_ahead,
             order_by=key_of,
+            breaker=breaker,
         )
         self.host.add_subscriber(subscriber, plan)
         self.lifecycle.subscribers.append((subscriber, declared.subject))
         self.lifecycle.plans[subscriber] = plan
         self.lifecycle.by_durable[consumer.durable] = subscriber
         return subscriber
+
+    def _breaker_config(
+        self, topic: str, choice: CircuitBreaker | bool | None, fetch_ahead: bool
+    ) -> CircuitBreaker | None:
+        """The subscriber's breaker settings: its own, the app's (``True``), or none.
+
+        A breaker needs the package's dispatch (it stops fetching and holds failed
+        deliveries in the client): asked for explicitly on a batch subscriber or one with
+        its own ``pull_sub``, it is refused; the app's default simply does not apply there.
+        """
+        if isinstance(choice, CircuitBreaker):
+            if not fetch_ahead:
+                raise ConfigurationError(
+                    f"subscriber({topic!r}): circuit_breaker needs the package's own fetching "
+                    "(it stops fetching and holds failed events in the client): pass no "
+                    "pull_sub and no batch"
+                )
+            return choice
+        if choice is True and fetch_ahead:
+            return self.runtime.circuit_breaker
+        return None
 
     def publisher(
         self, target: Registrar, topic: str, faststream_kwargs: dict[str, Any]

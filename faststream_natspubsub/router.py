@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from faststream.nats.subscriber.usecases.basic import LogicSubscriber
 
     from .batch import BatchSettings
+    from .breaker import CircuitBreaker
     from .ordering import OrderBy
     from .registrar import TopicRegistrar
     from .subjects import ForeignApp
@@ -58,6 +59,7 @@ class PubsubRouter:
         inbox: bool = True,
         batch: BatchSettings | None = None,
         order_by: OrderBy | None = None,
+        circuit_breaker: CircuitBreaker | bool | None = True,
         **faststream_kwargs: Any,
     ) -> LogicSubscriber[Any]:
         """Like :meth:`NatsPubsub.subscriber`, registered on this router."""
@@ -71,6 +73,7 @@ class PubsubRouter:
             batch=batch,
             faststream_kwargs=faststream_kwargs,
             order_by=order_by,
+            circuit_breaker=circuit_breaker,
         )
 
     def publisher(self, topic: str, **faststream_kwargs: Any) -> LogicPublisher:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .batch import BatchSettings
+    from .breaker import CircuitBreaker, SubscriberBreaker
     from .dlq import DeadLetterWriter
     from .metrics import PubsubMetrics
     from .middlewares.batch import BatchMiddleware
@@ -42,6 +43,8 @@ class AppRuntime:
     batch: BatchMiddleware
     dead_letters: DeadLetterWriter | None
     metrics: PubsubMetrics
+    circuit_breaker: CircuitBreaker | None = None
+    """The app's default circuit breaker for its subscribers (None: off)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
@@ -65,6 +68,8 @@ class SubscriberPlan:
     order_by: KeyOf | None = None
     """The ordering key of a message (``subscriber(order_by=...)``); None: stream order
     with one worker, no order with several."""
+    breaker: SubscriberBreaker | None = None
+    """The subscriber's circuit breaker (only with the package's dispatch); None: off."""
 
     @property
     def heartbeat_interval(self) -> float:

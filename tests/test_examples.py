@@ -404,3 +404,14 @@ async def test_e18_each_account_is_posted_in_order_and_a_retry_holds_only_its_ac
     assert outcome.by_account == {account: list(range(1, 11)) for account in "ABC"}
     assert outcome.attempts[("B", 1)] == 2
     assert all(n == 1 for key, n in outcome.attempts.items() if key != ("B", 1))
+
+
+async def test_e19_an_outage_pauses_the_subscriber_and_dead_letters_nothing(
+    server: EmbeddedNatsServer,
+) -> None:
+    outcome = await load("e19_circuit_breaker").main(server.url)
+
+    assert sorted(outcome.charged) == list(range(30))
+    assert set(outcome.charged.values()) == {1}
+    assert "open" in outcome.breaker_states
+    assert outcome.dead_letters == 0

@@ -9,7 +9,9 @@
 4. the handler runs with the event exposed and its message kept alive by the heartbeat;
    success marks the inbox and acknowledges (with the KV inbox, the ack goes out once the
    mark is stored, without holding up the next message), failure releases the claim and
-   is retried or dead-lettered by the app's policy.
+   is retried or dead-lettered by the app's policy, unless the subscriber's circuit breaker
+   holds it (see :mod:`..breaker`): then it is neither NAKed nor dead-lettered, and the
+   dispatch runs it again once the breaker lets events through.
 
 Each step is a call into one concern (envelope, inbox, failure, heartbeat) with what it
 needs; none of them calls another.
@@ -17,12 +19,12 @@ needs; none of them calls another.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from faststream.exceptions import AckMessage, HandlerException
+from faststream.exceptions import AckMessage, HandlerException, SkipMessage
 
 from ..dlq import DeadLetterReason
-from ..errors import MalformedEnvelopeError
+from ..errors import MalformedEnvelopeError, PermissionDeniedError
 from ..inbox import inbox_key
 from ..transactional import InboxKey
 from .failure import Delivery, delivery_count
@@ -81,7 +83,7 @@ async def consume_event(
             raise
         except Exception as exc:  # noqa: BLE001 - the store failed: retried like an attempt
             delivery = Delivery.of(raw, msg.body, event_id=event_id)
-            await failure.settle_failure(context, delivery, exc)
+            await _settle_failure(context, plan, delivery, exc)
 
     if deliveries > failure.retry.max_attempts:
         if inbox is not None and key is not None:
@@ -96,6 +98,8 @@ async def consume_event(
         if inbox is not None and key is not None:
             await inbox.mark_processed(key)
         failure.succeeded(raw, subject, deliveries)
+        if plan.breaker is not None:
+            plan.breaker.succeeded()
         raise
     except HandlerException:  # the handler chose NAK / TERM itself
         if inbox is not None and key is not None:
@@ -104,7 +108,7 @@ async def consume_event(
     except Exception as exc:  # noqa: BLE001 - any handler failure is retried or dead-lettered
         if inbox is not None and key is not None:
             await inbox.release(key)
-        await failure.settle_failure(context, Delivery.of(raw, msg.body, event_id=event_id), exc)
+        await _settle_failure(context, plan, Delivery.of(raw, msg.body, event_id=event_id), exc)
     except BaseException:  # cancelled: let another delivery take the event
         if inbox is not None and key is not None:
             await inbox.release(key)
@@ -114,7 +118,29 @@ async def consume_event(
     if inbox is not None and key is not None:
         await inbox.processed(key, raw)  # the ack may follow the stored mark off this task
     failure.succeeded(raw, subject, deliveries)
+    if plan.breaker is not None:
+        plan.breaker.succeeded()
     return result
+
+
+async def _settle_failure(
+    context: ContextRepo, plan: SubscriberPlan, delivery: Delivery, exc: Exception
+) -> NoReturn:
+    """Retry or dead-letter a failed delivery, or hold it when the circuit breaker says so.
+
+    Only a transient failure counts toward the breaker and may be held: one that would be
+    retried, or dead-lettered only because its attempts ran out. Permanent, malformed and
+    programming errors go to the DLQ as always; a refused permission is the permission
+    monitor's.
+    """
+    failure = plan.runtime.failure
+    breaker = plan.breaker
+    if breaker is not None and breaker.active and not isinstance(exc, PermissionDeniedError):
+        reason = failure.decide(delivery, exc).reason
+        transient = reason is None or reason is DeadLetterReason.MAX_ATTEMPTS_EXCEEDED
+        if transient and breaker.failed(delivery.raw, delivery.key or delivery.event_id, exc):
+            raise SkipMessage  # held: neither NAK nor TERM; the dispatch runs it again
+    await failure.settle_failure(context, delivery, exc)
 
 
 async def _consume_in_transaction(
@@ -163,6 +189,8 @@ async def _consume_in_transaction(
     except HandlerException:  # NAK / TERM, by the handler or for an exhausted delivery
         raise
     except Exception as exc:  # noqa: BLE001 - rolled back: retried or dead-lettered
-        await failure.settle_failure(context, Delivery.of(raw, msg.body, event_id=event_id), exc)
+        await _settle_failure(context, plan, Delivery.of(raw, msg.body, event_id=event_id), exc)
     failure.succeeded(raw, subject, deliveries)
+    if plan.breaker is not None:
+        plan.breaker.succeeded()
     return result
