@@ -266,6 +266,7 @@ async def test_a_graceful_stop_while_open_hands_the_held_events_back_at_once(
     assert dead == 0
 
 
+@pytest.mark.slow  # over 2 s: the fast tier stays under 3 min
 async def test_with_workers_and_keys_nothing_starts_while_open_and_each_key_keeps_its_order(
     server: EmbeddedNatsServer, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -154,6 +154,7 @@ async def test_an_unreachable_server_is_one_line_and_exit_code_2() -> None:
 
 
 @pytest.mark.nats
+@pytest.mark.slow  # over 2 s: the fast tier stays under 3 min
 async def test_bad_credentials_are_one_line_and_exit_code_2() -> None:
     async with EmbeddedNatsServer(config="authorization { user: ops, password: right }") as auth:
         wrong = await natspubsub(
@@ -169,6 +170,7 @@ async def test_bad_credentials_are_one_line_and_exit_code_2() -> None:
 
 
 @pytest.mark.nats
+@pytest.mark.slow  # over 2 s: the fast tier stays under 3 min
 async def test_topology_show_lists_what_the_app_declared(server: EmbeddedNatsServer) -> None:
     # Given an app consuming its own topic and another app's, and a stream of another env
     pubsub = NatsPubsub(new_broker(server), env="test", app="orders")
@@ -286,6 +288,7 @@ class FailingApp:
 
 
 @pytest.mark.nats
+@pytest.mark.slow  # over 2 s: the fast tier stays under 3 min
 async def test_dlq_ls_lists_records_and_filters_them(server: EmbeddedNatsServer) -> None:
     failing = FailingApp(server)
     async with running(failing.pubsub.broker):
@@ -316,6 +319,7 @@ async def test_dlq_ls_lists_records_and_filters_them(server: EmbeddedNatsServer)
 
 
 @pytest.mark.nats
+@pytest.mark.slow  # over 2 s: the fast tier stays under 3 min
 async def test_dlq_show_prints_one_record_in_full(server: EmbeddedNatsServer) -> None:
     failing = FailingApp(server)
     async with running(failing.pubsub.broker):
@@ -344,6 +348,7 @@ async def test_dlq_show_prints_one_record_in_full(server: EmbeddedNatsServer) ->
 
 
 @pytest.mark.nats
+@pytest.mark.slow  # over 2 s: the fast tier stays under 3 min
 async def test_dlq_replay_delivers_each_event_once_to_the_fixed_handler(
     server: EmbeddedNatsServer,
 ) -> None:
@@ -377,6 +382,7 @@ async def test_dlq_replay_delivers_each_event_once_to_the_fixed_handler(
 
 
 @pytest.mark.nats
+@pytest.mark.slow  # over 2 s: the fast tier stays under 3 min
 async def test_dlq_purge_needs_yes_and_honours_older_than(server: EmbeddedNatsServer) -> None:
     failing = FailingApp(server)
     async with running(failing.pubsub.broker):
@@ -402,6 +408,7 @@ async def test_dlq_commands_on_a_missing_dlq_stream_say_so(server: EmbeddedNatsS
 
 
 @pytest.mark.nats
+@pytest.mark.slow  # over 2 s: the fast tier stays under 3 min
 async def test_health_exits_0_when_the_app_is_healthy(server: EmbeddedNatsServer) -> None:
     pubsub = NatsPubsub(new_broker(server), env="test", app="orders")
 
@@ -427,6 +434,7 @@ async def test_health_exits_0_when_the_app_is_healthy(server: EmbeddedNatsServer
 
 
 @pytest.mark.nats
+@pytest.mark.slow  # over 2 s: the fast tier stays under 3 min
 async def test_health_exits_1_when_a_consumer_lags(server: EmbeddedNatsServer) -> None:
     # Given the app's topology, and events published while no instance consumes them
     pubsub = NatsPubsub(new_broker(server), env="test", app="orders")
@@ -456,6 +464,7 @@ async def test_health_exits_1_when_a_consumer_lags(server: EmbeddedNatsServer) -
 
 
 @pytest.mark.nats
+@pytest.mark.slow  # over 2 s: the fast tier stays under 3 min
 async def test_health_exits_2_when_streams_are_missing_or_the_server_is_down(
     own_server: EmbeddedNatsServer,
 ) -> None:

@@ -301,6 +301,7 @@ async def test_a_permanent_failure_of_a_msgpack_event_keeps_its_bytes(
     assert record.original_bytes == original
 
 
+@pytest.mark.slow  # over 2 s: the fast tier stays under 3 min
 async def test_dlq_show_decodes_a_protobuf_record(server: EmbeddedNatsServer) -> None:
     # Given a protobuf event carrying a protobuf message, dead-lettered
     orders = app(server, "orders", ProtobufCodec())

@@ -179,6 +179,7 @@ RECORD_FIELDS = st.fixed_dictionaries(
         RECORD_FIELDS.map(json.dumps).map(str.encode),
     )
 )
+@pytest.mark.slow  # over 2 s: the fast tier stays under 3 min
 def test_reading_any_bytes_as_a_record_gives_a_record_or_a_typed_error(payload: bytes) -> None:
     try:
         read = DeadLetterRecord.from_json(payload, dlq_seq=1, dlq_subject="dlq.test.orders.x.y")
@@ -309,6 +310,7 @@ async def test_a_truncated_record_is_replayed_from_its_stream_or_refused(
 
 
 @pytest.mark.nats
+@pytest.mark.slow  # over 2 s: the fast tier stays under 3 min
 async def test_dlq_show_escapes_terminal_sequences_from_a_record(
     server: EmbeddedNatsServer,
 ) -> None:

@@ -406,6 +406,7 @@ async def test_e18_each_account_is_posted_in_order_and_a_retry_holds_only_its_ac
     assert all(n == 1 for key, n in outcome.attempts.items() if key != ("B", 1))
 
 
+@pytest.mark.slow  # over 2 s: the fast tier stays under 3 min
 async def test_e19_an_outage_pauses_the_subscriber_and_dead_letters_nothing(
     server: EmbeddedNatsServer,
 ) -> None:

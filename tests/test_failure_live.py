@@ -234,6 +234,7 @@ async def test_malformed_bytes_go_to_the_dlq_without_the_handler(
     assert record.attempts == 1
 
 
+@pytest.mark.slow  # over 2 s: the fast tier stays under 3 min
 async def test_a_handler_running_past_ack_wait_is_delivered_once(
     server: EmbeddedNatsServer,
 ) -> None:
@@ -257,6 +258,7 @@ async def test_a_handler_running_past_ack_wait_is_delivered_once(
     assert info.delivered.consumer_seq == 1  # the server never delivered it again
 
 
+@pytest.mark.slow  # over 2 s: the fast tier stays under 3 min
 async def test_without_heartbeat_the_same_handler_would_be_redelivered(
     server: EmbeddedNatsServer,
 ) -> None:

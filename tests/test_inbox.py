@@ -305,6 +305,7 @@ async def test_a_processed_event_redelivered_past_max_attempts_is_acknowledged_n
 
 
 @pytest.mark.nats
+@pytest.mark.slow  # over 2 s: the fast tier stays under 3 min
 async def test_a_claim_left_by_a_crashed_process_holds_the_event_back_until_its_lease_ends(
     server: EmbeddedNatsServer,
 ) -> None:
