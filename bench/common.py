@@ -36,6 +36,8 @@ ENV: Final = "bench"
 PUBLISH_APP: Final = "pub"
 CONSUME_APP: Final = "con"
 TOPIC: Final = "order.created"
+# The I/O-bound rows' handler wait (consumer.py sleeps it; run.py's ideal is N / this).
+IO_HANDLER_SECONDS: Final = 0.005
 
 _PAGE_SIZE: Final = os.sysconf("SC_PAGE_SIZE")
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import nats
 from common import (
+    IO_HANDLER_SECONDS,
     cpu_seconds,
     loop_name,
     now,
@@ -65,8 +66,6 @@ KINDS = (
     "plugin-kv-inbox",
     "plugin-batch-kv-inbox",
 )
-# The I/O-bound handler's wait.
-IO_HANDLER_SECONDS = 0.005
 
 
 class Probe:

@@ -32,6 +32,7 @@ from codecs_bench import codec_section, render_codecs
 from common import (
     CONSUME_APP,
     ENV,
+    IO_HANDLER_SECONDS,
     PUBLISH_APP,
     TOPIC,
     EnvelopeFactory,
@@ -90,8 +91,6 @@ DEFAULT_KINDS: Final = (
     "plugin-kv-inbox",
     "plugin-batch-kv-inbox",
 )
-# The I/O-bound handler's wait (bench/consumer.py), for the ideal rate N / handler time.
-IO_HANDLER_SECONDS: Final = 0.005
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
