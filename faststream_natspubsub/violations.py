@@ -26,7 +26,7 @@ from .advisory_check import subject_matches
 from .errors import PermissionDeniedError
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterable, Iterator
+    from collections.abc import Awaitable, Callable, Iterable
 
 __all__ = (
     "PermissionWatch",
@@ -127,6 +127,54 @@ class _Guard:
         self.violation: Violation | None = None
 
 
+class _Guarded:
+    """:meth:`PermissionWatch.guarding`'s block (a class, not a generator: it wraps every
+    JetStream publish, and a generator-based context manager costs several times more)."""
+
+    __slots__ = ("guard", "match", "name", "watch", "what")
+
+    def __init__(
+        self,
+        watch: PermissionWatch,
+        match: Callable[[Violation], bool],
+        name: Callable[[Violation], str] | None,
+        what: str,
+    ) -> None:
+        self.watch = watch
+        self.match = match
+        self.name = name
+        self.what = what
+        self.guard: _Guard | None = None
+
+    def __enter__(self) -> None:
+        task = asyncio.current_task()
+        if task is None:  # not in a task: nothing to interrupt
+            return
+        refused = self.watch.reply_refusal
+        if refused is not None and self.match(refused):  # no answer can come: do not wait
+            raise self._error(refused)
+        self.guard = _Guard(task, self.match)
+        self.watch.add_guard(self.guard)
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, traceback: object) -> None:
+        guard = self.guard
+        if guard is None:
+            return
+        self.guard = None
+        self.watch.remove_guard(guard)
+        violation = guard.violation
+        if exc is None or violation is None:
+            return
+        if isinstance(exc, asyncio.CancelledError):
+            uncancel = getattr(guard.task, "uncancel", None)  # Python 3.11+
+            if uncancel is not None and uncancel() > 0:
+                return  # also cancelled from outside: that wins
+        raise self._error(violation) from None
+
+    def _error(self, violation: Violation) -> PermissionDeniedError:
+        return violation.error(self.name(violation) if self.name else None, what=self.what)
+
+
 class PermissionWatch:
     """The permission violations heard on one connection.
 
@@ -167,6 +215,13 @@ class PermissionWatch:
         with contextlib.suppress(ValueError):
             self._listeners.remove(listener)
 
+    def add_guard(self, guard: _Guard) -> None:
+        self._guards.append(guard)
+
+    def remove_guard(self, guard: _Guard) -> None:
+        with contextlib.suppress(ValueError):
+            self._guards.remove(guard)
+
     def hear(self, error: BaseException) -> Violation | None:
         """Take an error of the connection's callback; a violation fails the innermost
         guard of each task that waits on it and is told to every listener."""
@@ -199,39 +254,16 @@ class PermissionWatch:
         """A match for a request (or JetStream publish) to ``subject``."""
         return lambda v: v.is_for("publish", subject) or self.replies_refused(v)
 
-    @contextlib.contextmanager
     def guarding(
         self,
         match: Callable[[Violation], bool],
         *,
         name: Callable[[Violation], str] | None = None,
         what: str = "",
-    ) -> Iterator[None]:
+    ) -> contextlib.AbstractContextManager[None]:
         """Run the block; a matching violation heard meanwhile ends it at once with
         :class:`PermissionDeniedError` (``name`` gives the subject its known case)."""
-        task = asyncio.current_task()
-        if task is None:  # not in a task: nothing to interrupt
-            yield
-            return
-        refused = self.reply_refusal
-        if refused is not None and match(refused):  # no answer can come: do not wait for one
-            raise refused.error(name(refused) if name else None, what=what)
-        guard = _Guard(task, match)
-        self._guards.append(guard)
-        try:
-            yield
-        except BaseException as exc:
-            violation = guard.violation
-            if violation is None:
-                raise
-            if isinstance(exc, asyncio.CancelledError):
-                uncancel = getattr(task, "uncancel", None)  # Python 3.11+
-                if uncancel is not None and uncancel() > 0:
-                    raise  # also cancelled from outside: that wins
-            raise violation.error(name(violation) if name else None, what=what) from None
-        finally:
-            with contextlib.suppress(ValueError):
-                self._guards.remove(guard)
+        return _Guarded(self, match, name, what)
 
     def guarding_request(
         self, subject: str, *, what: str = ""
