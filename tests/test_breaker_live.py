@@ -311,3 +311,44 @@ async def test_with_workers_and_keys_nothing_starts_while_open_and_each_key_keep
     assert [n for at, n in starts if opened + 0.01 < at < opened + 0.9] == []
     assert done == {key: sorted(ns) for key, ns in done.items()}
     assert dead == 0
+
+
+@pytest.mark.slow
+async def test_with_the_kv_inbox_held_events_run_again_and_take_effect_once(
+    server: EmbeddedNatsServer,
+) -> None:
+    # Given a subscriber with the KV inbox whose breaker opens after 2 different events fail
+    async with publisher(server) as pub:
+        await _publish(pub, 10)
+        consumer = NatsPubsub(
+            new_broker(server),
+            env=ENV,
+            app=APP,
+            inbox="kv",
+            circuit_breaker=CircuitBreaker(failures=2, cooldown=0.5, max_cooldown=0.5),
+        )
+        up = False
+        handled: Counter[int] = Counter()
+        states: set[str] = set()
+
+        @consumer.subscriber(TOPIC)
+        async def run(body: dict[str, Any]) -> None:
+            if not up:
+                raise DependencyDown("the dependency is down")
+            handled[body["n"]] += 1
+
+        # When the dependency is down until the breaker opened, then comes back
+        async with running(consumer.broker):
+            await wait_until(lambda: _is_open(consumer), message="the breaker opens")
+            states.add(await _breaker(consumer))
+            up = True
+            # Then the held events (their inbox claims released) run again, each once
+            await wait_until(lambda: len(handled) == 10, timeout=15, message="all handled")
+            await wait_until(lambda: _idle(consumer), message="every event acked")
+            states.add(await _breaker(consumer))
+            dead = await _dead_letters(consumer)
+
+    assert sorted(handled) == list(range(10))
+    assert set(handled.values()) == {1}
+    assert states == {"open", "closed"}
+    assert dead == 0
