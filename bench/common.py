@@ -36,6 +36,15 @@ ENV: Final = "bench"
 PUBLISH_APP: Final = "pub"
 CONSUME_APP: Final = "con"
 TOPIC: Final = "order.created"
+# The rows of what users get without tuning (the facade's defaults).
+DEFAULT_KINDS: Final = (
+    "plugin-default",
+    "plugin-io-32",
+    "plugin-io-100",
+    "plugin-ordered-32",
+    "plugin-kv-inbox",
+    "plugin-batch-kv-inbox",
+)
 # The I/O-bound rows' handler wait (consumer.py sleeps it; run.py's ideal is N / this).
 IO_HANDLER_SECONDS: Final = 0.005
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import nats
 from common import (
+    DEFAULT_KINDS,
     IO_HANDLER_SECONDS,
     cpu_seconds,
     loop_name,
@@ -59,12 +60,7 @@ KINDS = (
     "plugin-batch-sql-inbox",
     "faststream",
     "raw",
-    "plugin-default",
-    "plugin-io-32",
-    "plugin-io-100",
-    "plugin-ordered-32",
-    "plugin-kv-inbox",
-    "plugin-batch-kv-inbox",
+    *DEFAULT_KINDS,
 )
 
 
@@ -153,7 +149,7 @@ async def _consume_faststream(args: argparse.Namespace, probe: Probe) -> None:
             for item in items:
                 probe.hit(item.sent_ns if latency else None)
 
-    elif args.kind in DEFAULT_KINDS:
+    elif args.kind in PER_MESSAGE_DEFAULT_KINDS:
         _subscribe_default(args, broker, probe)
     else:
         pubsub = NatsPubsub(broker, env=args.env, app=args.app, inbox=_inbox(args))
@@ -174,13 +170,8 @@ async def _consume_faststream(args: argparse.Namespace, probe: Probe) -> None:
         await broker.stop()
 
 
-DEFAULT_KINDS = (
-    "plugin-default",
-    "plugin-io-32",
-    "plugin-io-100",
-    "plugin-ordered-32",
-    "plugin-kv-inbox",
-)
+# The default rows with a per-message subscriber (batch + KV inbox is a batch subscriber).
+PER_MESSAGE_DEFAULT_KINDS = tuple(kind for kind in DEFAULT_KINDS if "batch" not in kind)
 
 
 def _subscribe_default(args: argparse.Namespace, broker: NatsBroker, probe: Probe) -> None:

@@ -31,6 +31,7 @@ import nats
 from codecs_bench import codec_section, render_codecs
 from common import (
     CONSUME_APP,
+    DEFAULT_KINDS,
     ENV,
     IO_HANDLER_SECONDS,
     PUBLISH_APP,
@@ -82,15 +83,6 @@ LABELS: Final = {
     "plugin-batch-kv-inbox": "batch + KV inbox",
     **(sqlbench.LABELS if sqlbench else {}),
 }
-# The rows of what users get without tuning (the facade's defaults), and what each shows.
-DEFAULT_KINDS: Final = (
-    "plugin-default",
-    "plugin-io-32",
-    "plugin-io-100",
-    "plugin-ordered-32",
-    "plugin-kv-inbox",
-    "plugin-batch-kv-inbox",
-)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
