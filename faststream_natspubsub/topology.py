@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeVar
 
 from nats.errors import Error as NatsError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
@@ -55,6 +57,12 @@ logger = logging.getLogger("faststream_natspubsub.topology")
 
 # JetStream's own default: a re-publish within two minutes is recognised as a duplicate.
 DEFAULT_DUPLICATE_WINDOW: Final = 120.0
+# Times a JetStream API request that got no answer is asked again while declaring: in a
+# cluster, a stream or consumer just created (by this process or by another instance
+# starting at the same moment) answers only once its leader is elected.
+UNANSWERED_RETRIES: Final = 3
+
+T = TypeVar("T")
 # The consumer settings the package decides and updates on an existing consumer. The
 # others (max_ack_pending, max_waiting, inactive_threshold, description, metadata, ...)
 # belong to whoever operates the server.
@@ -126,17 +134,35 @@ class ConsumerSpec:
         )
 
 
+async def _answered(request: Callable[[], Awaitable[T]], about: str) -> T:
+    """``request()``, asked again when the server does not answer in time (see
+    :data:`UNANSWERED_RETRIES`); still no answer: :class:`TopologyError` naming ``about``."""
+    for _ in range(UNANSWERED_RETRIES):
+        try:
+            return await request()
+        except NatsTimeoutError:
+            logger.info("no answer about %s in time (a leader being elected?): asking again", about)
+    try:
+        return await request()
+    except NatsTimeoutError as exc:
+        raise TopologyError(
+            f"the server did not answer about {about} ({UNANSWERED_RETRIES + 1} requests "
+            "timed out): is JetStream enabled and does the cluster have a leader?"
+        ) from exc
+
+
 async def ensure_stream(jsm: JetStreamManager, spec: StreamSpec) -> StreamInfo:
     """Create the stream, or add the subjects it lacks; never change its other settings."""
+    about = f"stream {spec.name!r}"
     try:
-        info = await jsm.stream_info(spec.name)
+        info = await _answered(lambda: jsm.stream_info(spec.name), about)
     except NotFoundError:
         try:
-            return await jsm.add_stream(_new_stream_config(spec))
+            return await _answered(lambda: jsm.add_stream(_new_stream_config(spec)), about)
         except BadRequestError as exc:
             if exc.err_code != _STREAM_NAME_IN_USE:  # another process created it first
                 raise _topology_error(f"cannot create stream {spec.name!r}", exc) from exc
-            info = await jsm.stream_info(spec.name)
+            info = await _answered(lambda: jsm.stream_info(spec.name), about)
         except APIError as exc:
             raise _topology_error(f"cannot create stream {spec.name!r}", exc) from exc
     current = list(info.config.subjects or ())
@@ -153,11 +179,12 @@ async def ensure_stream(jsm: JetStreamManager, spec: StreamSpec) -> StreamInfo:
 
 async def ensure_consumer(jsm: JetStreamManager, spec: ConsumerSpec) -> None:
     """Create the durable consumer, or update only the settings this package owns."""
+    about = f"consumer {spec.durable!r} on stream {spec.stream!r}"
     try:
         try:
-            info = await jsm.consumer_info(spec.stream, spec.durable)
+            info = await _answered(lambda: jsm.consumer_info(spec.stream, spec.durable), about)
         except NotFoundError:
-            await jsm.add_consumer(spec.stream, spec.config())
+            await _answered(lambda: jsm.add_consumer(spec.stream, spec.config()), about)
             return
         if not _owned_differences(spec, info.config):
             return
