@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Final
 
+from .errors import one_line
+
 if TYPE_CHECKING:
     from .metrics import PubsubMetrics
 
@@ -37,6 +39,8 @@ __all__ = (
 )
 
 logger = logging.getLogger("faststream_natspubsub.breaker")
+# The last error, as logs and health() show it, is cut to this many characters.
+_SHOWN_ERROR_LENGTH: Final = 200
 
 # Different events that must fail in a row before the breaker opens.
 DEFAULT_FAILURES: Final = 5
@@ -260,7 +264,7 @@ class SubscriberBreaker:
         if not verdict.holds:
             return False
         self._held.add(id(msg))
-        self.last_error = f"{type(exc).__qualname__}: {_one_line(exc)}"
+        self.last_error = f"{type(exc).__qualname__}: {one_line(exc, _SHOWN_ERROR_LENGTH)}"
         if self.metrics.enabled:
             self.metrics.breaker_held.add(1, self._attributes)
         if verdict is Verdict.OPENED:
@@ -336,8 +340,3 @@ class SubscriberBreaker:
             "natspubsub_breaker": self.machine.state.value,
             "natspubsub_cooldown": self.machine.cooldown,
         }
-
-
-def _one_line(exc: BaseException, limit: int = 200) -> str:
-    text = " ".join(str(exc).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -186,3 +186,9 @@ class BatchFailure(NatsPubsubError):  # noqa: N818 - reads as what the handler r
     def __init__(self, failures: Mapping[int | str, BaseException]) -> None:
         self.failures = dict(failures)
         super().__init__(f"{len(self.failures)} item(s) of the batch failed")
+
+
+def one_line(exc: BaseException, limit: int) -> str:
+    """``exc``'s message on one line, cut to ``limit`` characters (for logs and health)."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -59,7 +59,6 @@ _MAX_ERROR_TYPES: Final = 10_000
 _OTHER: Final = "(other)"
 UNREADABLE: Final = "(unreadable)"
 """The reason of a DLQ message that is not a dead-letter record."""
-# Fields every record has (DeadLetterRecord's fields without a default).
 # The fields every record version has (the others have defaults: newer versions added them).
 _REQUIRED: Final = frozenset(
     name

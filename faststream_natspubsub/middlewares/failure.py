@@ -34,6 +34,7 @@ from ..errors import (
     PermissionDeniedError,
     PublishError,
     RetryLater,
+    one_line,
 )
 from ..metrics import PubsubMetrics
 from ..retry import RetryPolicy
@@ -56,6 +57,8 @@ __all__ = (
 )
 
 logger = logging.getLogger("faststream_natspubsub.failure")
+# An error message in a log line is cut to this many characters.
+_LOGGED_ERROR_LENGTH: Final = 300
 
 # First-failure times are remembered per message in this process, for the DLQ record.
 _FIRST_FAILURES_LIMIT: Final = 10_000
@@ -147,7 +150,7 @@ class FailureMiddleware:
             delivery.event_id,
             delivery.subject,
             type(exc).__qualname__,
-            _one_line(exc),
+            one_line(exc, _LOGGED_ERROR_LENGTH),
             delay,
             extra=fields,
         )
@@ -422,11 +425,6 @@ def _event_id_in(body: bytes) -> str | None:
         return None
     event_id = data.get("event_id") if isinstance(data, dict) else None
     return event_id if isinstance(event_id, str) and event_id else None
-
-
-def _one_line(exc: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(exc).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def delivery_count(raw: Any) -> int:
