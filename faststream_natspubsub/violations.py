@@ -116,35 +116,29 @@ def restore_case(subject: str, known: Iterable[str] = (), *, names: Iterable[str
     return ".".join(t.upper() if t in _SERVER_TOKENS else cased.get(t, t) for t in tokens)
 
 
-class _Guard:
-    """One guarded block of one task."""
+class _Guarded:
+    """One guarded block of one task: :meth:`PermissionWatch.guarding`'s context manager.
 
-    __slots__ = ("match", "task", "violation")
+    A class, not a generator, and itself the entry the watch keeps while the block runs: it
+    wraps every JetStream publish, where each extra object and call is paid per message.
+    """
 
-    def __init__(self, task: asyncio.Task[object], match: Callable[[Violation], bool]) -> None:
-        self.task = task
-        self.match = match
+    __slots__ = ("task", "violation", "watch", "what")
+
+    def __init__(self, watch: PermissionWatch, what: str) -> None:
+        self.watch = watch
+        self.what = what
+        self.task: asyncio.Task[object] | None = None
+        """The task to interrupt, while the block runs."""
         self.violation: Violation | None = None
 
+    def match(self, violation: Violation) -> bool:
+        """Whether ``violation`` refuses what the block waits for."""
+        raise NotImplementedError
 
-class _Guarded:
-    """:meth:`PermissionWatch.guarding`'s block (a class, not a generator: it wraps every
-    JetStream publish, and a generator-based context manager costs several times more)."""
-
-    __slots__ = ("guard", "match", "name", "watch", "what")
-
-    def __init__(
-        self,
-        watch: PermissionWatch,
-        match: Callable[[Violation], bool],
-        name: Callable[[Violation], str] | None,
-        what: str,
-    ) -> None:
-        self.watch = watch
-        self.match = match
-        self.name = name
-        self.what = what
-        self.guard: _Guard | None = None
+    def name(self, violation: Violation) -> str | None:
+        """The refused subject in its known case, if known."""
+        return None
 
     def __enter__(self) -> None:
         task = asyncio.current_task()
@@ -153,26 +147,70 @@ class _Guarded:
         refused = self.watch.reply_refusal
         if refused is not None and self.match(refused):  # no answer can come: do not wait
             raise self._error(refused)
-        self.guard = _Guard(task, self.match)
-        self.watch.add_guard(self.guard)
+        self.task = task
+        self.violation = None
+        self.watch.add_guard(self)
 
     def __exit__(self, exc_type: object, exc: BaseException | None, traceback: object) -> None:
-        guard = self.guard
-        if guard is None:
+        task = self.task
+        if task is None:
             return
-        self.guard = None
-        self.watch.remove_guard(guard)
-        violation = guard.violation
+        self.task = None
+        self.watch.remove_guard(self)
+        violation = self.violation
         if exc is None or violation is None:
             return
         if isinstance(exc, asyncio.CancelledError):
-            uncancel = getattr(guard.task, "uncancel", None)  # Python 3.11+
+            uncancel = getattr(task, "uncancel", None)  # Python 3.11+
             if uncancel is not None and uncancel() > 0:
                 return  # also cancelled from outside: that wins
         raise self._error(violation) from None
 
     def _error(self, violation: Violation) -> PermissionDeniedError:
-        return violation.error(self.name(violation) if self.name else None, what=self.what)
+        return violation.error(self.name(violation), what=self.what)
+
+
+class _MatchGuarded(_Guarded):
+    """A block guarded by a caller's match (and naming) functions."""
+
+    __slots__ = ("_match", "_name")
+
+    def __init__(
+        self,
+        watch: PermissionWatch,
+        match: Callable[[Violation], bool],
+        name: Callable[[Violation], str] | None,
+        what: str,
+    ) -> None:
+        super().__init__(watch, what)
+        self._match = match
+        self._name = name
+
+    def match(self, violation: Violation) -> bool:
+        return self._match(violation)
+
+    def name(self, violation: Violation) -> str | None:
+        return self._name(violation) if self._name is not None else None
+
+
+class _RequestGuarded(_Guarded):
+    """A request (or JetStream publish) to one subject: no closures built per call."""
+
+    __slots__ = ("subject", "subject_lower")
+
+    def __init__(self, watch: PermissionWatch, subject: str, what: str) -> None:
+        super().__init__(watch, what)
+        self.subject = subject
+        self.subject_lower = subject.lower()
+
+    def match(self, violation: Violation) -> bool:
+        return self._refuses_publish(violation) or self.watch.replies_refused(violation)
+
+    def name(self, violation: Violation) -> str:
+        return self.subject if self._refuses_publish(violation) else self.watch.named(violation)
+
+    def _refuses_publish(self, violation: Violation) -> bool:
+        return violation.action == "publish" and violation.subject == self.subject_lower
 
 
 class PermissionWatch:
@@ -186,7 +224,7 @@ class PermissionWatch:
         self.inbox_prefix = inbox_prefix
         self._heard: deque[Violation] = deque(maxlen=_REMEMBERED)
         self._count = 0
-        self._guards: list[_Guard] = []
+        self._guards: list[_Guarded] = []
         self._listeners: list[Callable[[Violation], None]] = []
         self.reply_refusal: Violation | None = None
         """A refused subscription under the inbox prefix: nats-py keeps using its one reply
@@ -215,12 +253,16 @@ class PermissionWatch:
         with contextlib.suppress(ValueError):
             self._listeners.remove(listener)
 
-    def add_guard(self, guard: _Guard) -> None:
+    def add_guard(self, guard: _Guarded) -> None:
         self._guards.append(guard)
 
-    def remove_guard(self, guard: _Guard) -> None:
+    def remove_guard(self, guard: _Guarded) -> None:
+        guards = self._guards
+        if guards and guards[-1] is guard:  # the usual case: the newest block ends first
+            guards.pop()
+            return
         with contextlib.suppress(ValueError):
-            self._guards.remove(guard)
+            guards.remove(guard)
 
     def hear(self, error: BaseException) -> Violation | None:
         """Take an error of the connection's callback; a violation fails the innermost
@@ -234,12 +276,13 @@ class PermissionWatch:
             self.reply_refusal = violation
         claimed: set[asyncio.Task[object]] = set()
         for guard in reversed(self._guards):  # the innermost guard of a task first
-            if guard.task in claimed or guard.violation is not None:
+            task = guard.task
+            if task is None or task in claimed or guard.violation is not None:
                 continue
             if guard.match(violation):
-                claimed.add(guard.task)
+                claimed.add(task)
                 guard.violation = violation
-                guard.task.cancel()
+                task.cancel()
         for listener in list(self._listeners):
             listener(violation)
         return violation
@@ -250,10 +293,6 @@ class PermissionWatch:
         prefix = self.inbox_prefix.lower() + "."
         return violation.action == "subscribe" and violation.subject.startswith(prefix)
 
-    def for_request(self, subject: str) -> Callable[[Violation], bool]:
-        """A match for a request (or JetStream publish) to ``subject``."""
-        return lambda v: v.is_for("publish", subject) or self.replies_refused(v)
-
     def guarding(
         self,
         match: Callable[[Violation], bool],
@@ -263,17 +302,13 @@ class PermissionWatch:
     ) -> contextlib.AbstractContextManager[None]:
         """Run the block; a matching violation heard meanwhile ends it at once with
         :class:`PermissionDeniedError` (``name`` gives the subject its known case)."""
-        return _Guarded(self, match, name, what)
+        return _MatchGuarded(self, match, name, what)
 
     def guarding_request(
         self, subject: str, *, what: str = ""
     ) -> contextlib.AbstractContextManager[None]:
         """:meth:`guarding` for a request (or JetStream publish) to ``subject``."""
-
-        def name(violation: Violation) -> str:
-            return subject if violation.is_for("publish", subject) else self.named(violation)
-
-        return self.guarding(self.for_request(subject), name=name, what=what)
+        return _RequestGuarded(self, subject, what)
 
     def named(self, violation: Violation, names: Iterable[str] = ()) -> str:
         """The refused subject to tell a person: the inbox prefix's ``<prefix>.>`` for a
