@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
+import os
 import tracemalloc
+import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -23,6 +25,7 @@ from faststream_natspubsub.envelope import (
     OPTIONAL_METADATA_DROP_ORDER,
     format_timestamp,
     message_to_payload,
+    new_event_id,
     parse_timestamp,
 )
 
@@ -170,3 +173,28 @@ def test_a_truncated_gzip_body_is_malformed() -> None:
     body = gzip.compress(b'{"event_id":"x","message":{}}')
     with pytest.raises(MalformedEnvelopeError, match="truncated"):
         EnvelopeCodec().decode(body[:-10])
+
+
+def test_event_ids_are_distinct_uuid4_across_blocks_of_random_bits() -> None:
+    ids = [new_event_id() for _ in range(3 * 256 + 7)]  # past several reads of random bits
+    assert len(set(ids)) == len(ids)
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, text)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_draws_event_ids_of_its_own() -> None:
+    new_event_id()  # the parent holds unused random bits now
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: send its next ids and leave at once
+        os.write(write_end, " ".join(new_event_id() for _ in range(5)).encode())
+        os._exit(0)
+    os.close(write_end)
+    os.waitpid(pid, 0)
+    with os.fdopen(read_end, "rb") as pipe:
+        child_ids = set(pipe.read().decode().split())
+    parent_ids = {new_event_id() for _ in range(5)}
+    assert len(child_ids) == 5
+    assert not child_ids & parent_ids
