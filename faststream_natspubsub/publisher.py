@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
 
 from nats.aio.client import Client as NatsClient
@@ -39,6 +40,8 @@ __all__ = ("EventPublisher",)
 _MSG_ID_LINE: Final = b"Nats-Msg-Id: "
 _CORRELATION_LINE: Final = b"correlation_id: "
 _GZIP_LINE: Final = header_line(CONTENT_ENCODING_HEADER, "gzip")
+# ``publish`` without metadata: one shared empty mapping, read only.
+_NO_METADATA: Final[Mapping[str, Any]] = MappingProxyType({})
 
 
 class EventPublisher:
@@ -78,22 +81,23 @@ class EventPublisher:
         subject = self.subject_for(topic)
         await self.before_publish()
         event_id = event_id or new_event_id()
-        chosen = dict(metadata or {})
         if correlation_id is not None:
-            chosen["correlation_id"] = correlation_id
+            metadata = {**(metadata or {}), "correlation_id": correlation_id}
+        elif metadata is None:
+            metadata = _NO_METADATA
         event = OutgoingEvent(
-            message=message, event_id=event_id, occurred_at=occurred_at, metadata=chosen
+            message=message, event_id=event_id, occurred_at=occurred_at, metadata=metadata
         )
         stream = self.runtime.stream
         ack = await self.broker.publish(
             event,
             subject,
-            headers=dict(headers or {}),
+            headers=dict(headers) if headers else None,
             stream=stream,
             timeout=timeout,
             # Not FastStream's random id: an event that starts a chain is its own correlation
             # (the envelope middleware prefers the caller's and the handled event's).
-            correlation_id=chosen.get("correlation_id") or event_id,
+            correlation_id=metadata.get("correlation_id") or event_id,
         )
         return PublishResult(
             event_id=event_id,
