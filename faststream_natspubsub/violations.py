@@ -196,21 +196,19 @@ class _MatchGuarded(_Guarded):
 class _RequestGuarded(_Guarded):
     """A request (or JetStream publish) to one subject: no closures built per call."""
 
-    __slots__ = ("subject", "subject_lower")
+    __slots__ = ("subject",)
 
     def __init__(self, watch: PermissionWatch, subject: str, what: str) -> None:
         super().__init__(watch, what)
         self.subject = subject
-        self.subject_lower = subject.lower()
 
     def match(self, violation: Violation) -> bool:
-        return self._refuses_publish(violation) or self.watch.replies_refused(violation)
+        return violation.is_for("publish", self.subject) or self.watch.replies_refused(violation)
 
     def name(self, violation: Violation) -> str:
-        return self.subject if self._refuses_publish(violation) else self.watch.named(violation)
-
-    def _refuses_publish(self, violation: Violation) -> bool:
-        return violation.action == "publish" and violation.subject == self.subject_lower
+        if violation.is_for("publish", self.subject):
+            return self.subject
+        return self.watch.named(violation)
 
 
 class PermissionWatch:
