@@ -217,6 +217,47 @@ async def test_after_a_rolled_back_holder_the_waiting_transaction_claims_the_eve
     assert await store.is_processed(key)
 
 
+async def test_a_batch_claims_with_one_statement_whatever_its_size_and_skips_duplicates(
+    store: SqlInboxStore,
+) -> None:
+    """One round trip per batch, and on PostgreSQL one statement text for every size (one
+    prepared statement): not an executemany, not a VALUES list as long as the batch."""
+    statements: list[tuple[str, bool]] = []
+
+    def note(_c: Any, _cur: Any, statement: str, _p: Any, _ctx: Any, many: bool) -> None:
+        if statement.lstrip().upper().startswith("INSERT"):
+            statements.append((statement, many))
+
+    sa.event.listen(store.engine.sync_engine, "before_cursor_execute", note)
+    try:
+        outcomes = []
+        for size in (3, 300):
+            first = [InboxKey.of(DURABLE, TOPIC, f"evt-{size}-{n}") for n in range(size)]
+            tx = store.begin()
+            try:
+                outcomes.append(await tx.claim([*first, first[0]]))  # an id twice in one batch
+                await tx.commit()
+            finally:
+                await tx.rollback()
+        tx = store.begin()  # a redelivery of the first batch, and one new event
+        try:
+            again = await tx.claim([first[1], InboxKey.of(DURABLE, TOPIC, "evt-new")])
+        finally:
+            await tx.rollback()
+    finally:
+        sa.event.remove(store.engine.sync_engine, "before_cursor_execute", note)
+
+    assert [len(o) for o in outcomes] == [4, 301]
+    assert all(o[:-1] == [True] * (len(o) - 1) and o[-1] is False for o in outcomes)
+    assert again == [False, True]
+    if store.dialect == "postgresql":
+        assert len(statements) == 3
+        assert len({text for text, _ in statements}) == 1
+        assert not any(many for _, many in statements)
+    else:
+        assert len(statements) == 3  # SQLite: an executemany sent as one multi-row INSERT
+
+
 async def test_each_durable_has_its_own_mark(
     server: EmbeddedNatsServer, store: SqlInboxStore
 ) -> None:
