@@ -28,6 +28,7 @@ from faststream_natspubsub import (
     RetryPolicy,
 )
 from faststream_natspubsub.sql import SqlInboxStore
+from faststream_natspubsub.sql.inbox import SqlInboxTransaction
 from faststream_natspubsub.subjects import consumer_name
 from faststream_natspubsub.testing import EmbeddedNatsServer
 
@@ -330,6 +331,136 @@ async def test_batch_mode_commits_the_batch_marks_with_the_handlers_writes(
 
     assert sorted(await effect_ids(store.engine)) == sorted(f"evt-{n}" for n in range(10))
     assert [m[2] for m in await marks(store)] == sorted(f"evt-{n}" for n in range(10))
+
+
+class _HeldCommitStore(SqlInboxStore):
+    """Its first commit waits until the test lets it go."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        super().__init__(engine)
+        self.go = asyncio.Event()
+        self.commits = 0
+        self.fail_first = False
+
+    def begin(self) -> SqlInboxTransaction:
+        return _HeldCommit(self, self._sessions())
+
+
+class _HeldCommit(SqlInboxTransaction):
+    async def commit(self) -> None:
+        store = self._store
+        assert isinstance(store, _HeldCommitStore)
+        store.commits += 1
+        if store.commits == 1:
+            await store.go.wait()
+            if store.fail_first:
+                raise ConnectionError("the database went away during the commit")
+        await super().commit()
+
+
+async def test_the_next_batch_is_fetched_during_a_batch_commit_and_claims_after_it(
+    server: EmbeddedNatsServer, engine: AsyncEngine
+) -> None:
+    store = _HeldCommitStore(engine)
+    await store.create_tables()
+    async with engine.begin() as connection:
+        await connection.run_sync(effects_metadata.create_all)
+    payments, orders = payments_app(server, store), orders_app(server)
+    seen: list[list[str]] = []  # per batch: the effects its transaction sees before writing
+
+    @payments.subscriber(TOPIC, app="orders", batch=BatchSettings(max_messages=5, max_wait=0.2))
+    async def charge(bodies: list[dict[str, Any]], session: InboxSession) -> None:
+        result = await session.execute(sa.select(effects.c.event_id).order_by(effects.c.id))
+        seen.append(list(result.scalars()))
+        for body in bodies:
+            await session.execute(effects.insert().values(event_id=body["id"]))
+
+    first = [f"evt-{n}" for n in range(5)]
+    async with running(orders.broker):
+        for n in range(10):
+            await orders.publish(TOPIC, {"id": f"evt-{n}"}, event_id=f"evt-{n}")
+        async with running(payments.broker):
+            js = payments.broker.connection.jetstream()
+
+            async def both_batches_delivered() -> bool:
+                info = await js.consumer_info("TEST_ORDERS", DURABLE)
+                return bool(info.num_pending == 0 and info.num_ack_pending == 10)
+
+            # The first batch's commit is held: its items are not acknowledged, yet the
+            # subscriber has fetched the second batch meanwhile.
+            await wait_until(both_batches_delivered, message="the second batch fetched")
+            assert seen == [[]]  # the second batch claims only after the first commit
+            assert await effect_ids(engine) == []
+            store.go.set()
+            await wait_until(lambda: idle(payments), message="both batches acknowledged")
+
+    assert seen == [[], first]  # the second batch's handler saw the first one's writes
+    assert sorted(await effect_ids(engine)) == sorted(f"evt-{n}" for n in range(10))
+    assert [m[2] for m in await marks(store)] == sorted(f"evt-{n}" for n in range(10))
+
+
+async def test_a_stopping_subscriber_waits_for_the_batch_commit_in_flight_and_its_acks(
+    server: EmbeddedNatsServer, engine: AsyncEngine
+) -> None:
+    store = _HeldCommitStore(engine)
+    await store.create_tables()
+    async with engine.begin() as connection:
+        await connection.run_sync(effects_metadata.create_all)
+    payments, orders = payments_app(server, store), orders_app(server)
+
+    @payments.subscriber(TOPIC, app="orders", batch=BatchSettings(max_messages=5, max_wait=0.2))
+    async def charge(bodies: list[dict[str, Any]], session: InboxSession) -> None:
+        for body in bodies:
+            await session.execute(effects.insert().values(event_id=body["id"]))
+
+    async with running(orders.broker):
+        for n in range(3):
+            await orders.publish(TOPIC, {"id": f"evt-{n}"}, event_id=f"evt-{n}")
+        await payments.broker.start()
+        try:
+            await wait_until(lambda: store.commits == 1, message="the batch committing")
+            stopping = asyncio.ensure_future(payments.broker.stop())
+            await asyncio.sleep(0.2)
+            store.go.set()
+            await stopping
+        finally:
+            await payments.broker.stop()
+        # Acknowledged before the connection closed: nothing is delivered again.
+        js = orders.broker.connection.jetstream()
+        assert await consumer_idle(js, "TEST_ORDERS", DURABLE)
+
+    assert sorted(await effect_ids(engine)) == [f"evt-{n}" for n in range(3)]
+
+
+async def test_a_batch_whose_commit_fails_off_its_task_is_retried_and_takes_effect_once(
+    server: EmbeddedNatsServer, engine: AsyncEngine
+) -> None:
+    store = _HeldCommitStore(engine)
+    store.fail_first = True
+    store.go.set()
+    await store.create_tables()
+    async with engine.begin() as connection:
+        await connection.run_sync(effects_metadata.create_all)
+    payments, orders = payments_app(server, store), orders_app(server)
+    calls: list[list[str]] = []
+
+    @payments.subscriber(TOPIC, app="orders", batch=BatchSettings(max_messages=5, max_wait=0.2))
+    async def charge(bodies: list[dict[str, Any]], session: InboxSession) -> None:
+        calls.append([body["id"] for body in bodies])
+        for body in bodies:
+            await session.execute(effects.insert().values(event_id=body["id"]))
+
+    async with running(orders.broker):
+        for n in range(3):
+            await orders.publish(TOPIC, {"id": f"evt-{n}"}, event_id=f"evt-{n}")
+        async with running(payments.broker):
+            await wait_until(lambda: len(calls) >= 2, message="the retry after the failed commit")
+            await wait_until(lambda: idle(payments), message="every item acknowledged")
+
+    ids = [f"evt-{n}" for n in range(3)]
+    assert sorted(event_id for batch in calls for event_id in batch) == sorted(ids * 2)
+    assert sorted(await effect_ids(engine)) == ids
+    assert [m[2] for m in await marks(store)] == ids
 
 
 async def test_a_batch_whose_handler_raises_rolls_back_every_write_and_mark(
