@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from faststream.exceptions import AckMessage
 
-from ..transactional import INBOX_SESSION_KEY, InboxKey
+from ..transactional import INBOX_SESSION_KEY, InboxKey, key_part
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -94,10 +94,16 @@ class BatchTransaction:
 
     async def claim(self, items: Sequence[Any]) -> list[Any]:
         """Insert the marks; acknowledge duplicates; return the items that are this batch's."""
-        keys = [
-            InboxKey.of(self._durable, topic_of(item.raw.subject), item.envelope.event_id)
-            for item in items
-        ]
+        # InboxKey.of per item, with the durable's and each subject's parts made once.
+        consumer = key_part(self._durable)
+        topics: dict[str, str] = {}
+        keys: list[InboxKey] = []
+        for item in items:
+            subject = item.raw.subject
+            topic = topics.get(subject)
+            if topic is None:
+                topic = topics[subject] = key_part(topic_of(subject))
+            keys.append(InboxKey(consumer, topic, key_part(item.envelope.event_id)))
         outcomes = await self.tx.claim(keys)
         claimed: list[Any] = []
         for item, key, ok in zip(items, keys, outcomes, strict=True):
