@@ -63,6 +63,7 @@ __all__ = (
     "kv_subject_prefix",
     "mark_settled",
     "mark_tls_stream",
+    "mark_unsettled",
     "message_client",
     "new_in_memory_message",
     "outbound_buffer_room",
@@ -232,6 +233,11 @@ def mark_settled(raw: Msg) -> None:
     Used after a ``+TERM <reason>`` or a batch of ``+ACK`` written in one go.
     """
     setattr(raw, _ACKED_FLAG, True)
+
+
+def mark_unsettled(raw: Msg) -> None:
+    """Undo :func:`mark_settled` for ``raw`` when nothing was written for it after all."""
+    setattr(raw, _ACKED_FLAG, False)
 
 
 def message_client(raw: Msg) -> Client | None:

@@ -94,7 +94,8 @@ class InboxAhead:
 
 def drain_on_stop(subscriber: Any, inbox: InboxMiddleware) -> None:
     """A subscriber without the dispatch (batch mode) also waits, once stopped, for the
-    processed marks on their way, so their acknowledgements are sent."""
+    processed marks on their way (or the SQL inbox's batch commit in flight), so their
+    acknowledgements are sent."""
 
     async def nothing() -> None:
         return None

@@ -205,8 +205,12 @@ class PubsubLifecycle:
         for subscriber, plan in self.plans.items():
             inbox = plan.inbox
             if not plan.fetch_ahead:
-                if inbox is not None and inbox.defer_ack and subscriber not in self._draining:
-                    drain_on_stop(subscriber, inbox)  # batch mode: acks follow stored marks
+                deferred = inbox is not None and (
+                    inbox.defer_ack or inbox.transactional is not None
+                )
+                if inbox is not None and deferred and subscriber not in self._draining:
+                    # batch mode: acks follow stored marks or commits in flight
+                    drain_on_stop(subscriber, inbox)
                     self._draining.add(subscriber)
                 continue
             if subscriber in self.dispatchers:

@@ -24,8 +24,10 @@ from ..compat import (
     flush_pending,
     handler_function,
     mark_settled,
+    mark_unsettled,
     message_client,
     send_raw,
+    write_protocol,
 )
 from ..dlq import DeadLetterReason
 from ..errors import BatchFailure, MalformedEnvelopeError
@@ -33,6 +35,7 @@ from ..inbox import ClaimResult, inbox_key
 from ..metadata import InboundEvent
 from .failure import UNFINISHED, Delivery, FailureMiddleware, delivery_count, terminate_raw
 from .heartbeat import Beat
+from .inbox import acknowledgeable
 from .transactional import BatchTransaction
 
 if TYPE_CHECKING:
@@ -101,7 +104,7 @@ class _Item:
 class _BatchRun:
     """The handling of one batch message."""
 
-    __slots__ = ("_config", "_plan", "_subscriber", "_tx", "context")
+    __slots__ = ("_config", "_handed_off", "_plan", "_subscriber", "_tx", "context")
 
     def __init__(
         self, config: BatchMiddleware, context: ContextRepo, plan: SubscriberPlan, subscriber: Any
@@ -111,12 +114,13 @@ class _BatchRun:
         self._subscriber = subscriber
         self.context = context
         self._tx: BatchTransaction | None = None  # with a transactional (SQL) inbox
+        self._handed_off = False  # its commit (and closing) runs off this task
 
     async def run(self, call_next: Callable[[Any], Awaitable[Any]], msg: StreamMessage[Any]) -> Any:
         try:
             return await self._run(call_next, msg)
         finally:
-            if self._tx is not None:
+            if self._tx is not None and not self._handed_off:
                 await self._tx.close()
 
     async def _run(
@@ -218,6 +222,9 @@ class _BatchRun:
         if inbox is None:
             return items
         if inbox.transactional is not None:
+            # The previous batch's commit first: batches commit in order, and this handler
+            # sees what the previous one wrote.
+            await inbox.commits.wait(plan)
             self._tx = BatchTransaction(inbox, inbox.transactional, plan.durable)
             return await self._tx.claim(items) if items else []
         if items:
@@ -251,11 +258,16 @@ class _BatchRun:
         if self._tx is not None:
             if not succeeded:
                 return  # nothing to keep: the handler's writes are rolled back
-            try:
-                await self._tx.commit()  # the marks and the handler's writes, together
-            except Exception as exc:  # noqa: BLE001 - nothing was committed: all of them failed
+            if inbox is not None and all(acknowledgeable(item.raw) for item in succeeded):
+                # The commit, then the acks, run while the subscriber fetches its next batch
+                # (which claims only after this commit). Counted as acknowledged now, so
+                # FastStream's ack of the batch sends nothing ahead of the commit.
                 for item in succeeded:
-                    await self._fail(item, exc)
+                    mark_settled(item.raw)
+                self._handed_off = True
+                inbox.commits.start(self._plan, self._commit_then_ack(succeeded))
+                return
+            if not await self._commit(succeeded):
                 return
         elif inbox is not None:
             marked = [item for item in succeeded if item.inbox_key is not None]
@@ -266,6 +278,41 @@ class _BatchRun:
         await ack_all([item.raw for item in to_ack])
         for item in succeeded:
             failure.succeeded(item.raw, item.raw.subject, item.deliveries)
+
+    async def _commit(self, succeeded: list[_Item], *, settled: bool = False) -> bool:
+        """Commit the marks with the handler's writes; on failure every item failed.
+
+        ``settled``: the items were counted as acknowledged ahead of the commit.
+        """
+        assert self._tx is not None
+        try:
+            await self._tx.commit()
+        except Exception as exc:  # noqa: BLE001 - nothing was committed: all of them failed
+            for item in succeeded:
+                if settled:
+                    mark_unsettled(item.raw)
+                await self._fail(item, exc)
+            return False
+        return True
+
+    async def _commit_then_ack(self, succeeded: list[_Item]) -> None:
+        """Off the batch's task: commit, then acknowledge the items in one write."""
+        assert self._tx is not None
+        try:
+            if not await self._commit(succeeded, settled=True):
+                return
+            raws = [item.raw for item in succeeded]
+            client = message_client(raws[0])
+            if client is not None and not client.is_closed:
+                # Closed: the server redelivers them, and the inbox skips them.
+                await write_protocol(
+                    client, b"".join(b"PUB %s 4\r\n+ACK\r\n" % raw.reply.encode() for raw in raws)
+                )
+            failure = self._config.failure
+            for item in succeeded:
+                failure.succeeded(item.raw, item.raw.subject, item.deliveries)
+        finally:
+            await self._tx.close()
 
     async def _fail(self, item: _Item, error: BaseException) -> None:
         """One item failed: release its inbox claim, then retry it or dead-letter it."""

@@ -40,7 +40,7 @@ from ..transactional import InboxKey, TransactionalInboxStore
 from ._delegate import ConsumeDelegate
 from .failure import delivery_count
 from .heartbeat import DEFAULT_ACK_WAIT
-from .transactional import consume_in_transaction, topic_of
+from .transactional import CommitsInFlight, consume_in_transaction, topic_of
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from faststream.message import StreamMessage
 
 
-__all__ = ("InboxMiddleware",)
+__all__ = ("InboxMiddleware", "acknowledgeable")
 
 logger = logging.getLogger("faststream_natspubsub.inbox")
 
@@ -89,6 +89,8 @@ class InboxMiddleware:
         self._excluded: weakref.WeakSet[Any] = weakref.WeakSet()
         self._unmarked: OrderedDict[str, None] = OrderedDict()
         self._deferred = _AcksAfterMarks(self)
+        # A transactional store's batch commits running off their batches' tasks.
+        self.commits = CommitsInFlight()
         # A KV store not bound yet: in memory tests it never is (see stand_in_if_in_memory).
         self._unbound_kv = store if isinstance(store, KvInboxStore) else None
 
@@ -180,7 +182,7 @@ class InboxMiddleware:
         """The handler of ``raw`` succeeded: mark ``key`` processed before the ack. With
         ``defer_ack`` the ack follows the stored mark off the caller's task, and ``raw``
         counts as acknowledged at once (FastStream's own ack then sends nothing)."""
-        if self.defer_ack and _acknowledgeable(raw):
+        if self.defer_ack and acknowledgeable(raw):
             await self._deferred.mark_then_ack(key, raw)
         else:
             await self.mark_processed(key)
@@ -227,7 +229,7 @@ class InboxMiddleware:
         if (
             self.defer_ack
             and hasattr(self.store, "mark_many")
-            and all(_acknowledgeable(raw) for raw in raws)
+            and all(acknowledgeable(raw) for raw in raws)
             and await self._deferred.marks_then_acks(keys, raws)
         ):
             return True
@@ -235,8 +237,10 @@ class InboxMiddleware:
         return False
 
     async def drain(self, timeout: float = _DRAIN_TIMEOUT) -> None:
-        """Wait until the marks on their way are stored and their messages acknowledged."""
+        """Wait until the marks on their way are stored (or the batch commits in flight
+        have ended) and their messages acknowledged."""
         await self._deferred.drain(timeout)
+        await self.commits.drain(timeout)
 
     async def claim(self, key: str, *, lease: float) -> ClaimResult:
         """The store's answer, or PROCESSED for an event whose mark is still unwritten here."""
@@ -315,7 +319,7 @@ class InboxMiddleware:
             logger.warning("could not release the inbox claim of %s", key, exc_info=True)
 
 
-def _acknowledgeable(raw: Any) -> bool:
+def acknowledgeable(raw: Any) -> bool:
     """A JetStream message of a live connection, not acknowledged yet."""
     reply = getattr(raw, "reply", "")
     return (

@@ -21,9 +21,10 @@ import asyncio
 import logging
 import time
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ..inbox import DEFAULT_INBOX_TTL
@@ -75,8 +76,14 @@ class SqlInboxStore:
         self.ttl = ttl
         self.purge_interval = purge_interval
         self._sessions = session_factory or async_sessionmaker(engine, expire_on_commit=False)
-        self._insert = insert_ignoring_conflicts(self.table, self.dialect).returning(
-            self.table.c.consumer, self.table.c.topic, self.table.c.event_id
+        # PostgreSQL: one statement whatever the batch's size, its keys bound as three arrays
+        # (see _claim); SQLite: an executemany of the row insert.
+        self._insert = (
+            _insert_from_arrays(self.table)
+            if self.dialect == "postgresql"
+            else insert_ignoring_conflicts(self.table, self.dialect).returning(
+                self.table.c.consumer, self.table.c.topic, self.table.c.event_id
+            )
         )
         self._next_purge = time.monotonic() + purge_interval
         self._purging: asyncio.Task[int] | None = None
@@ -127,14 +134,27 @@ class SqlInboxStore:
     async def _claim(self, session: AsyncSession, keys: Sequence[InboxKey]) -> list[bool]:
         unique = list(dict.fromkeys(keys))
         now = datetime.now(timezone.utc)
-        rows = [
-            {"consumer": k.consumer, "topic": k.topic, "event_id": k.event_id, "processed_at": now}
-            for k in unique
-        ]
-        # An executemany on the session's connection: SQLAlchemy sends it as multi-row
-        # INSERTs from one cached statement (a .values(list) would be compiled every time).
         connection = await session.connection()
-        result = await connection.execute(self._insert, rows)
+        if self.dialect == "postgresql":
+            # One execution of one prepared statement per batch: asyncpg sends the keys as
+            # three array parameters. An executemany would have SQLAlchemy build a parameter
+            # set per row and render a VALUES list of 4 parameters per row (its client-side
+            # cost was most of a batch's claim), with a new statement text for each size.
+            params: Any = {
+                "b_consumer": [k.consumer for k in unique],
+                "b_topic": [k.topic for k in unique],
+                "b_event_id": [k.event_id for k in unique],
+                "b_at": now,
+            }
+        else:
+            # An executemany: SQLAlchemy sends it as multi-row INSERTs from one cached
+            # statement (a .values(list) would be compiled every time).
+            params = [
+                {"consumer": k.consumer, "topic": k.topic, "event_id": k.event_id}
+                | {"processed_at": now}
+                for k in unique
+            ]
+        result = await connection.execute(self._insert, params)
         inserted = {(r[0], r[1], r[2]) for r in result.all()}
         outcomes: list[bool] = []
         for key in keys:  # a second copy of one event in one batch is a duplicate
@@ -179,3 +199,36 @@ class SqlInboxTransaction:
             await self.session.close()
         except Exception:  # a broken connection: the server rolls back on its own
             logger.warning("could not close an inbox session", exc_info=True)
+
+
+def _insert_from_arrays(table: sa.Table) -> Any:
+    """PostgreSQL: ``INSERT ... SELECT FROM unnest(:consumers, :topics, :event_ids) ON CONFLICT
+    DO NOTHING RETURNING`` the keys it inserted; the same text (one prepared statement) for
+    every batch size.
+
+    Conflicts behave as the row insert's: a key another open transaction inserted waits for
+    that transaction, a committed one is skipped, and a key given twice is inserted once.
+    """
+    text_array = postgresql.ARRAY(sa.String())
+    keys = (
+        sa.func.unnest(
+            sa.bindparam("b_consumer", type_=text_array),
+            sa.bindparam("b_topic", type_=text_array),
+            sa.bindparam("b_event_id", type_=text_array),
+        )
+        .table_valued("consumer", "topic", "event_id")
+        .render_derived(name="keys")
+    )
+    rows = sa.select(
+        keys.c.consumer,
+        keys.c.topic,
+        keys.c.event_id,
+        sa.bindparam("b_at", type_=table.c.processed_at.type),
+    )
+    c = table.c
+    return (
+        postgresql.insert(table)
+        .from_select(["consumer", "topic", "event_id", "processed_at"], rows)
+        .on_conflict_do_nothing()
+        .returning(c.consumer, c.topic, c.event_id)
+    )

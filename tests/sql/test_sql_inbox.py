@@ -28,6 +28,7 @@ from faststream_natspubsub import (
     RetryPolicy,
 )
 from faststream_natspubsub.sql import SqlInboxStore
+from faststream_natspubsub.sql.inbox import SqlInboxTransaction
 from faststream_natspubsub.subjects import consumer_name
 from faststream_natspubsub.testing import EmbeddedNatsServer
 
@@ -217,6 +218,47 @@ async def test_after_a_rolled_back_holder_the_waiting_transaction_claims_the_eve
     assert await store.is_processed(key)
 
 
+async def test_a_batch_claims_with_one_statement_whatever_its_size_and_skips_duplicates(
+    store: SqlInboxStore,
+) -> None:
+    """One round trip per batch, and on PostgreSQL one statement text for every size (one
+    prepared statement): not an executemany, not a VALUES list as long as the batch."""
+    statements: list[tuple[str, bool]] = []
+
+    def note(_c: Any, _cur: Any, statement: str, _p: Any, _ctx: Any, many: bool) -> None:
+        if statement.lstrip().upper().startswith("INSERT"):
+            statements.append((statement, many))
+
+    sa.event.listen(store.engine.sync_engine, "before_cursor_execute", note)
+    try:
+        outcomes = []
+        for size in (3, 300):
+            first = [InboxKey.of(DURABLE, TOPIC, f"evt-{size}-{n}") for n in range(size)]
+            tx = store.begin()
+            try:
+                outcomes.append(await tx.claim([*first, first[0]]))  # an id twice in one batch
+                await tx.commit()
+            finally:
+                await tx.rollback()
+        tx = store.begin()  # a redelivery of the first batch, and one new event
+        try:
+            again = await tx.claim([first[1], InboxKey.of(DURABLE, TOPIC, "evt-new")])
+        finally:
+            await tx.rollback()
+    finally:
+        sa.event.remove(store.engine.sync_engine, "before_cursor_execute", note)
+
+    assert [len(o) for o in outcomes] == [4, 301]
+    assert all(o[:-1] == [True] * (len(o) - 1) and o[-1] is False for o in outcomes)
+    assert again == [False, True]
+    if store.dialect == "postgresql":
+        assert len(statements) == 3
+        assert len({text for text, _ in statements}) == 1
+        assert not any(many for _, many in statements)
+    else:
+        assert len(statements) == 3  # SQLite: an executemany sent as one multi-row INSERT
+
+
 async def test_each_durable_has_its_own_mark(
     server: EmbeddedNatsServer, store: SqlInboxStore
 ) -> None:
@@ -289,6 +331,136 @@ async def test_batch_mode_commits_the_batch_marks_with_the_handlers_writes(
 
     assert sorted(await effect_ids(store.engine)) == sorted(f"evt-{n}" for n in range(10))
     assert [m[2] for m in await marks(store)] == sorted(f"evt-{n}" for n in range(10))
+
+
+class _HeldCommitStore(SqlInboxStore):
+    """Its first commit waits until the test lets it go."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        super().__init__(engine)
+        self.go = asyncio.Event()
+        self.commits = 0
+        self.fail_first = False
+
+    def begin(self) -> SqlInboxTransaction:
+        return _HeldCommit(self, self._sessions())
+
+
+class _HeldCommit(SqlInboxTransaction):
+    async def commit(self) -> None:
+        store = self._store
+        assert isinstance(store, _HeldCommitStore)
+        store.commits += 1
+        if store.commits == 1:
+            await store.go.wait()
+            if store.fail_first:
+                raise ConnectionError("the database went away during the commit")
+        await super().commit()
+
+
+async def test_the_next_batch_is_fetched_during_a_batch_commit_and_claims_after_it(
+    server: EmbeddedNatsServer, engine: AsyncEngine
+) -> None:
+    store = _HeldCommitStore(engine)
+    await store.create_tables()
+    async with engine.begin() as connection:
+        await connection.run_sync(effects_metadata.create_all)
+    payments, orders = payments_app(server, store), orders_app(server)
+    seen: list[list[str]] = []  # per batch: the effects its transaction sees before writing
+
+    @payments.subscriber(TOPIC, app="orders", batch=BatchSettings(max_messages=5, max_wait=0.2))
+    async def charge(bodies: list[dict[str, Any]], session: InboxSession) -> None:
+        result = await session.execute(sa.select(effects.c.event_id).order_by(effects.c.id))
+        seen.append(list(result.scalars()))
+        for body in bodies:
+            await session.execute(effects.insert().values(event_id=body["id"]))
+
+    first = [f"evt-{n}" for n in range(5)]
+    async with running(orders.broker):
+        for n in range(10):
+            await orders.publish(TOPIC, {"id": f"evt-{n}"}, event_id=f"evt-{n}")
+        async with running(payments.broker):
+            js = payments.broker.connection.jetstream()
+
+            async def both_batches_delivered() -> bool:
+                info = await js.consumer_info("TEST_ORDERS", DURABLE)
+                return bool(info.num_pending == 0 and info.num_ack_pending == 10)
+
+            # The first batch's commit is held: its items are not acknowledged, yet the
+            # subscriber has fetched the second batch meanwhile.
+            await wait_until(both_batches_delivered, message="the second batch fetched")
+            assert seen == [[]]  # the second batch claims only after the first commit
+            assert await effect_ids(engine) == []
+            store.go.set()
+            await wait_until(lambda: idle(payments), message="both batches acknowledged")
+
+    assert seen == [[], first]  # the second batch's handler saw the first one's writes
+    assert sorted(await effect_ids(engine)) == sorted(f"evt-{n}" for n in range(10))
+    assert [m[2] for m in await marks(store)] == sorted(f"evt-{n}" for n in range(10))
+
+
+async def test_a_stopping_subscriber_waits_for_the_batch_commit_in_flight_and_its_acks(
+    server: EmbeddedNatsServer, engine: AsyncEngine
+) -> None:
+    store = _HeldCommitStore(engine)
+    await store.create_tables()
+    async with engine.begin() as connection:
+        await connection.run_sync(effects_metadata.create_all)
+    payments, orders = payments_app(server, store), orders_app(server)
+
+    @payments.subscriber(TOPIC, app="orders", batch=BatchSettings(max_messages=5, max_wait=0.2))
+    async def charge(bodies: list[dict[str, Any]], session: InboxSession) -> None:
+        for body in bodies:
+            await session.execute(effects.insert().values(event_id=body["id"]))
+
+    async with running(orders.broker):
+        for n in range(3):
+            await orders.publish(TOPIC, {"id": f"evt-{n}"}, event_id=f"evt-{n}")
+        await payments.broker.start()
+        try:
+            await wait_until(lambda: store.commits == 1, message="the batch committing")
+            stopping = asyncio.ensure_future(payments.broker.stop())
+            await asyncio.sleep(0.2)
+            store.go.set()
+            await stopping
+        finally:
+            await payments.broker.stop()
+        # Acknowledged before the connection closed: nothing is delivered again.
+        js = orders.broker.connection.jetstream()
+        assert await consumer_idle(js, "TEST_ORDERS", DURABLE)
+
+    assert sorted(await effect_ids(engine)) == [f"evt-{n}" for n in range(3)]
+
+
+async def test_a_batch_whose_commit_fails_off_its_task_is_retried_and_takes_effect_once(
+    server: EmbeddedNatsServer, engine: AsyncEngine
+) -> None:
+    store = _HeldCommitStore(engine)
+    store.fail_first = True
+    store.go.set()
+    await store.create_tables()
+    async with engine.begin() as connection:
+        await connection.run_sync(effects_metadata.create_all)
+    payments, orders = payments_app(server, store), orders_app(server)
+    calls: list[list[str]] = []
+
+    @payments.subscriber(TOPIC, app="orders", batch=BatchSettings(max_messages=5, max_wait=0.2))
+    async def charge(bodies: list[dict[str, Any]], session: InboxSession) -> None:
+        calls.append([body["id"] for body in bodies])
+        for body in bodies:
+            await session.execute(effects.insert().values(event_id=body["id"]))
+
+    async with running(orders.broker):
+        for n in range(3):
+            await orders.publish(TOPIC, {"id": f"evt-{n}"}, event_id=f"evt-{n}")
+        async with running(payments.broker):
+            await wait_until(lambda: len(calls) >= 2, message="the retry after the failed commit")
+            await wait_until(lambda: idle(payments), message="every item acknowledged")
+
+    ids = [f"evt-{n}" for n in range(3)]
+    assert sorted(event_id for batch in calls for event_id in batch) == sorted(ids * 2)
+    assert sorted(await effect_ids(engine)) == ids
+    assert [m[2] for m in await marks(store)] == ids
 
 
 async def test_a_batch_whose_handler_raises_rolls_back_every_write_and_mark(
