@@ -19,6 +19,7 @@ import pytest
 from faststream import BaseMiddleware
 from faststream.nats import JStream, NatsBroker, PullSub, TestNatsBroker
 from nats.aio.msg import Msg
+from nats.errors import MsgAlreadyAckdError
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig
 from packaging.version import Version
@@ -29,6 +30,7 @@ from faststream_natspubsub.compat import (
     SUPPORTED_VERSIONS,
     HostVersionError,
     mark_settled,
+    mark_unsettled,
     pull_parts,
     record_naks,
     replace_pull_loop,
@@ -284,6 +286,24 @@ async def test_write_protocol_and_mark_settled_acknowledge_like_ack(
     mark_settled(msg)
     assert msg.is_acked
     await wait_until(lambda: _ack_pending(js, 0), message="the server to see the acknowledgement")
+
+
+@pytest.mark.nats
+async def test_mark_unsettled_lets_a_message_counted_as_acknowledged_be_nakked(
+    js: JetStreamContext,
+) -> None:
+    subscription = await js.pull_subscribe(SUBJECT, durable="d", stream=STREAM)
+    await js.publish(SUBJECT, b"one")
+    (msg,) = await subscription.fetch(1, timeout=5)
+    mark_settled(msg)
+    with pytest.raises(MsgAlreadyAckdError):
+        await msg.nak()
+    mark_unsettled(msg)
+    assert not msg.is_acked
+    await msg.nak()  # sent now: the server delivers it again
+    (again,) = await subscription.fetch(1, timeout=5)
+    assert again.data == b"one"
+    assert again.metadata.num_delivered == 2
 
 
 async def _ack_pending(js: JetStreamContext, count: int) -> bool:
