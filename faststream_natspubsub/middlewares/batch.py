@@ -33,7 +33,14 @@ from ..dlq import DeadLetterReason
 from ..errors import BatchFailure, MalformedEnvelopeError
 from ..inbox import ClaimResult, inbox_key
 from ..metadata import InboundEvent
-from .failure import UNFINISHED, Delivery, FailureMiddleware, delivery_count, terminate_raw
+from .failure import (
+    UNFINISHED,
+    Delivery,
+    FailureMiddleware,
+    ack_line,
+    delivery_count,
+    terminate_raw,
+)
 from .heartbeat import Beat
 from .inbox import acknowledgeable
 from .transactional import BatchTransaction
@@ -305,9 +312,7 @@ class _BatchRun:
             client = message_client(raws[0])
             if client is not None and not client.is_closed:
                 # Closed: the server redelivers them, and the inbox skips them.
-                await write_protocol(
-                    client, b"".join(b"PUB %s 4\r\n+ACK\r\n" % raw.reply.encode() for raw in raws)
-                )
+                await write_protocol(client, b"".join(ack_line(raw) for raw in raws))
             failure = self._config.failure
             for item in succeeded:
                 failure.succeeded(item.raw, item.raw.subject, item.deliveries)
@@ -442,9 +447,7 @@ async def ack_all(raws: list[Any]) -> None:
         for raw in pending:
             await raw.ack()
         return
-    await send_raw(
-        client, b"".join(b"PUB %s 4\r\n+ACK\r\n" % raw.reply.encode() for raw in pending)
-    )
+    await send_raw(client, b"".join(ack_line(raw) for raw in pending))
     for raw in pending:
         mark_settled(raw)
     await flush_pending(client)

@@ -404,6 +404,12 @@ class Delivery:
         return fields
 
 
+def ack_line(raw: Any) -> bytes:
+    """The protocol line of ``raw``'s ``+ACK`` (what nats-py's ``ack()`` publishes), for
+    acknowledgements written many in one go."""
+    return b"PUB %s 4\r\n+ACK\r\n" % raw.reply.encode()
+
+
 async def terminate_raw(raw: Any, reason: str) -> None:
     """TERM with a reason (it appears in the server's MSG_TERMINATED advisory).
 

@@ -38,7 +38,7 @@ from ..metrics import PubsubMetrics
 from ..tracing import record_span_event
 from ..transactional import InboxKey, TransactionalInboxStore
 from ._delegate import ConsumeDelegate
-from .failure import delivery_count
+from .failure import ack_line, delivery_count
 from .heartbeat import DEFAULT_ACK_WAIT
 from .transactional import CommitsInFlight, consume_in_transaction, topic_of
 
@@ -405,7 +405,7 @@ class _AcksAfterMarks:
         for raw in ready:
             client = message_client(raw)
             entry = by_client.setdefault(id(client), (client, []))
-            entry[1].append(b"PUB %s 4\r\n+ACK\r\n" % raw.reply.encode())
+            entry[1].append(ack_line(raw))
         for client, lines in by_client.values():
             if client is None or client.is_closed:
                 continue  # the server redelivers; the inbox then skips it
