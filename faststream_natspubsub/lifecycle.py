@@ -205,11 +205,11 @@ class PubsubLifecycle:
         for subscriber, plan in self.plans.items():
             inbox = plan.inbox
             if not plan.fetch_ahead:
-                deferred = inbox is not None and (
-                    inbox.defer_ack or inbox.transactional is not None
-                )
-                if inbox is not None and deferred and subscriber not in self._draining:
-                    # batch mode: acks follow stored marks or commits in flight
+                if (
+                    inbox is not None
+                    and (inbox.defer_ack or inbox.transactional is not None)
+                    and subscriber not in self._draining
+                ):  # batch mode: acks follow stored marks or commits in flight
                     drain_on_stop(subscriber, inbox)
                     self._draining.add(subscriber)
                 continue
