@@ -358,14 +358,21 @@ class _HeldCommit(SqlInboxTransaction):
         await super().commit()
 
 
-async def test_the_next_batch_is_fetched_during_a_batch_commit_and_claims_after_it(
+async def _held_commit_apps(
     server: EmbeddedNatsServer, engine: AsyncEngine
-) -> None:
+) -> tuple[_HeldCommitStore, NatsPubsub, NatsPubsub]:
+    """A held-commit store with its tables and the effects table; the payments and orders apps."""
     store = _HeldCommitStore(engine)
     await store.create_tables()
     async with engine.begin() as connection:
         await connection.run_sync(effects_metadata.create_all)
-    payments, orders = payments_app(server, store), orders_app(server)
+    return store, payments_app(server, store), orders_app(server)
+
+
+async def test_the_next_batch_is_fetched_during_a_batch_commit_and_claims_after_it(
+    server: EmbeddedNatsServer, engine: AsyncEngine
+) -> None:
+    store, payments, orders = await _held_commit_apps(server, engine)
     seen: list[list[str]] = []  # per batch: the effects its transaction sees before writing
 
     @payments.subscriber(TOPIC, app="orders", batch=BatchSettings(max_messages=5, max_wait=0.2))
@@ -402,11 +409,7 @@ async def test_the_next_batch_is_fetched_during_a_batch_commit_and_claims_after_
 async def test_a_stopping_subscriber_waits_for_the_batch_commit_in_flight_and_its_acks(
     server: EmbeddedNatsServer, engine: AsyncEngine
 ) -> None:
-    store = _HeldCommitStore(engine)
-    await store.create_tables()
-    async with engine.begin() as connection:
-        await connection.run_sync(effects_metadata.create_all)
-    payments, orders = payments_app(server, store), orders_app(server)
+    store, payments, orders = await _held_commit_apps(server, engine)
 
     @payments.subscriber(TOPIC, app="orders", batch=BatchSettings(max_messages=5, max_wait=0.2))
     async def charge(bodies: list[dict[str, Any]], session: InboxSession) -> None:
@@ -435,13 +438,9 @@ async def test_a_stopping_subscriber_waits_for_the_batch_commit_in_flight_and_it
 async def test_a_batch_whose_commit_fails_off_its_task_is_retried_and_takes_effect_once(
     server: EmbeddedNatsServer, engine: AsyncEngine
 ) -> None:
-    store = _HeldCommitStore(engine)
+    store, payments, orders = await _held_commit_apps(server, engine)
     store.fail_first = True
     store.go.set()
-    await store.create_tables()
-    async with engine.begin() as connection:
-        await connection.run_sync(effects_metadata.create_all)
-    payments, orders = payments_app(server, store), orders_app(server)
     calls: list[list[str]] = []
 
     @payments.subscriber(TOPIC, app="orders", batch=BatchSettings(max_messages=5, max_wait=0.2))
