@@ -410,9 +410,11 @@ async def test_a_stopping_subscriber_waits_for_the_batch_commit_in_flight_and_it
     server: EmbeddedNatsServer, engine: AsyncEngine
 ) -> None:
     store, payments, orders = await _held_commit_apps(server, engine)
+    batches: list[list[str]] = []
 
     @payments.subscriber(TOPIC, app="orders", batch=BatchSettings(max_messages=5, max_wait=0.2))
     async def charge(bodies: list[dict[str, Any]], session: InboxSession) -> None:
+        batches.append([body["id"] for body in bodies])
         for body in bodies:
             await session.execute(effects.insert().values(event_id=body["id"]))
 
@@ -428,9 +430,16 @@ async def test_a_stopping_subscriber_waits_for_the_batch_commit_in_flight_and_it
             await stopping
         finally:
             await payments.broker.stop()
-        # Acknowledged before the connection closed: nothing is delivered again.
+        assert batches == [[f"evt-{n}" for n in range(3)]]  # one batch, its commit held
+        # Acknowledged before the connection closed: nothing is delivered again. The server
+        # applies acks off the connection's read loop, so its count may lag a moment; a lost
+        # ack would keep them pending until ack_wait (30 s), far past this deadline.
         js = orders.broker.connection.jetstream()
-        assert await consumer_idle(js, "TEST_ORDERS", DURABLE)
+        await wait_until(
+            lambda: consumer_idle(js, "TEST_ORDERS", DURABLE),
+            timeout=5,
+            message="the batch acknowledged",
+        )
 
     assert sorted(await effect_ids(engine)) == [f"evt-{n}" for n in range(3)]
 
