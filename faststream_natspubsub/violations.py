@@ -149,14 +149,18 @@ class _Guarded:
             raise self._error(refused)
         self.task = task
         self.violation = None
-        self.watch.add_guard(self)
+        self.watch._guards.append(self)  # add_guard, without the call (once per publish)
 
     def __exit__(self, exc_type: object, exc: BaseException | None, traceback: object) -> None:
         task = self.task
         if task is None:
             return
         self.task = None
-        self.watch.remove_guard(self)
+        guards = self.watch._guards
+        if guards and guards[-1] is self:  # remove_guard's usual case, without the call
+            guards.pop()
+        else:
+            self.watch.remove_guard(self)
         violation = self.violation
         if exc is None or violation is None:
             return
@@ -199,7 +203,11 @@ class _RequestGuarded(_Guarded):
     __slots__ = ("subject",)
 
     def __init__(self, watch: PermissionWatch, subject: str, what: str) -> None:
-        super().__init__(watch, what)
+        # The base's fields set here: one call less on every JetStream publish.
+        self.watch = watch
+        self.what = what
+        self.task = None
+        self.violation = None
         self.subject = subject
 
     def match(self, violation: Violation) -> bool:

@@ -164,3 +164,25 @@ def test_a_delivery_is_logged_under_its_envelope_event_id_not_its_msg_id() -> No
     assert Delivery.of(raw, event_id="evt-1").log_fields()["natspubsub_event_id"] == "evt-1"
     # Not decoded (malformed): the header is all there is
     assert Delivery.of(raw).event_id == "copy-7"
+
+
+@pytest.mark.parametrize("app_version", [None, "1.2"])
+@pytest.mark.parametrize("correlation_id", [None, "c-1"])
+def test_the_usual_publishs_envelope_is_the_one_the_general_path_builds(
+    app_version: str | None, correlation_id: str | None
+) -> None:
+    # No handled event, no trace, no metadata: built at once, it must not differ (keys,
+    # values, order) from the envelope the general path builds (here: trace on, no span).
+    config = EnvelopeMiddleware(env="test", app="orders", app_version=app_version)
+    event = OutgoingEvent(message={"id": 1}, event_id="evt-1")
+    now = "2026-12-03T00:00:00.000Z"
+    usual = config.build_envelope(
+        "order.created", event, None, now=now, trace=False, correlation_id=correlation_id
+    )
+    general = config.build_envelope(
+        "order.created", event, None, now=now, trace=True, correlation_id=correlation_id
+    )
+    assert list(usual["metadata"].items()) == list(general["metadata"].items())
+    assert list(usual.items()) == list(general.items())
+    assert usual["metadata"]["correlation_id"] == (correlation_id or "evt-1")
+    assert usual["metadata"].get("app_version") == app_version

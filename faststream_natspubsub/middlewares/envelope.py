@@ -127,7 +127,18 @@ class EnvelopeMiddleware:
         """
         message = message_to_payload(event.message)
         event_id = event.event_id or new_event_id()
-        metadata: dict[str, Any] = {}
+        metadata: dict[str, Any]
+        if inbound is None and not trace and not event.metadata:
+            # The usual publish outside a handler, built at once (the same keys, same order).
+            metadata = {
+                "correlation_id": correlation_id or event_id,
+                "app_name": self.app,
+                "environment": self.env,
+            }
+            if self.app_version is not None:
+                metadata["app_version"] = self.app_version
+            return self._envelope(event_id, topic, event, now, message, metadata)
+        metadata = {}
         if inbound is not None:
             parent = inbound.envelope.metadata
             for key in _INHERITED_METADATA:
@@ -147,6 +158,17 @@ class EnvelopeMiddleware:
         metadata.setdefault("environment", self.env)
         if self.app_version is not None:
             metadata.setdefault("app_version", self.app_version)
+        return self._envelope(event_id, topic, event, now, message, metadata)
+
+    def _envelope(
+        self,
+        event_id: str,
+        topic: str,
+        event: OutgoingEvent,
+        now: str | None,
+        message: Any,
+        metadata: dict[str, Any],
+    ) -> dict[str, Any]:
         occurred_at = (
             format_timestamp(event.occurred_at)
             if event.occurred_at is not None
@@ -235,7 +257,8 @@ class EnvelopeMiddleware:
         """
         subject = cmd.destination
         event = cmd.body if isinstance(cmd.body, OutgoingEvent) else _as_event(cmd.body)
-        topic = subject.split(".", 2)[2] if subject.count(".") >= 2 else subject
+        parts = subject.split(".", 2)  # <env>.<app>.<topic>
+        topic = parts[2] if len(parts) == 3 else subject
         now = utc_now_text()
         data = self.build_envelope(
             topic,
