@@ -90,7 +90,9 @@ class Settings:
     """Sizes of one benchmark run."""
 
     publish_rounds: int
-    """Repeats of each publish measurement."""
+    """Repeats of each bulk publish measurement."""
+    single_rounds: int
+    """Repeats of the awaited-one-by-one publish measurement."""
     single_count: int
     """Messages per awaited-one-by-one publish measurement."""
     bulk_count: int
@@ -117,15 +119,18 @@ class Settings:
     """Messages for the plugin's RSS-flatness check; 0 skips it."""
 
 
-# Seven and nine publish rounds: one awaited publish is a round trip whose time varies by a
-# quarter from round to round on a shared machine; the contenders' medians need the rounds
-# (the whole publish section still takes well under a minute).
+# Many rounds of awaited publishes (15 quick, 21 full): one is a round trip whose time varies
+# by a quarter from round to round on a shared machine, and runs of the same code differ by
+# a tenth; the contenders' medians need the rounds (each round takes about a second).
+# Consume rounds (5 quick, 7 full): the same consumer's CPU per message varies by up to
+# 1.6x between rounds here, so a median of three or five is at the mercy of one slow phase.
 QUICK: Final = Settings(
     publish_rounds=7,
+    single_rounds=15,
     single_count=1000,
     bulk_count=5000,
     window=256,
-    consume_rounds=3,
+    consume_rounds=5,
     consume_count=5000,
     batch=256,
     workers=1,
@@ -139,6 +144,7 @@ QUICK: Final = Settings(
 # does this); its numbers mean nothing.
 SMOKE: Final = Settings(
     publish_rounds=1,
+    single_rounds=1,
     single_count=200,
     bulk_count=1000,
     window=256,
@@ -154,10 +160,11 @@ SMOKE: Final = Settings(
 )
 FULL: Final = Settings(
     publish_rounds=9,
+    single_rounds=21,
     single_count=2000,
     bulk_count=20_000,
     window=256,
-    consume_rounds=5,
+    consume_rounds=7,
     consume_count=20_000,
     batch=256,
     workers=1,
@@ -173,6 +180,36 @@ def rotated(items: Sequence[str], shift: int) -> list[str]:
     """``items`` rotated left by ``shift``, so no contender always runs first."""
     shift %= len(items)
     return [*items[shift:], *items[:shift]]
+
+
+# The order the consumers run in (each round rotated by one more). The two sides of each
+# ratio run back to back, so a machine that speeds up or slows down over the minutes moves
+# both together. The pairs come last, where the rotation does not part them in the seven
+# rounds of a full run (it parts neighbours only in the round that starts with the second).
+_CONSUME_RUN_ORDER: Final = (
+    "plugin-io-32",
+    "plugin-io-100",
+    "plugin-ordered-32",
+    "plugin-inbox",
+    "plugin-sql-inbox-sqlite",
+    "plugin-sql-inbox-postgresql",
+    "plugin-batch-sql-inbox-sqlite",
+    "plugin-batch-sql-inbox-postgresql",
+    "plugin-batch-inbox",  # sql_inbox_batch_consume_vs_memory_inbox_*
+    "plugin-batch-kv-inbox",
+    "plugin-batch",  # batch_kv_inbox_vs_batch
+    "raw",  # batch_consume_vs_raw
+    "faststream",
+    "plugin",  # consume_vs_faststream
+    "plugin-default",  # default_consume_vs_tuned
+    "plugin-kv-inbox",  # kv_inbox_vs_none
+)
+
+
+def consume_run_order(kinds: Sequence[str]) -> list[str]:
+    """``kinds`` in the order they run (:data:`_CONSUME_RUN_ORDER`; unknown ones first)."""
+    known = [kind for kind in _CONSUME_RUN_ORDER if kind in kinds]
+    return [*(kind for kind in kinds if kind not in _CONSUME_RUN_ORDER), *known]
 
 
 def chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
@@ -248,7 +285,7 @@ class Bench:
                     subject, payload, headers=headers, stream=stream, timeout=PUBLISH_TIMEOUT
                 )
 
-        return await self._publish_rounds(n, plugin, faststream, raw)
+        return await self._publish_rounds(n, self.settings.single_rounds, plugin, faststream, raw)
 
     async def publish_bulk(self) -> dict[str, Any]:
         """Windowed: ``publish_many`` vs ``asyncio.gather`` vs ``js.publish_async``."""
@@ -287,7 +324,7 @@ class Bench:
                 ]
                 await asyncio.gather(*futures)
 
-        return await self._publish_rounds(n, plugin, faststream, raw)
+        return await self._publish_rounds(n, self.settings.publish_rounds, plugin, faststream, raw)
 
     async def publish_many_once(self) -> tuple[float, float]:
         """One ``publish_many`` run of ``bulk_count`` events: msgs/s and CPU µs/msg."""
@@ -304,6 +341,7 @@ class Bench:
     async def _publish_rounds(
         self,
         n: int,
+        rounds: int,
         plugin: Callable[[], Awaitable[None]],
         faststream: Callable[[list[tuple[bytes, dict[str, str]]]], Awaitable[None]],
         raw: Callable[[list[tuple[bytes, dict[str, str]]]], Awaitable[None]],
@@ -311,7 +349,7 @@ class Bench:
         rates: dict[str, list[float]] = {"plugin": [], "faststream": [], "raw": []}
         cpu: dict[str, list[float]] = {name: [] for name in rates}
         stream = self.pubsub.stream
-        for round_no in range(self.settings.publish_rounds):
+        for round_no in range(rounds):
             for name in rotated(list(rates), round_no):
                 # The baselines send the plugin's bytes and headers, prepared before the
                 # clock starts: the ratio prices everything the plugin does per message.
@@ -334,7 +372,7 @@ class Bench:
                 cpu[name].append(cpu_used / n * 1e6)
         return {
             "count": n,
-            "rounds": self.settings.publish_rounds,
+            "rounds": rounds,
             "contenders": {
                 name: {"msgs_per_s": summarize(rates[name]), "cpu_us_per_msg": summarize(cpu[name])}
                 for name in rates
@@ -375,10 +413,11 @@ class Bench:
             ]
         topic = "consume.all"
         await self._prepublish(topic, s.consume_count)
-        runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
+        runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}  # report order
         errors: dict[str, str] = {}
+        order = consume_run_order(kinds)
         for round_no in range(s.consume_rounds):
-            for kind in rotated(kinds, round_no):
+            for kind in rotated(order, round_no):
                 if kind in errors:
                     continue
                 try:
