@@ -45,6 +45,9 @@ DEFAULT_KINDS: Final = (
     "plugin-kv-inbox",
     "plugin-batch-kv-inbox",
 )
+# Plain FastStream with the same 5 ms handler and 100 workers (its own max_workers, pull
+# batches of 256): what the plugin's 100-worker row compares with in FastStream itself.
+FASTSTREAM_IO_KIND: Final = "faststream-io-100"
 # The I/O-bound rows' handler wait (consumer.py sleeps it; run.py's ideal is N / this).
 IO_HANDLER_SECONDS: Final = 0.005
 

@@ -8,7 +8,8 @@ inbox), ``faststream`` (plain subscriber, same pull settings), ``raw`` (nats-py 
 What users get without tuning: ``plugin-default`` is ``pubsub.subscriber(topic)`` as the README
 writes it; ``plugin-io-N`` the same with ``max_workers=N`` and a handler awaiting 5 ms of I/O;
 ``plugin-ordered-N`` that with ``order_by`` (1,000 keys); ``plugin-kv-inbox`` and
-``plugin-batch-kv-inbox`` the default and batch subscribers with ``inbox="kv"``.
+``plugin-batch-kv-inbox`` the default and batch subscribers with ``inbox="kv"``;
+``faststream-io-100`` plain FastStream's subscriber with ``max_workers=100`` and that handler.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 import nats
 from common import (
     DEFAULT_KINDS,
+    FASTSTREAM_IO_KIND,
     IO_HANDLER_SECONDS,
     cpu_seconds,
     loop_name,
@@ -61,6 +63,7 @@ KINDS = (
     "faststream",
     "raw",
     *DEFAULT_KINDS,
+    FASTSTREAM_IO_KIND,
 )
 
 
@@ -120,18 +123,21 @@ async def _consume_faststream(args: argparse.Namespace, probe: Probe) -> None:
     broker = NatsBroker(args.url, logger=None)
     pull = PullSub(batch_size=args.batch, timeout=args.fetch_timeout)
     latency = args.mode == "latency"
-    if args.kind == "faststream":
+    if args.kind in ("faststream", FASTSTREAM_IO_KIND):
+        io_bound = args.kind == FASTSTREAM_IO_KIND
         subscriber = broker.subscriber(
             f"{args.env}.{args.app}.{args.topic}",
             stream=JStream(args.stream, declare=False),
             durable=args.durable,
             pull_sub=pull,
-            max_workers=args.workers,
+            max_workers=int(args.kind.rsplit("-", 1)[1]) if io_bound else args.workers,
             ack_policy=AckPolicy.NACK_ON_ERROR,
         )
 
         @subscriber  # type: ignore[untyped-decorator]
         async def plain(body: dict[str, Any]) -> None:
+            if io_bound:
+                await asyncio.sleep(IO_HANDLER_SECONDS)
             probe.hit(body["message"]["sent_ns"] if latency else None)
 
     elif args.kind.startswith("plugin-batch"):

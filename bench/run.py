@@ -33,6 +33,7 @@ from common import (
     CONSUME_APP,
     DEFAULT_KINDS,
     ENV,
+    FASTSTREAM_IO_KIND,
     IO_HANDLER_SECONDS,
     PUBLISH_APP,
     TOPIC,
@@ -68,6 +69,10 @@ LATENCY_WARMUP: Final = 0.3
 # call is slow (lazy set-up) and the probes queued behind it would show up as the tail.
 LATENCY_WARMUP_MSGS: Final = 50
 
+# The rows of the "what users get" table: the facade's defaults, and FastStream's own
+# max_workers with the same I/O-bound handler.
+WHAT_USERS_GET: Final = (*DEFAULT_KINDS, FASTSTREAM_IO_KIND)
+
 LABELS: Final = {
     "plugin": "plugin",
     "plugin-inbox": "plugin + memory inbox",
@@ -81,6 +86,7 @@ LABELS: Final = {
     "plugin-ordered-32": "5 ms I/O, 32 w, by key",
     "plugin-kv-inbox": "default + KV inbox",
     "plugin-batch-kv-inbox": "batch + KV inbox",
+    FASTSTREAM_IO_KIND: "FastStream, 5 ms, 100 w",
     **(sqlbench.LABELS if sqlbench else {}),
 }
 
@@ -186,9 +192,10 @@ def rotated(items: Sequence[str], shift: int) -> list[str]:
 # ratio run back to back, so a machine that speeds up or slows down over the minutes moves
 # both together. The pairs come last, where the rotation does not part them in the seven
 # rounds of a full run (it parts neighbours only in the round that starts with the second).
+# The default subscriber is a side of three ratios: the tuned one (its wide margin) is two
+# places from it, the KV inbox and the 100 workers (whose ideal is its rate) are next to it.
 _CONSUME_RUN_ORDER: Final = (
     "plugin-io-32",
-    "plugin-io-100",
     "plugin-ordered-32",
     "plugin-inbox",
     "plugin-sql-inbox-sqlite",
@@ -201,8 +208,10 @@ _CONSUME_RUN_ORDER: Final = (
     "raw",  # batch_consume_vs_raw
     "faststream",
     "plugin",  # consume_vs_faststream
-    "plugin-default",  # default_consume_vs_tuned
-    "plugin-kv-inbox",  # kv_inbox_vs_none
+    "plugin-kv-inbox",
+    "plugin-default",  # default_consume_vs_tuned, kv_inbox_vs_none
+    "plugin-io-100",  # io_scaling_100
+    FASTSTREAM_IO_KIND,  # io_100_vs_faststream
 )
 
 
@@ -404,6 +413,7 @@ class Bench:
             "faststream",
             "raw",
             *DEFAULT_KINDS,
+            FASTSTREAM_IO_KIND,
         ]
         if self.inbox_available():
             kinds.insert(1, "plugin-inbox")
@@ -769,6 +779,8 @@ def compute_ratios(report: dict[str, Any]) -> dict[str, Any]:
             "default_consume_vs_tuned": _paired(con, "plugin-default", "plugin", rate),
             "kv_inbox_vs_none": _paired(con, "plugin-kv-inbox", "plugin-default", rate),
             "batch_kv_inbox_vs_batch": _paired(con, "plugin-batch-kv-inbox", "plugin-batch", rate),
+            "io_scaling_100": _paired_io_scaling(con, "plugin-io-100", 100),
+            "io_100_vs_faststream": _paired(con, "plugin-io-100", FASTSTREAM_IO_KIND, rate),
             "consume_vs_faststream": _paired(con, "plugin", "faststream", rate),
             "publish_vs_faststream": _paired(pub, "plugin", "faststream", rate),
             "publish_many_vs_faststream": _paired(many, "plugin", "faststream", rate),
@@ -797,14 +809,34 @@ def ideal_io_rate(workers: int, cpu_bound_rate: float | None) -> float | None:
     return min(workers / IO_HANDLER_SECONDS, cpu_bound_rate)
 
 
+def _paired_io_scaling(con: dict[str, Any], kind: str, workers: int) -> float | None:
+    """Median over rounds of ``kind`` ÷ the ideal from that round's default subscriber."""
+    contenders = con.get("contenders", {})
+    if kind not in contenders or "plugin-default" not in contenders:
+        return None
+    runs = zip(
+        contenders[kind]["msgs_per_s"]["runs"],
+        contenders["plugin-default"]["msgs_per_s"]["runs"],
+        strict=False,
+    )
+    ratios = [
+        rate / ideal for rate, cpu_bound in runs if (ideal := ideal_io_rate(workers, cpu_bound))
+    ]
+    return round(statistics.median(ratios), 3) if ratios else None
+
+
 def default_ratios(con: dict[str, Any]) -> dict[str, float | None]:
     """Issue 16's ratios: what users get without tuning.
 
     The CPU-bound rate is the default subscriber's with a no-op handler, in the same run.
+    ``io_100_vs_faststream`` compares the 100-worker row with FastStream's own ``max_workers``.
     """
     rate = "msgs_per_s"
     default = _median(con, "plugin-default", rate)
     return {
+        "io_100_vs_faststream": _ratio(
+            _median(con, "plugin-io-100", rate), _median(con, FASTSTREAM_IO_KIND, rate)
+        ),
         "default_consume_vs_tuned": _ratio(default, _median(con, "plugin", rate)),
         "io_scaling_32": _ratio(_median(con, "plugin-io-32", rate), ideal_io_rate(32, default)),
         "io_scaling_100": _ratio(_median(con, "plugin-io-100", rate), ideal_io_rate(100, default)),
@@ -899,7 +931,7 @@ def render(report: dict[str, Any]) -> str:
         ]
     )
     fs = _median(con, "faststream", "msgs_per_s")
-    tuned = {k: v for k, v in con["contenders"].items() if k not in DEFAULT_KINDS}
+    tuned = {k: v for k, v in con["contenders"].items() if k not in WHAT_USERS_GET}
     for kind, entry in tuned.items():
         r = entry["msgs_per_s"]
         lines.append(
@@ -909,7 +941,7 @@ def render(report: dict[str, Any]) -> str:
             f"{_fmt(_ratio(r['median'], fs), 2):>15}"
         )
     lines.append("")
-    defaults = {k: v for k, v in con["contenders"].items() if k in DEFAULT_KINDS}
+    defaults = {k: v for k, v in con["contenders"].items() if k in WHAT_USERS_GET}
     if defaults:
         lines.extend(
             [
@@ -972,6 +1004,7 @@ def render(report: dict[str, Any]) -> str:
             "consume_inbox_vs_faststream",
             "batch_inbox_consume_vs_raw",
             "batch_consume_vs_faststream",
+            "io_100_vs_faststream",
             "publish_vs_raw",
             "consume_cpu_per_msg_vs_faststream",
             "latency_p50_vs_faststream",

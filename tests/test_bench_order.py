@@ -15,8 +15,10 @@ from run import _CONSUME_RUN_ORDER, FULL, QUICK, Settings, consume_run_order, ro
 RATIO_SIDES = (
     ("plugin", "faststream", 1),  # consume_vs_faststream
     ("plugin-batch", "raw", 1),  # batch_consume_vs_raw
-    ("plugin-default", "plugin", 1),  # default_consume_vs_tuned
+    ("plugin-default", "plugin", 2),  # default_consume_vs_tuned (a wide margin)
     ("plugin-kv-inbox", "plugin-default", 1),  # kv_inbox_vs_none
+    ("plugin-io-100", "plugin-default", 1),  # io_scaling_100: its ideal is the default's rate
+    ("plugin-io-100", "faststream-io-100", 1),  # io_100_vs_faststream
     ("plugin-batch-kv-inbox", "plugin-batch", 1),  # batch_kv_inbox_vs_batch
     ("plugin-batch-sql-inbox-postgresql", "plugin-batch-inbox", 1),
     ("plugin-batch-sql-inbox-sqlite", "plugin-batch-inbox", 2),

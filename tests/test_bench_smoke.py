@@ -24,6 +24,7 @@ RATIO_KEYS = (
     "ordered_io_scaling_32",
     "kv_inbox_vs_none",
     "batch_kv_inbox_vs_batch",
+    "io_100_vs_faststream",
 )
 
 
@@ -52,6 +53,7 @@ def test_benchmark_writes_positive_ratios_to_json(tmp_path: Path) -> None:
         assert isinstance(ratios[key], int | float), key
         assert ratios[key] > 0, key
     assert isinstance(ratios["rss_delta_mb"], int | float)
+    assert ratios["paired"]["io_scaling_100"] > 0
     # And the codec section compared protobuf with JSON
     codecs = json.loads(report_path.read_text())["codecs"]
     assert codecs["ratios"]["publish_many_protobuf_vs_json"] > 0
