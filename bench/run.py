@@ -701,13 +701,22 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None or b == 0 else round(a / b, 3)
 
 
-def _paired(section: dict[str, Any], a: str, b: str, metric: str) -> float | None:
-    """Median of round-by-round ratios: robust to the machine speeding up or slowing down."""
+def _paired(
+    section: dict[str, Any],
+    a: str,
+    b: str,
+    metric: str,
+    baseline: Callable[[float], float | None] = lambda value: value,
+) -> float | None:
+    """Median of round-by-round ratios: robust to the machine speeding up or slowing down.
+
+    ``baseline`` turns each round's value of ``b`` into the divisor (e.g. an ideal rate).
+    """
     contenders = section.get("contenders", {})
     if a not in contenders or b not in contenders:
         return None
     pairs = zip(contenders[a][metric]["runs"], contenders[b][metric]["runs"], strict=False)
-    ratios = [x / y for x, y in pairs if y]
+    ratios = [x / y for x, b_value in pairs if (y := baseline(b_value))]
     return round(statistics.median(ratios), 3) if ratios else None
 
 
@@ -779,7 +788,9 @@ def compute_ratios(report: dict[str, Any]) -> dict[str, Any]:
             "default_consume_vs_tuned": _paired(con, "plugin-default", "plugin", rate),
             "kv_inbox_vs_none": _paired(con, "plugin-kv-inbox", "plugin-default", rate),
             "batch_kv_inbox_vs_batch": _paired(con, "plugin-batch-kv-inbox", "plugin-batch", rate),
-            "io_scaling_100": _paired_io_scaling(con, "plugin-io-100", 100),
+            "io_scaling_100": _paired(
+                con, "plugin-io-100", "plugin-default", rate, lambda r: ideal_io_rate(100, r)
+            ),
             "io_100_vs_faststream": _paired(con, "plugin-io-100", FASTSTREAM_IO_KIND, rate),
             "consume_vs_faststream": _paired(con, "plugin", "faststream", rate),
             "publish_vs_faststream": _paired(pub, "plugin", "faststream", rate),
@@ -807,22 +818,6 @@ def ideal_io_rate(workers: int, cpu_bound_rate: float | None) -> float | None:
     if cpu_bound_rate is None:
         return None
     return min(workers / IO_HANDLER_SECONDS, cpu_bound_rate)
-
-
-def _paired_io_scaling(con: dict[str, Any], kind: str, workers: int) -> float | None:
-    """Median over rounds of ``kind`` ÷ the ideal from that round's default subscriber."""
-    contenders = con.get("contenders", {})
-    if kind not in contenders or "plugin-default" not in contenders:
-        return None
-    runs = zip(
-        contenders[kind]["msgs_per_s"]["runs"],
-        contenders["plugin-default"]["msgs_per_s"]["runs"],
-        strict=False,
-    )
-    ratios = [
-        rate / ideal for rate, cpu_bound in runs if (ideal := ideal_io_rate(workers, cpu_bound))
-    ]
-    return round(statistics.median(ratios), 3) if ratios else None
 
 
 def default_ratios(con: dict[str, Any]) -> dict[str, float | None]:
