@@ -6,10 +6,13 @@ nats-py's ``PullSubscription.fetch(n)`` waits for each of the ``n`` messages wit
 sends the same pull request, waits once for the first message, and then takes whatever has
 arrived from the subscription's queue without waiting per message.
 
-When FastStream asks for the rest of a batch it has begun and the last message said the
-consumer has nothing more pending on the server, the fetch ends at once instead of waiting out
-``max_wait``, as nats-py's ``no_wait`` request would: a batch is handled as soon as the stream
-is drained, not ``max_wait`` later.
+A fetch that has begun a batch fills it: while the last message says the server has more
+pending, it waits (within its timeout) for the rest, asking for it if no request is running.
+FastStream 0.7.0 hands the handler whatever one fetch returns, so without this a batch would
+end wherever the socket's read happened to stop; later releases fetch again for the rest, and
+then get it in one call. When the last message said the consumer has nothing more pending, the
+fetch ends at once instead of waiting out ``max_wait``, as nats-py's ``no_wait`` request would:
+a batch is handled as soon as the stream is drained, not ``max_wait`` later.
 
 It keeps nats-py's accounting (pending bytes, ``task_done``) and treats the server's status
 messages as nats-py does (heartbeats and the 404/408/409 ends of a request are skipped, any
@@ -134,7 +137,8 @@ class BatchFetcher:
                 messages.append(first)
             messages.extend(self._take(batch - len(messages)))
             if messages:
-                return self._handed_out(messages)
+                deadline = None if timeout is None else started + timeout
+                return self._handed_out(await self._filled(messages, batch, deadline))
             if self._outstanding <= 0:  # the request ended empty: ask again within the time
                 await self._request(batch, remaining)
 
@@ -149,11 +153,27 @@ class BatchFetcher:
                 logger.debug("could not NAK a prefetched message on close", exc_info=True)
                 break
 
+    async def _filled(self, messages: list[Msg], batch: int, deadline: float | None) -> list[Msg]:
+        """``messages`` and the rest of the batch, while the server has more pending and
+        there is time left: what is on the wire joins the batch it was asked for."""
+        while len(messages) < batch and deadline is not None and not _drained(messages[-1]):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            if self._outstanding <= 0 or time.monotonic() >= self._expires_at:
+                await self._request(batch - len(messages), remaining)
+            try:
+                msg = await asyncio.wait_for(self._queue.get(), remaining)
+            except asyncio.TimeoutError:
+                break
+            self._took(msg)
+            if self._is_message(msg):
+                messages.append(msg)
+            messages.extend(self._take(batch - len(messages)))
+        return messages
+
     def _handed_out(self, messages: list[Msg]) -> list[Msg]:
-        try:
-            self._caught_up = messages[-1].metadata.num_pending == 0
-        except Exception:  # noqa: BLE001 - not a JetStream reply subject: keep waiting as asked
-            self._caught_up = False
+        self._caught_up = _drained(messages[-1])
         return messages
 
     async def _request(self, batch: int, timeout: float | None) -> None:
@@ -212,6 +232,14 @@ class BatchFetcher:
             self._outstanding = 0
             return
         self._outstanding = max(self._outstanding - undelivered, 0)
+
+
+def _drained(msg: Msg) -> bool:
+    """Whether ``msg`` said its consumer had nothing more pending on the server."""
+    try:
+        return bool(msg.metadata.num_pending == 0)
+    except Exception:  # noqa: BLE001 - not a JetStream reply subject: keep waiting as asked
+        return False
 
 
 class _Fetch:

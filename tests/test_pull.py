@@ -81,6 +81,25 @@ async def test_fetch_returns_what_is_there_and_times_out_when_nothing_comes(
     assert [int(m.data) for m in await subscription.fetch(30, timeout=2)] == [35, 36, 37]
 
 
+async def test_one_fetch_fills_its_batch_when_the_server_has_more_than_one_read_brings(
+    js: JetStreamContext,
+) -> None:
+    # FastStream 0.7.0 hands the handler what a single fetch returns: that must be the batch
+    subscription = await js.pull_subscribe(SUBJECT, durable="d", stream=STREAM)
+    assert BatchFetcher.install(subscription) is not None
+    body = b"x" * 8192  # 300 of these take many socket reads to arrive
+    for _ in range(300):
+        await js.publish(SUBJECT, body)
+
+    got = await subscription.fetch(256, timeout=5)
+    assert len(got) == 256
+    started = time.monotonic()
+    rest = await subscription.fetch(256, timeout=5)  # the server has only 44 more: no waiting
+    assert len(rest) == 44
+    assert time.monotonic() - started < 2.5  # waiting for the batch would take 5 s
+    assert [m.metadata.sequence.stream for m in got + rest] == list(range(1, 301))
+
+
 async def _collect(subscription: Any, count: int, timeout: float = 10.0) -> list[Any]:
     """Fetch until ``count`` messages came, as FastStream's batch loop does."""
     got: list[Any] = []
