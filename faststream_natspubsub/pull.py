@@ -8,9 +8,9 @@ arrived from the subscription's queue without waiting per message.
 
 A fetch that has begun a batch fills it: while the last message says the server has more
 pending, it waits (within its timeout) for the rest, asking for it if no request is running.
-FastStream 0.7.0 hands the handler whatever one fetch returns, so without this a batch would
-end wherever the socket's read happened to stop; later releases fetch again for the rest, and
-then get it in one call. When the last message said the consumer has nothing more pending, the
+FastStream before 0.7.8 hands the handler whatever one fetch returns, so without this a batch
+would end wherever a socket read happened to stop; 0.7.8 fetches again for the rest, and now
+gets it in one call. When the last message said the consumer has nothing more pending, the
 fetch ends at once instead of waiting out ``max_wait``, as nats-py's ``no_wait`` request would:
 a batch is handled as soon as the stream is drained, not ``max_wait`` later.
 

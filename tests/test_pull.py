@@ -84,7 +84,7 @@ async def test_fetch_returns_what_is_there_and_times_out_when_nothing_comes(
 async def test_one_fetch_fills_its_batch_when_the_server_has_more_than_one_read_brings(
     js: JetStreamContext,
 ) -> None:
-    # FastStream 0.7.0 hands the handler what a single fetch returns: that must be the batch
+    # FastStream before 0.7.8 hands the handler what a single fetch returns: that must be the batch
     subscription = await js.pull_subscribe(SUBJECT, durable="d", stream=STREAM)
     assert BatchFetcher.install(subscription) is not None
     body = b"x" * 8192  # 300 of these take many socket reads to arrive
