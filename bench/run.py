@@ -189,29 +189,31 @@ def rotated(items: Sequence[str], shift: int) -> list[str]:
 
 
 # The order the consumers run in (each round rotated by one more). The two sides of each
-# ratio run back to back, so a machine that speeds up or slows down over the minutes moves
-# both together. The pairs come last, where the rotation does not part them in the seven
-# rounds of a full run (it parts neighbours only in the round that starts with the second).
-# The default subscriber is a side of three ratios: the tuned one (its wide margin) is two
-# places from it, the KV inbox and the 100 workers (whose ideal is its rate) are next to it.
+# ratio with a target run back to back, so a machine that speeds up or slows down over the
+# minutes moves both together. The pairs come last, where the rotation does not part them in
+# the seven rounds of a full run (it parts neighbours only in the round that starts with the
+# second); the first six places hold rows with no target of their own.
+# The default subscriber is a side of five ratios: its rate is the ideal of the 32 and 100
+# I/O workers (the tightest margins), which run next to it; the KV inbox and the ordered 32
+# workers are two places from it, the tuned one (a wide margin) three.
 _CONSUME_RUN_ORDER: Final = (
-    "plugin-io-32",
-    "plugin-ordered-32",
+    FASTSTREAM_IO_KIND,  # io_100_vs_faststream (no target)
     "plugin-inbox",
     "plugin-sql-inbox-sqlite",
     "plugin-sql-inbox-postgresql",
-    "plugin-batch-sql-inbox-sqlite",
+    "plugin-batch-sql-inbox-sqlite",  # sql_inbox_batch_consume_vs_memory_inbox_sqlite (none)
     "plugin-batch-sql-inbox-postgresql",
-    "plugin-batch-inbox",  # sql_inbox_batch_consume_vs_memory_inbox_*
+    "plugin-batch-inbox",  # sql_inbox_batch_consume_vs_memory_inbox_postgresql
     "plugin-batch-kv-inbox",
     "plugin-batch",  # batch_kv_inbox_vs_batch
     "raw",  # batch_consume_vs_raw
     "faststream",
     "plugin",  # consume_vs_faststream
     "plugin-kv-inbox",
-    "plugin-default",  # default_consume_vs_tuned, kv_inbox_vs_none
+    "plugin-io-32",
+    "plugin-default",  # default_consume_vs_tuned, kv_inbox_vs_none, io_scaling_32
     "plugin-io-100",  # io_scaling_100
-    FASTSTREAM_IO_KIND,  # io_100_vs_faststream
+    "plugin-ordered-32",  # ordered_io_scaling_32
 )
 
 
@@ -788,8 +790,14 @@ def compute_ratios(report: dict[str, Any]) -> dict[str, Any]:
             "default_consume_vs_tuned": _paired(con, "plugin-default", "plugin", rate),
             "kv_inbox_vs_none": _paired(con, "plugin-kv-inbox", "plugin-default", rate),
             "batch_kv_inbox_vs_batch": _paired(con, "plugin-batch-kv-inbox", "plugin-batch", rate),
+            "io_scaling_32": _paired(
+                con, "plugin-io-32", "plugin-default", rate, lambda r: ideal_io_rate(32, r)
+            ),
             "io_scaling_100": _paired(
                 con, "plugin-io-100", "plugin-default", rate, lambda r: ideal_io_rate(100, r)
+            ),
+            "ordered_io_scaling_32": _paired(
+                con, "plugin-ordered-32", "plugin-default", rate, lambda r: ideal_io_rate(32, r)
             ),
             "io_100_vs_faststream": _paired(con, "plugin-io-100", FASTSTREAM_IO_KIND, rate),
             "consume_vs_faststream": _paired(con, "plugin", "faststream", rate),
