@@ -111,4 +111,7 @@ def console(
         raise CliError(str(exc)) from None
     except KeyboardInterrupt:
         # uvicorn shuts down cleanly, then raises the signal again: Ctrl+C is a normal end.
-        typer.echo("natspubsub console stopped", err=True)
+        pass
+    # Also reached without that KeyboardInterrupt: a shell's background job ignores SIGINT,
+    # so the signal uvicorn raises again after its clean shutdown does nothing.
+    typer.echo("natspubsub console stopped", err=True)
