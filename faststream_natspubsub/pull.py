@@ -121,26 +121,27 @@ class BatchFetcher:
             raise NatsTimeoutError
         self._batch_size = max(self._batch_size, batch)
         started = time.monotonic()
-        await self._request(batch, timeout)
-        while True:
+        # Until the batch is full, the server has nothing more pending, or the time is up.
+        while not messages or (
+            len(messages) < batch and timeout is not None and not _drained(messages[-1])
+        ):
             remaining = None if timeout is None else timeout - (time.monotonic() - started)
             if remaining is not None and remaining <= 0:
-                raise NatsTimeoutError
+                break
+            await self._request(batch - len(messages), remaining)
             try:
-                first = await asyncio.wait_for(self._queue.get(), remaining)
+                msg = await asyncio.wait_for(self._queue.get(), remaining)
             except asyncio.TimeoutError:
-                if self._nc.is_closed:
-                    raise ConnectionClosedError from None
-                raise NatsTimeoutError from None
-            self._took(first)
-            if self._is_message(first):
-                messages.append(first)
+                break
+            self._took(msg)
+            if self._is_message(msg):
+                messages.append(msg)
             messages.extend(self._take(batch - len(messages)))
-            if messages:
-                deadline = None if timeout is None else started + timeout
-                return self._handed_out(await self._filled(messages, batch, deadline))
-            if self._outstanding <= 0:  # the request ended empty: ask again within the time
-                await self._request(batch, remaining)
+        if messages:
+            return self._handed_out(messages)
+        if self._nc.is_closed:
+            raise ConnectionClosedError
+        raise NatsTimeoutError
 
     async def unsubscribe(self) -> None:
         """Close the subscription, then NAK what arrived for it and was never handed out."""
@@ -152,25 +153,6 @@ class BatchFetcher:
             except Exception:  # the server redelivers it after ack_wait anyway
                 logger.debug("could not NAK a prefetched message on close", exc_info=True)
                 break
-
-    async def _filled(self, messages: list[Msg], batch: int, deadline: float | None) -> list[Msg]:
-        """``messages`` and the rest of the batch, while the server has more pending and
-        there is time left: what is on the wire joins the batch it was asked for."""
-        while len(messages) < batch and deadline is not None and not _drained(messages[-1]):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            if self._outstanding <= 0 or time.monotonic() >= self._expires_at:
-                await self._request(batch - len(messages), remaining)
-            try:
-                msg = await asyncio.wait_for(self._queue.get(), remaining)
-            except asyncio.TimeoutError:
-                break
-            self._took(msg)
-            if self._is_message(msg):
-                messages.append(msg)
-            messages.extend(self._take(batch - len(messages)))
-        return messages
 
     def _handed_out(self, messages: list[Msg]) -> list[Msg]:
         self._caught_up = _drained(messages[-1])
