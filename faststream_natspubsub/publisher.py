@@ -19,7 +19,7 @@ from nats.aio.client import Client as NatsClient
 from opentelemetry import propagate
 
 from .envelope import CONTENT_ENCODING_HEADER, format_timestamp, new_event_id
-from .errors import NatsPubsubError, PermissionDeniedError
+from .errors import NatsPubsubError, PermissionDeniedError, PublishError
 from .metadata import current_inbound
 from .pipeline import PipelinedItem, PubAckRouter, header_block, header_line, header_value
 from .publishing import PUBLISH_RETRY_DELAYS, OutgoingEvent, PublishResult
@@ -241,9 +241,10 @@ class EventPublisher:
             )
 
         try:
-            with watch.guarding(refuses):
+            names = [item.subject for item in pending]
+            with watch.guarding(refuses, name=lambda v: watch.named(v, names)):
                 await router.send_round(pending, timeout)
-        except PermissionDeniedError:
+        except PermissionDeniedError as refusal:
             refused = watch.since(mark)
             for item in pending:
                 if item.ack is not None:
@@ -251,6 +252,9 @@ class EventPublisher:
                 denial = next((v for v in refused if refuses(v) and _concerns(v, item)), None)
                 if denial is not None:
                     item.error = PermissionDeniedError(denial.action, _named(denial, item))
+                    item.retriable = False
+                elif item.error is None:  # refused before it was sent (no reply can come)
+                    item.error = refusal
                     item.retriable = False
 
     def _pub_acks_for(self, connection: NatsClient) -> PubAckRouter:
@@ -280,12 +284,14 @@ def _named(violation: Violation, item: PipelinedItem) -> str:
 
 
 def _result(item: PipelinedItem) -> PublishResult:
-    ack = item.ack
+    ack, error = item.ack, item.error
+    if ack is None and error is None:  # never ok without the server's word
+        error = PublishError(f"no PubAck for {item.event_id}")
     return PublishResult(
         event_id=item.event_id,
         subject=item.subject,
         stream=getattr(ack, "stream", None),
         seq=getattr(ack, "seq", None),
         duplicate=bool(getattr(ack, "duplicate", False)),
-        error=item.error,
+        error=error,
     )

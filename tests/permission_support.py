@@ -170,5 +170,14 @@ async def consumer_state(url: str, stream: str, durable: str) -> Any:
         await nc.close()
 
 
+async def stream_messages(url: str, stream: str) -> int:
+    """How many messages ``stream`` stores, asked as the admin."""
+    nc = await nats.connect(url, user=ADMIN, password=ADMIN)
+    try:
+        return int((await nc.jsm().stream_info(stream)).state.messages)
+    finally:
+        await nc.close()
+
+
 def param_id(permission: Permission) -> str:
     return f"{permission.action}:{permission.subject}"

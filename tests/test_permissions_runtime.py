@@ -26,11 +26,12 @@ from permission_support import (
     payments_app,
     publisher_set,
     running_broker,
+    stream_messages,
     users_config,
 )
 from support import wait_until
 
-from faststream_natspubsub import HealthStatus
+from faststream_natspubsub import HealthStatus, PermissionDeniedError
 from faststream_natspubsub.host import BrokerHost
 from faststream_natspubsub.permissions import PermissionSet
 from faststream_natspubsub.testing import EmbeddedNatsServer
@@ -150,3 +151,26 @@ async def test_without_the_advisory_subscription_consuming_stops(
     )
 
     _assert_stopped_loudly(outcome)
+
+
+async def test_publish_many_after_its_replies_were_refused_reports_every_item_failed() -> None:
+    # Given a publisher whose right to its inbox prefix is withdrawn while it runs
+    rights = publisher_set()
+    async with EmbeddedNatsServer(config=users_config({"payments": rights})) as server:
+        payments = payments_app(server.url)
+        async with running_broker(payments.broker):
+            first = await payments.publish_many([("payment.done", {"n": 0})])
+            await server.reload(users_config({"payments": _less(rights, "_INBOX_payments")}))
+            watch = BrokerHost.of(payments.broker).permissions
+            await wait_until(lambda: watch.reply_refusal is not None, message="refusal heard")
+
+            # When it publishes a window (no PubAck can reach it any more)
+            results = await payments.publish_many([("payment.done", {"n": n}) for n in range(1, 4)])
+        stored = await stream_messages(server.url, "TEST_PAYMENTS")
+
+    # Then no item says it was stored, each says why, and only the first event is stored
+    assert first[0].ok
+    assert [r.ok for r in results] == [False, False, False]
+    assert all(isinstance(r.error, PermissionDeniedError) for r in results), results
+    assert "_INBOX_payments" in str(results[0].error)
+    assert stored == 1
