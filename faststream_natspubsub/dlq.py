@@ -31,7 +31,7 @@ from nats.js.api import DiscardPolicy, StorageType
 from .codecs.content_types import CONTENT_TYPE_HEADER, WireFormat, wire_format
 from .codecs.reader import CodecReader
 from .dlq_record import RECORD_VERSION, DeadLetterReason, DeadLetterRecord
-from .envelope import DEFAULT_MAX_MESSAGE_SIZE, MalformedEnvelopeError, format_timestamp
+from .envelope import DEFAULT_MAX_MESSAGE_SIZE, format_timestamp
 from .errors import DeadLetterQueueFullError, PublishError
 from .metrics import PubsubMetrics
 from .publishing import RETRIABLE_PUBLISH_ERRORS
@@ -149,12 +149,11 @@ def build_record(
     content_type = failure.headers.get(CONTENT_TYPE_HEADER) or None
     try:
         decoded = CodecReader(codec).decode(body, content_type)
-    except MalformedEnvelopeError:
-        pass
-    else:
         event_id = _bounded(decoded.event_id, MAX_EVENT_ID)
         if wire_format(content_type) is WireFormat.JSON:
             envelope = decoded.to_dict()
+    except Exception:  # noqa: BLE001 - unreadable, even for display: the raw bytes are kept
+        event_id, envelope = None, None
     error = failure.error
     record = DeadLetterRecord(
         event_id=event_id,

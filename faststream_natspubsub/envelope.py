@@ -289,8 +289,10 @@ def _parse_occurred_at(value: Any) -> datetime:
     if not isinstance(value, str):
         raise MalformedEnvelopeError("envelope 'occurred_at' is not a string")
     try:
-        return parse_timestamp(value)
-    except ValueError as exc:
+        # In UTC at once: a time at the calendar's edge with an offset has no UTC form, and
+        # would fail later, where it is formatted or compared (the DLQ record, the latency).
+        return parse_timestamp(value).astimezone(timezone.utc)
+    except (ValueError, OverflowError) as exc:
         raise MalformedEnvelopeError(f"envelope 'occurred_at' is not ISO-8601: {value!r}") from exc
 
 

@@ -78,6 +78,27 @@ async def test_900_kb_of_garbage_is_dead_lettered_once_as_malformed_with_its_hea
     assert app.calls == 0
 
 
+async def test_a_time_without_a_utc_form_is_dead_lettered_once_as_malformed(
+    server: EmbeddedNatsServer,
+) -> None:
+    # Before: the envelope was read, and writing its DLQ record failed (no UTC form), so the
+    # event was redelivered at once until max_deliver, and never recorded.
+    body = b'{"event_id": "e1", "message": {}, "occurred_at": "0001-01-01T00:00:00+01:00"}'
+    app = PoisonApp(server)
+    async with running(app.pubsub.broker):
+        seq = await app.send(body)
+        await wait_until(app.settled, timeout=30, message="the record and an idle consumer")
+        records = await app.dlq.list()
+        info = await app.pubsub.broker.connection.jetstream().consumer_info("TEST_ORDERS", DURABLE)
+
+    [record] = records
+    assert record.reason == "malformed"
+    assert "occurred_at" in record.error_message
+    assert record.original_seq == seq
+    assert info.num_redelivered == 0
+    assert app.calls == 0
+
+
 async def test_a_small_gzip_body_that_inflates_to_7_mb_runs_once_and_is_kept_whole(
     server: EmbeddedNatsServer,
 ) -> None:

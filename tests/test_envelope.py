@@ -94,6 +94,9 @@ def test_round_trip_keeps_every_field() -> None:
         (b'{"event_id": "x", "message": {}, "metadata": []}', "metadata"),
         (b'{"event_id": "x", "message": {}, "occurred_at": "yesterday"}', "occurred_at"),
         (b'{"event_id": "x", "message": {}, "occurred_at": 12}', "occurred_at"),
+        # Valid ISO-8601 without a UTC form (before year 1, after year 9999)
+        (b'{"event_id": "x", "message": {}, "occurred_at": "0001-01-01T00:00:00+01:00"}', "occ"),
+        (b'{"event_id": "x", "message": {}, "occurred_at": "9999-12-31T23:59:00-01:00"}', "occ"),
         (b"\xff\xfe\x00", "not valid JSON"),
         (b"\x1f\x8bnot gzip at all", "gzip"),
     ],

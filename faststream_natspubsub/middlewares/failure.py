@@ -32,7 +32,6 @@ from ..errors import (
     MalformedEnvelopeError,
     PermanentError,
     PermissionDeniedError,
-    PublishError,
     RetryLater,
     one_line,
 )
@@ -203,7 +202,7 @@ class FailureMiddleware:
         )
         try:
             await self.dlq.write(failure, publish)
-        except (PublishError, NatsError) as dlq_error:
+        except Exception as dlq_error:  # not stored, whatever the cause: retried after a delay
             # A full DLQ is logged once a minute by the writer, a refused permission once by
             # the app's permission monitor; one line per event is enough.
             quiet = isinstance(dlq_error, DeadLetterQueueFullError | PermissionDeniedError)
