@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import time
 import zlib
 from collections.abc import Mapping
@@ -35,6 +36,7 @@ __all__ = (
     "Envelope",
     "EnvelopeCodec",
     "MalformedEnvelopeError",
+    "check_event_id",
     "format_timestamp",
     "message_to_payload",
     "new_event_id",
@@ -245,6 +247,24 @@ _random_hex: list[str] = []
 os.register_at_fork(after_in_child=_random_hex.clear)
 # The variant nibble of a UUIDv4 is 10xx: the two random bits pick one of these.
 _VARIANT: Final = "89ab"
+
+
+# Characters a header value cannot carry as they are: nats-py strips surrounding whitespace
+# and turns CR/LF into spaces, so two different ids could share one Nats-Msg-Id.
+_UNSENDABLE_ID: Final = re.compile(r"[\x00-\x1f\x7f]|^\s|\s$")
+
+
+def check_event_id(value: Any, *, field: str = "event_id") -> str:
+    """``value`` if it can travel unchanged, in the envelope and as a header; else
+    :class:`EnvelopeError` saying why (an id is kept as given, never rewritten)."""
+    if not isinstance(value, str) or not value:
+        raise EnvelopeError(f"{field} must be a non-empty string, got {type(value).__name__}")
+    if _UNSENDABLE_ID.search(value):
+        raise EnvelopeError(
+            f"{field} {value[:80]!r} has control characters or surrounding whitespace, "
+            "which a header cannot carry unchanged"
+        )
+    return value
 
 
 def new_event_id() -> str:

@@ -23,6 +23,7 @@ from faststream_natspubsub import (
 )
 from faststream_natspubsub.envelope import (
     OPTIONAL_METADATA_DROP_ORDER,
+    check_event_id,
     format_timestamp,
     message_to_payload,
     new_event_id,
@@ -201,3 +202,19 @@ def test_a_forked_child_draws_event_ids_of_its_own() -> None:
     parent_ids = {new_event_id() for _ in range(5)}
     assert len(child_ids) == 5
     assert not child_ids & parent_ids
+
+
+@pytest.mark.parametrize(
+    "value",
+    [123, None, "", " order-2", "order-2 ", "order-1\ncancel", "a\rb", "tab\tin", "nul\x00"],
+)
+def test_an_id_a_header_cannot_carry_unchanged_is_refused(value: object) -> None:
+    # nats-py strips a header value and turns CR/LF into spaces: " order-2" and "order-2"
+    # would share one Nats-Msg-Id, and the second event would be dropped as a duplicate
+    with pytest.raises(EnvelopeError, match="event_id"):
+        check_event_id(value)
+
+
+@pytest.mark.parametrize("value", ["order-1 cancel", "ünïcode-ид", "7d0c6c1e-0d38-4a4e"])
+def test_an_id_that_travels_unchanged_is_kept_as_given(value: str) -> None:
+    assert check_event_id(value) is value

@@ -391,6 +391,31 @@ async def test_publish_many_without_a_stream_fails_each_item_after_its_retries(
     assert elapsed < 5  # no responders is answered at once: three quick tries, no timeouts
 
 
+async def test_ids_a_header_would_change_are_refused_instead_of_colliding(
+    server: EmbeddedNatsServer,
+) -> None:
+    pubsub = NatsPubsub(new_broker(server), env="test", app="orders")
+    async with running(pubsub.broker):
+        results = await pubsub.publish_many(
+            [
+                ("order.created", OutgoingEvent(message={"n": 1}, event_id="order-1\ncancel")),
+                ("order.created", OutgoingEvent(message={"n": 2}, event_id="order-1 cancel")),
+                ("order.created", OutgoingEvent(message={"n": 3}, event_id=" order-2 ")),
+            ]
+        )
+        with pytest.raises(EnvelopeError, match="event_id"):
+            await pubsub.publish("order.created", {"n": 4}, event_id="order-2\t")
+        with pytest.raises(EnvelopeError, match="correlation_id"):
+            await pubsub.publish("order.created", {"n": 5}, metadata={"correlation_id": 42})
+        info = await pubsub.broker.connection.jetstream().stream_info("TEST_ORDERS")
+
+    # Before: all five were "ok", and only two were stored (the others shared their ids)
+    assert [r.ok for r in results] == [False, True, False]
+    assert isinstance(results[0].error, EnvelopeError)
+    assert (results[1].seq, results[1].duplicate) == (1, False)
+    assert info.state.messages == 1
+
+
 async def test_publish_many_refuses_an_item_over_max_payload_and_keeps_the_connection() -> None:
     async with EmbeddedNatsServer(config="max_payload: 4096") as small:
         pubsub = NatsPubsub(new_broker(small), env="test", app="orders")

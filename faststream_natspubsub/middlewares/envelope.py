@@ -26,6 +26,7 @@ from ..compat import current_subscriber
 from ..envelope import (
     CONTENT_ENCODING_HEADER,
     EnvelopeCodec,
+    check_event_id,
     format_timestamp,
     message_to_payload,
     new_event_id,
@@ -126,7 +127,7 @@ class EnvelopeMiddleware:
         (without it, the event starts its own chain: its event id).
         """
         message = message_to_payload(event.message)
-        event_id = event.event_id or new_event_id()
+        event_id = new_event_id() if event.event_id is None else check_event_id(event.event_id)
         metadata: dict[str, Any]
         if inbound is None and not trace and not event.metadata:
             # The usual publish outside a handler, built at once (the same keys, same order).
@@ -153,6 +154,8 @@ class EnvelopeMiddleware:
         if trace:
             metadata.update(current_trace_metadata())
         metadata.update(event.metadata)
+        if "correlation_id" in event.metadata:  # the caller's: it becomes a header too
+            check_event_id(metadata["correlation_id"], field="correlation_id")
         metadata.setdefault("correlation_id", event_id)
         metadata.setdefault("app_name", self.app)
         metadata.setdefault("environment", self.env)
