@@ -20,12 +20,15 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from pydantic import BaseModel, RootModel
 from pydantic_core import PydanticSerializationError, from_json, to_json, to_jsonable_python
 
 from .errors import EnvelopeError, MalformedEnvelopeError, MessageTooLargeError
+
+if TYPE_CHECKING:
+    from .codecs.base import Codec
 
 __all__ = (
     "CONTENT_ENCODING_HEADER",
@@ -37,6 +40,7 @@ __all__ = (
     "EnvelopeCodec",
     "MalformedEnvelopeError",
     "check_event_id",
+    "encode_within",
     "format_timestamp",
     "message_to_payload",
     "new_event_id",
@@ -210,6 +214,25 @@ class EnvelopeCodec:
         if not isinstance(data, dict):
             raise MalformedEnvelopeError(f"envelope is a JSON {type(data).__name__}, not an object")
         return Envelope.from_dict(data)
+
+
+def encode_within(
+    codec: Codec, data: dict[str, Any], room: int, *, headers: int
+) -> tuple[bytes, bool]:
+    """``codec.encode(data)`` held to ``room`` bytes as well: what the server's max_payload
+    leaves after ``headers`` bytes of headers (it counts both). Optional metadata goes first,
+    as for the codec's own limit; then :class:`MessageTooLargeError` names the whole size."""
+    if 0 < room < codec.max_message_size and dataclasses.is_dataclass(codec):
+        try:  # the codec's own rule, with the smaller limit (a codec is a frozen dataclass)
+            return dataclasses.replace(codec, max_message_size=room).encode(data)
+        except MessageTooLargeError as exc:
+            raise MessageTooLargeError(
+                exc.size + headers, room + headers, headers=headers
+            ) from None
+    payload, compressed = codec.encode(data)
+    if len(payload) > room:
+        raise MessageTooLargeError(len(payload) + headers, room + headers, headers=headers)
+    return payload, compressed
 
 
 def message_to_payload(message: Any) -> Any:

@@ -73,11 +73,16 @@ class EnvelopeError(NatsPubsubError, ValueError):
 class MessageTooLargeError(EnvelopeError):
     """The encoded message is larger than the limit, even with optional metadata removed."""
 
-    def __init__(self, size: int, limit: int) -> None:
+    def __init__(self, size: int, limit: int, *, headers: int = 0) -> None:
         self.size = size
+        """Bytes counted against the limit (with ``headers`` when that is not 0)."""
         self.limit = limit
+        self.headers = headers
+        """Header bytes counted in ``size``: 0 for the codec's limit, which counts the body."""
+        counted = f" with {headers} bytes of headers" if headers else ""
+        over = "the server's max_payload" if headers else "the limit"
         super().__init__(
-            f"encoded message is {size} bytes, over the limit of {limit} bytes "
+            f"encoded message is {size} bytes{counted}, over {over} of {limit} bytes "
             "(optional metadata was already dropped)"
         )
 

@@ -191,6 +191,8 @@ class BrokerHost:
             started: list[HostedApp] = []
             try:
                 for hosted in self._hosted():
+                    # Publishes are sized to this server's limit (headers included).
+                    hosted.runtime.envelope.max_payload = connection.max_payload
                     await hosted.lifecycle.start(connection)
                     started.append(hosted)
             except BaseException:

@@ -142,7 +142,8 @@ class PubAckRouter:
         for item in items:
             body_size = len(item.headers) + len(item.payload)
             if body_size > max_payload:
-                _fail(item, MessageTooLargeError(body_size, max_payload), retriable=False)
+                too_large = MessageTooLargeError(body_size, max_payload, headers=len(item.headers))
+                _fail(item, too_large, retriable=False)
                 continue
             token = str(self._next_token)
             self._next_token += 1

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Final
 from nats.aio.client import Client as NatsClient
 from opentelemetry import propagate
 
-from .envelope import CONTENT_ENCODING_HEADER, format_timestamp, new_event_id
+from .envelope import CONTENT_ENCODING_HEADER, encode_within, format_timestamp, new_event_id
 from .errors import NatsPubsubError, PermissionDeniedError, PublishError
 from .metadata import current_inbound
 from .pipeline import PipelinedItem, PubAckRouter, header_block, header_line, header_value
@@ -129,6 +129,7 @@ class EventPublisher:
         now = format_timestamp(datetime.now(timezone.utc))
         shared = _SharedFields(
             now=now,
+            max_payload=connection.max_payload,
             # The trace first: keys in ``metadata=`` (and an item's own) win over it.
             metadata={**current_trace_metadata(), **(metadata or {})},
             headers=header_block(
@@ -208,7 +209,6 @@ class EventPublisher:
         data = envelope.build_envelope(
             subject.split(".", 2)[2], event, inbound, now=shared.now, trace=False
         )
-        payload, compressed = envelope.codec.encode(data)
         event_id = data["event_id"]
         headers = b"%s%s%s\r\n%s%s\r\n" % (
             shared.headers,
@@ -217,6 +217,12 @@ class EventPublisher:
             _CORRELATION_LINE,
             header_value(str(data["metadata"]["correlation_id"])),
         )
+        payload, compressed = envelope.codec.encode(data)
+        header_size = len(headers) + len(_GZIP_LINE) + len(b"\r\n")  # at most, once closed
+        if len(payload) + header_size > shared.max_payload:  # the server counts both
+            payload, compressed = encode_within(
+                envelope.codec, data, shared.max_payload - header_size, headers=header_size
+            )
         if compressed:
             headers += _GZIP_LINE
         return PipelinedItem(
@@ -269,6 +275,8 @@ class _SharedFields:
     """What every item of one ``publish_many`` call shares."""
 
     now: str
+    max_payload: int
+    """The server's limit for headers and body together."""
     metadata: dict[str, Any]
     headers: bytes
     """The header block's shared lines (not closed: each item adds its own)."""

@@ -416,6 +416,28 @@ async def test_ids_a_header_would_change_are_refused_instead_of_colliding(
     assert info.state.messages == 1
 
 
+async def test_publish_counts_the_headers_against_max_payload_and_keeps_the_connection() -> None:
+    # Before: a body under max_payload whose headers took it over was sent; the server
+    # answered "Maximum Payload Violation" and nats-py closed the connection for good.
+    async with EmbeddedNatsServer(config="max_payload: 4096") as small:
+        pubsub = NatsPubsub(new_broker(small), env="test", app="orders")
+        async with running(pubsub.broker):
+            body = {"blob": "x" * 3700}
+            payload, _ = pubsub.runtime.envelope.codec.encode(
+                pubsub.runtime.envelope.build_envelope(
+                    "order.created", OutgoingEvent(message=body), None
+                )
+            )
+            assert len(payload) < 4096  # the body alone fits
+            with pytest.raises(MessageTooLargeError, match="bytes of headers") as refused:
+                await pubsub.publish("order.created", body)
+            [many] = await pubsub.publish_many([("order.created", body)])
+            after = await pubsub.publish("order.created", {"n": 2})
+    assert refused.value.limit == 4096 and refused.value.size > 4096
+    assert isinstance(many.error, MessageTooLargeError)
+    assert after.seq == 1  # nothing was stored before, and the connection is still up
+
+
 async def test_publish_many_refuses_an_item_over_max_payload_and_keeps_the_connection() -> None:
     async with EmbeddedNatsServer(config="max_payload: 4096") as small:
         pubsub = NatsPubsub(new_broker(small), env="test", app="orders")

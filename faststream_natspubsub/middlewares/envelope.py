@@ -25,8 +25,10 @@ from ..codecs.targets import HandlerTargets
 from ..compat import current_subscriber
 from ..envelope import (
     CONTENT_ENCODING_HEADER,
+    DEFAULT_MAX_MESSAGE_SIZE,
     EnvelopeCodec,
     check_event_id,
+    encode_within,
     format_timestamp,
     message_to_payload,
     new_event_id,
@@ -105,6 +107,9 @@ class EnvelopeMiddleware:
         # The connection's permission violations: a refused publish fails at once (the facade
         # sets it; composed by hand, a refused publish waits out its timeout).
         self.permissions: PermissionWatch | None = None
+        # The server counts headers and body against its max_payload, and closes the
+        # connection of a client that sends more: the host sets it from the server's INFO.
+        self.max_payload = DEFAULT_MAX_MESSAGE_SIZE
 
     def __call__(self, msg: Any, /, *, context: ContextRepo) -> _EnvelopeMiddleware:
         return _EnvelopeMiddleware(msg, context=context, config=self)
@@ -272,14 +277,21 @@ class EnvelopeMiddleware:
             correlation_id=cmd.correlation_id,
         )
         payload, compressed = self.codec.encode(data)
-        headers = cmd.headers = dict(cmd.headers)  # never mutate a dict the caller owns
+        given = cmd.headers
+        headers = cmd.headers = dict(given)  # never mutate a dict the caller owns
         headers["Nats-Msg-Id"] = data["event_id"]
         headers["Nats-Published-At"] = now
         headers["content-type"] = self.codec.content_type
-        if compressed:
-            headers[CONTENT_ENCODING_HEADER] = "gzip"
         # FastStream writes this into the correlation_id header: one id on both sides.
         cmd.correlation_id = data["metadata"]["correlation_id"]
+        if given or len(payload) + _header_bound(cmd) > self.max_payload:
+            # Headers the caller gave, or near the server's limit: counted byte by byte.
+            header_size = _sent_header_size(cmd)
+            payload, compressed = encode_within(
+                self.codec, data, self.max_payload - header_size, headers=header_size
+            )
+        if compressed:
+            headers[CONTENT_ENCODING_HEADER] = "gzip"
         cmd.body = payload
         if not cmd.stream:
             result = await call_next(cmd)
@@ -295,6 +307,39 @@ class EnvelopeMiddleware:
         if self.metrics.enabled:
             self.metrics.published.add(1, self.metrics.attributes(subject))
         return result
+
+
+# nats-py's header block: "NATS/1.0\r\n", then "key: value\r\n" per header, then "\r\n".
+_HEADER_FRAME: Final = len(b"NATS/1.0\r\n\r\n")
+_HEADER_LINE_FRAME: Final = len(b": \r\n")
+# Headers a host adds after this middleware that are not counted one by one (FastStream's
+# schedule headers, a newer release's), and this middleware's gzip marker.
+_HEADER_RESERVE: Final = 512
+# The headers this middleware and the host always add, beyond the ids: keys, the time, the
+# content type, the stream name.
+_FIXED_HEADERS: Final = 2_048
+
+
+def _header_bound(cmd: NatsPublishCommand) -> int:
+    """At least the header bytes of ``cmd`` without headers given by the caller (UTF-8
+    takes at most 4 bytes a character)."""
+    ids = len(cmd.correlation_id or "") + len(cmd.reply_to or "") + len(cmd.headers["Nats-Msg-Id"])
+    return _FIXED_HEADERS + _HEADER_RESERVE + 4 * ids
+
+
+def _sent_header_size(cmd: NatsPublishCommand) -> int:
+    """The header bytes ``cmd`` will carry: its headers, then FastStream's and nats-py's."""
+    added = {
+        "correlation_id": cmd.correlation_id,
+        "reply_to": cmd.reply_to,
+        "Nats-Expected-Stream": cmd.stream,
+    }
+    lines = (*cmd.headers.items(), *((k, v) for k, v in added.items() if v))
+    return (
+        _HEADER_FRAME
+        + _HEADER_RESERVE
+        + sum(len(str(k).encode()) + len(str(v).encode()) + _HEADER_LINE_FRAME for k, v in lines)
+    )
 
 
 class _EnvelopeMiddleware(BaseMiddleware["NatsPublishCommand", Any]):
