@@ -20,6 +20,8 @@ Besides the hosts' context and handler internals, the consume path needs:
 - the client of a JetStream context and a KV bucket's subject prefix
   (:func:`jetstream_client`, :func:`kv_subject_prefix`): to write the inbox's KV operations
   without a request each;
+- the typed error of a JetStream ``error`` answer (:func:`api_error`): nats-py raises it
+  where it builds it;
 - a subscription whose messages go straight to a function (:func:`subscribe_direct`): the
   inbox's KV answers, hundreds per batch, without a queue and a task wake-up each;
 - FastStream's pull loop of one subscriber (:func:`replace_pull_loop`) and its ``stop``
@@ -38,6 +40,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from nats.aio.msg import Msg
+from nats.js.errors import APIError
 
 from .errors import NatsPubsubError
 
@@ -53,6 +56,7 @@ __all__ = (
     "SUPPORTED_VERSIONS",
     "HostVersionError",
     "PullParts",
+    "api_error",
     "broker_connection_kwargs",
     "current_subscriber",
     "flush_pending",
@@ -475,6 +479,19 @@ async def subscribe_direct(client: Client, subject: str, on_msg: Callable[[Msg],
         raise HostVersionError("nats-py's Subscription has no _pending_queue/_pending_size")
     subscription._pending_queue = _Direct(subscription, on_msg)  # type: ignore[assignment]
     return subscription
+
+
+def api_error(error: dict[str, Any]) -> APIError:
+    """nats-py's typed error (``ServiceUnavailableError`` for a 503, ...) for a JetStream
+    ``error`` object. ``APIError.from_error`` raises it rather than returning it; both are
+    taken, so a release that returns it works too. A malformed object raises."""
+    try:
+        made = APIError.from_error(error)
+    except APIError as exc:
+        return exc
+    if isinstance(made, APIError):
+        return made
+    raise HostVersionError(f"nats-py's APIError.from_error gave {made!r}")
 
 
 # -- OpenTelemetry ------------------------------------------------------------------------

@@ -21,10 +21,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.errors import APIError, KeyWrongLastSequenceError, NoStreamResponseError
+from nats.js.errors import KeyWrongLastSequenceError, NoStreamResponseError
 from pydantic_core import from_json
 
-from .compat import subscribe_direct, write_protocol
+from .compat import api_error, subscribe_direct, write_protocol
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -219,9 +219,5 @@ def _revision(msg: Msg) -> int:
     if error is not None:
         if error.get("err_code") in _WRONG_LAST_SEQUENCE:
             raise KeyWrongLastSequenceError(description=error.get("description"))
-        try:
-            APIError.from_error(error)
-        except APIError as api_error:
-            raise api_error from None
-        raise APIError(**error)
+        raise api_error(error)
     return int(reply["seq"])

@@ -24,10 +24,10 @@ from nats.errors import (
     ConnectionDrainingError,
     OutboundBufferLimitError,
 )
-from nats.js.errors import APIError, NoStreamResponseError
+from nats.js.errors import NoStreamResponseError
 from pydantic_core import from_json
 
-from .compat import flush_pending, outbound_buffer_room, send_raw
+from .compat import api_error, flush_pending, outbound_buffer_room, send_raw
 from .errors import MessageTooLargeError, NatsPubsubError, PublishError
 from .publishing import RETRIABLE_PUBLISH_ERRORS
 
@@ -206,9 +206,9 @@ class PubAckRouter:
             else:
                 reply = from_json(msg.data)
                 if "error" in reply:
-                    api_error = APIError.from_error(reply["error"])
-                    retriable = isinstance(api_error, RETRIABLE_PUBLISH_ERRORS)
-                    _fail(item, api_error, retriable=retriable)
+                    refusal = api_error(reply["error"])
+                    retriable = isinstance(refusal, RETRIABLE_PUBLISH_ERRORS)
+                    _fail(item, refusal, retriable=retriable)
                 else:
                     item.ack = PubAck(reply["stream"], reply["seq"], bool(reply.get("duplicate")))
         except Exception as exc:  # noqa: BLE001 - an unreadable reply fails its item only

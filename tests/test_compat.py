@@ -22,6 +22,7 @@ from nats.aio.msg import Msg
 from nats.errors import MsgAlreadyAckdError
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig
+from nats.js.errors import APIError, ServiceUnavailableError
 from packaging.version import Version
 from support import wait_until
 
@@ -436,3 +437,11 @@ def test_each_consume_path_access_fails_loudly_on_objects_it_does_not_know() -> 
         compat.kv_subject_prefix(object())
     assert issubclass(HostVersionError, NatsPubsubError)
     assert "nats-py" in SUPPORTED_VERSIONS
+
+
+def test_api_error_gives_the_typed_error_of_a_jetstream_answer() -> None:
+    unavailable = compat.api_error({"code": 503, "err_code": 10008, "description": "busy"})
+    other = compat.api_error({"code": 400, "err_code": 10071, "description": "wrong sequence"})
+    assert isinstance(unavailable, ServiceUnavailableError)
+    assert isinstance(other, APIError) and not isinstance(other, ServiceUnavailableError)
+    assert other.err_code == 10071

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from typing import Any
 
 import nats
 import pytest
+from nats.aio.msg import Msg
 from nats.js.errors import NoStreamResponseError
 from pydantic import BaseModel
 from support import NATSPUBSUB_TS_ENVELOPE, consumer_idle, new_broker, running, wait_until
@@ -436,6 +438,36 @@ async def test_publish_counts_the_headers_against_max_payload_and_keeps_the_conn
     assert refused.value.limit == 4096 and refused.value.size > 4096
     assert isinstance(many.error, MessageTooLargeError)
     assert after.seq == 1  # nothing was stored before, and the connection is still up
+
+
+async def test_publish_many_retries_an_item_the_server_answers_503_for(
+    server: EmbeddedNatsServer,
+) -> None:
+    # A JetStream leader election answers "503 temporarily unavailable": publish retries it
+    # with the same id, and so must publish_many (it gave up on it at once before).
+    pubsub = NatsPubsub(new_broker(server), env="test", app="orders")
+    async with running(pubsub.broker):
+        await pubsub.broker.connection.jetstream().delete_stream("TEST_ORDERS")
+        answers = [
+            {"error": {"code": 503, "err_code": 10008, "description": "unavailable"}},
+            {"stream": "TEST_ORDERS", "seq": 7},
+        ]
+        seen: list[str] = []
+        responder = await nats.connect(server.url)
+
+        async def answer(msg: Msg) -> None:
+            seen.append(msg.headers["Nats-Msg-Id"] if msg.headers else "")
+            await msg.respond(json.dumps(answers[len(seen) - 1]).encode())
+
+        await responder.subscribe("test.orders.order.created", cb=answer)
+        await responder.flush()
+        try:
+            [result] = await pubsub.publish_many([("order.created", {"n": 1})])
+        finally:
+            await responder.close()
+    assert result.ok, result.error
+    assert result.seq == 7
+    assert seen == [result.event_id, result.event_id]  # the retry kept the id
 
 
 async def test_publish_many_refuses_an_item_over_max_payload_and_keeps_the_connection() -> None:
