@@ -7,10 +7,11 @@ hide behind handling; a slow one gets a shallow one, so it does not sit on work 
 instance of the app could do, and what it holds starts well within ``ack_wait``.
 
 :class:`PullSource` sends the pull requests that fill that window and takes what arrives
-from nats-py's queue without nats-py's per-message task and timer. It treats the server's
-status messages as nats-py does (heartbeats and the 404/408/409 ends of a request are
-skipped; any other status raises), and on close it stops the server's deliveries and
-returns everything that arrived, so nothing is left to wait for ``ack_wait``.
+from nats-py's queue without nats-py's per-message task and timer. The server's status
+messages are read by a :class:`~faststream_natspubsub.pull_requests.PullLedger` (a refused
+request holds the next one back for a moment; no status raises or loses what came with it),
+and on close it stops the server's deliveries and returns everything that arrived, so nothing
+is left to wait for ``ack_wait``.
 """
 
 from __future__ import annotations
@@ -23,9 +24,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final
 
-from nats.js.errors import APIError
-
 from .compat import PullParts, stop_interest, took_from_queue
+from .pull_requests import PullLedger
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
@@ -48,11 +48,6 @@ _FETCH_AHEAD_SHARE_OF_ACK_WAIT: Final = 0.1
 # Weight of the newest handling time in the moving average of the pace.
 _PACE_WEIGHT: Final = 0.1
 
-_STATUS: Final = "Status"
-_HEARTBEAT: Final = "100"
-# The server ends a pull request with one of these; nats-py skips them too.
-_REQUEST_ENDED: Final = frozenset({"404", "408", "409"})
-_PENDING_MESSAGES: Final = "Nats-Pending-Messages"
 # How long a pull request waits on the server for messages: 5 s, and less than half of
 # ack_wait. A process that dies leaves its requests waiting on the server until they expire,
 # and while one waits the server looks for messages to deliver, including those of the dead
@@ -66,11 +61,6 @@ _REQUEST_EXPIRES_SHARE_OF_ACK_WAIT: Final = 0.4
 def request_expiry(ack_wait: float) -> float:
     """How long the pull requests of a consumer with this ``ack_wait`` wait on the server."""
     return max(min(REQUEST_EXPIRES, ack_wait * _REQUEST_EXPIRES_SHARE_OF_ACK_WAIT), 0.05)
-
-
-# A request refused at once (409: too many waiting requests, consumer deleted, leader
-# change) is not repeated sooner than this.
-_REFUSED_PAUSE: Final = 0.25
 
 
 class FetchWindow:
@@ -126,13 +116,17 @@ class PullSource:
         # The wait for the next arrival: a task of its own, so that a message it has taken
         # from the queue is never lost between the wait's end and its caller's turn.
         self._getter: asyncio.Task[Msg] | None = None
-        self.outstanding = 0
-        """Messages asked for by requests that have not ended."""
-        self._expires_at = 0.0
-        self._refused_until = 0.0
+        self.ledger = PullLedger(parts.client)
         self._closed = False
-        # Requests do not survive a reconnect (the server may have restarted): counted here.
-        self._reconnects = self._reconnect_count()
+
+    @property
+    def outstanding(self) -> int:
+        """Messages asked for by requests that have not ended."""
+        return self.ledger.outstanding
+
+    @outstanding.setter
+    def outstanding(self, count: int) -> None:
+        self.ledger.outstanding = count
 
     @property
     def arrived(self) -> int:
@@ -141,22 +135,17 @@ class PullSource:
 
     def can_request(self) -> bool:
         """False for a short while after the server refused a request."""
-        return time.monotonic() >= self._refused_until
+        return self.ledger.can_request()
 
     def lapse_expired(self) -> None:
         """Forget requests that expired or did not survive a reconnect."""
-        reconnects = self._reconnect_count()
-        if time.monotonic() >= self._expires_at or reconnects != self._reconnects:
-            self.outstanding = 0
-            self._reconnects = reconnects
+        self.ledger.lapse_expired()
 
     async def request(self, count: int) -> None:
         """Ask the server for ``count`` more messages."""
         if count <= 0 or self.parts.client.is_closed:
             return
-        now = time.monotonic()
-        self.outstanding += count
-        self._expires_at = now + self.expires
+        self.ledger.asked(count, self.expires)
         body = {"batch": count, "expires": int(self.expires * 1_000_000_000)}
         parts = self.parts
         await parts.client.publish(
@@ -170,7 +159,7 @@ class PullSource:
         while not queue.empty() and (limit is None or len(taken) < limit):
             msg = queue.get_nowait()
             took_from_queue(self.parts, msg)
-            if self._is_message(msg):
+            if self.ledger.is_message(msg):
                 taken.append(msg)
         return taken
 
@@ -193,11 +182,11 @@ class PullSource:
             return []
         msg = getter.result()
         took_from_queue(self.parts, msg)
-        return [msg] if self._is_message(msg) else []
+        return [msg] if self.ledger.is_message(msg) else []
 
     def until_expiry(self) -> float:
         """Seconds until the running requests expire (at least a little)."""
-        return max(self._expires_at - time.monotonic(), 0.05)
+        return max(self.ledger.expires_at - time.monotonic(), 0.05)
 
     async def close(self) -> list[Msg]:
         """Stop the server's deliveries; everything that arrived and was not taken.
@@ -222,33 +211,3 @@ class PullSource:
             self._getter.cancel()
             self._getter = None
         return taken
-
-    def _reconnect_count(self) -> int:
-        stats = getattr(self.parts.client, "stats", None)
-        return int(stats.get("reconnects", 0)) if isinstance(stats, dict) else 0
-
-    def _is_message(self, msg: Msg) -> bool:
-        """True for a stream message; a status message updates the request accounting."""
-        headers = msg.headers
-        status = headers.get(_STATUS) if headers else None
-        if status is None:
-            self.outstanding = max(self.outstanding - 1, 0)
-            return True
-        if status == _HEARTBEAT:
-            return False
-        if status in _REQUEST_ENDED:
-            self._request_ended(status, headers or {})
-            return False
-        raise APIError.from_msg(msg)
-
-    def _request_ended(self, status: str, headers: dict[str, str]) -> None:
-        # A 408 says how many of its messages the request did not deliver.
-        try:
-            undelivered = int(headers.get(_PENDING_MESSAGES, ""))
-        except ValueError:
-            self.outstanding = 0
-        else:
-            self.outstanding = max(self.outstanding - undelivered, 0)
-        if status == "409":
-            self.outstanding = 0
-            self._refused_until = time.monotonic() + _REFUSED_PAUSE

@@ -14,12 +14,15 @@ gets it in one call. When the last message said the consumer has nothing more pe
 fetch ends at once instead of waiting out ``max_wait``, as nats-py's ``no_wait`` request would:
 a batch is handled as soon as the stream is drained, not ``max_wait`` later.
 
-It keeps nats-py's accounting (pending bytes, ``task_done``) and treats the server's status
-messages as nats-py does (heartbeats and the 404/408/409 ends of a request are skipped, any
-other status raises). Messages of an earlier request that arrive after their fetch returned
-stay queued for the next one, as with nats-py; when the subscription is closed (the subscriber
-stops) those left over are NAKed, so the server redelivers them at once instead of after
-``ack_wait``.
+It keeps nats-py's accounting (pending bytes, ``task_done``); the server's status messages
+are read by a :class:`~faststream_natspubsub.pull_requests.PullLedger`: a refused request (a
+409, say because the consumer's ``max_batch`` is below the batch size) holds the next one back
+for a moment and is logged once, instead of being asked again thousands of times a second,
+and no status raises from the middle of a read. Messages of an earlier request that arrive
+after their fetch returned stay queued for the next one, as with nats-py; when the
+subscription is closed (the subscriber stops) those left over are NAKed, so the server
+redelivers them at once instead of after ``ack_wait``; so are those a fetch had collected
+when it was cancelled.
 
 :meth:`BatchFetcher.install` replaces the ``fetch`` and ``unsubscribe`` of one subscription
 object; it leaves the subscription alone when nats-py's internals are not what it expects.
@@ -35,9 +38,9 @@ from typing import TYPE_CHECKING, Any, Final
 
 from nats.errors import ConnectionClosedError
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.errors import APIError
 
 from .compat import HostVersionError, PullParts, pull_parts, took_from_queue
+from .pull_requests import PullLedger
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
@@ -46,11 +49,6 @@ __all__ = ("BatchFetcher",)
 
 logger = logging.getLogger("faststream_natspubsub.pull")
 
-_STATUS: Final = "Status"
-_HEARTBEAT: Final = "100"
-# The server ends a pull request with one of these; nats-py skips them too.
-_REQUEST_ENDED: Final = frozenset({"404", "408", "409"})
-_PENDING_MESSAGES: Final = "Nats-Pending-Messages"
 # Expiry of a pull request when the caller gives no timeout.
 _DEFAULT_EXPIRES: Final = 5.0
 # Below this, the server refuses or immediately ends a request's expiry: use no expiry limit
@@ -71,10 +69,7 @@ class BatchFetcher:
         self._original_fetch = subscription.fetch
         self._original_unsubscribe = subscription.unsubscribe
         # Messages asked for by requests that have not ended, and when the last one ends.
-        self._outstanding = 0
-        self._expires_at = 0.0
-        # Requests do not survive a reconnect (the server may have restarted): counted here.
-        self._reconnects = self._reconnect_count()
+        self._ledger = PullLedger(parts.client)
         # The largest batch asked for (the subscriber's batch size), and whether the last
         # message handed out said the consumer had nothing more pending on the server.
         self._batch_size = 0
@@ -120,8 +115,21 @@ class BatchFetcher:
             # batch is handled without idling for the rest of ``max_wait``.
             raise NatsTimeoutError
         self._batch_size = max(self._batch_size, batch)
+        try:
+            await self._fill(messages, batch, timeout)
+        except asyncio.CancelledError:  # the subscriber stops: what was collected goes back
+            await self._hand_back(messages)
+            raise
+        if messages:
+            return self._handed_out(messages)
+        if self._nc.is_closed:
+            raise ConnectionClosedError
+        raise NatsTimeoutError
+
+    async def _fill(self, messages: list[Msg], batch: int, timeout: float | None) -> None:
+        """Add to ``messages`` until the batch is full, the server has nothing more pending,
+        or the time is up."""
         started = time.monotonic()
-        # Until the batch is full, the server has nothing more pending, or the time is up.
         while not messages or (
             len(messages) < batch and timeout is not None and not _drained(messages[-1])
         ):
@@ -129,25 +137,33 @@ class BatchFetcher:
             if remaining is not None and remaining <= 0:
                 break
             await self._request(batch - len(messages), remaining)
+            wait = remaining
+            if not self._ledger.outstanding:  # refused a moment ago: ask again after the pause
+                pause = self._ledger.pause_left()
+                wait = pause if wait is None else min(wait, pause)
             try:
-                msg = await asyncio.wait_for(self._queue.get(), remaining)
-            except asyncio.TimeoutError:
+                # Not wait_for: on Python 3.11 it swallows a cancel that comes as the message
+                # does, and the stopping subscriber's fetch would run on to its timeout.
+                async with asyncio.timeout(wait):
+                    msg = await self._queue.get()
+            except TimeoutError:
+                if wait != remaining:
+                    continue
                 break
             self._took(msg)
-            if self._is_message(msg):
+            if self._ledger.is_message(msg):
                 messages.append(msg)
             messages.extend(self._take(batch - len(messages)))
-        if messages:
-            return self._handed_out(messages)
-        if self._nc.is_closed:
-            raise ConnectionClosedError
-        raise NatsTimeoutError
 
     async def unsubscribe(self) -> None:
         """Close the subscription, then NAK what arrived for it and was never handed out."""
         await self._original_unsubscribe()
-        leftovers = self._take(self._queue.qsize())
-        for msg in leftovers:
+        await self._hand_back(self._take(self._queue.qsize()))
+
+    @staticmethod
+    async def _hand_back(messages: list[Msg]) -> None:
+        """NAK messages that will not be handled here, so they are redelivered at once."""
+        for msg in messages:
             try:
                 await msg.nak()
             except Exception:  # the server redelivers it after ack_wait anyway
@@ -160,23 +176,15 @@ class BatchFetcher:
 
     async def _request(self, batch: int, timeout: float | None) -> None:
         """Ask the server for what ``batch`` needs beyond the requests still running."""
-        now = time.monotonic()
-        reconnects = self._reconnect_count()
-        if now >= self._expires_at or reconnects != self._reconnects:
-            self._outstanding = 0
-            self._reconnects = reconnects
-        needed = batch - self._outstanding
-        if needed <= 0:
+        ledger = self._ledger
+        ledger.lapse_expired()
+        needed = batch - ledger.outstanding
+        if needed <= 0 or not ledger.can_request():
             return
         expires = max(_DEFAULT_EXPIRES if timeout is None else timeout, _MIN_EXPIRES)
         request = {"batch": needed, "expires": int(expires * 1_000_000_000)}
         await self._nc.publish(self._next_subject, json.dumps(request).encode(), self._deliver)
-        self._outstanding += needed
-        self._expires_at = max(self._expires_at, now + expires)
-
-    def _reconnect_count(self) -> int:
-        stats = getattr(self._nc, "stats", None)
-        return int(stats.get("reconnects", 0)) if isinstance(stats, dict) else 0
+        ledger.asked(needed, expires)
 
     def _take(self, limit: int) -> list[Msg]:
         """Up to ``limit`` messages that have already arrived, without waiting."""
@@ -185,35 +193,12 @@ class BatchFetcher:
         while len(taken) < limit and not queue.empty():
             msg = queue.get_nowait()
             self._took(msg)
-            if self._is_message(msg):
+            if self._ledger.is_message(msg):
                 taken.append(msg)
         return taken
 
     def _took(self, msg: Msg) -> None:
         took_from_queue(self._parts, msg)
-
-    def _is_message(self, msg: Msg) -> bool:
-        """True for a stream message; a status message updates the request accounting."""
-        headers = msg.headers
-        status = headers.get(_STATUS) if headers else None
-        if status is None:
-            self._outstanding = max(self._outstanding - 1, 0)
-            return True
-        if status == _HEARTBEAT:
-            return False
-        if status in _REQUEST_ENDED:
-            self._request_ended(headers or {})
-            return False
-        raise APIError.from_msg(msg)
-
-    def _request_ended(self, headers: dict[str, str]) -> None:
-        # A 408 says how many of its messages the request did not deliver.
-        try:
-            undelivered = int(headers.get(_PENDING_MESSAGES, ""))
-        except ValueError:
-            self._outstanding = 0
-            return
-        self._outstanding = max(self._outstanding - undelivered, 0)
 
 
 def _drained(msg: Msg) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -192,3 +193,74 @@ async def test_after_a_reconnect_the_fetch_asks_again_instead_of_waiting_for_los
         assert [m.data for m in got] == [b"after"]
     finally:
         await nc.close()
+
+
+async def _requests_counted(nc: Any) -> list[int]:
+    """Counts the pull requests ``nc`` sends (one entry per request)."""
+    sent: list[int] = []
+    publish = nc.publish
+
+    async def counting(subject: str, payload: bytes = b"", reply: str = "", **kw: Any) -> None:
+        if subject.startswith("$JS.API.CONSUMER.MSG.NEXT."):
+            sent.append(1)
+        await publish(subject, payload, reply, **kw)
+
+    nc.publish = counting
+    return sent
+
+
+async def test_a_consumer_that_refuses_every_request_is_asked_a_few_times_not_thousands(
+    js: JetStreamContext, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a consumer whose max_batch is below the batch the subscriber asks for
+    await _add_consumer(js, max_batch=2)
+    subscription = await js.pull_subscribe_bind("d", stream=STREAM)
+    assert BatchFetcher.install(subscription) is not None
+    sent = await _requests_counted(js._nc)
+    await _publish(js, 5)
+
+    # When a fetch waits a second (before: it asked again at every refusal, 5,000 times)
+    with pytest.raises(nats.errors.TimeoutError):
+        await subscription.fetch(10, timeout=1.0)
+
+    # Then it asked again only after a pause, and said once why nothing came
+    assert 1 < len(sent) <= 6
+    refusals = [r.getMessage() for r in caplog.records if "refused a pull request" in r.message]
+    assert len(refusals) == 1 and "409 Exceeded MaxRequestBatch" in refusals[0]
+
+
+async def test_a_fetch_cancelled_with_messages_in_hand_hands_them_back_at_once(
+    js: JetStreamContext,
+) -> None:
+    # Given a fetch holding part of its batch (the server stops at max_ack_pending=5)
+    await _add_consumer(js, max_ack_pending=5)
+    subscription = await js.pull_subscribe_bind("d", stream=STREAM)
+    assert BatchFetcher.install(subscription) is not None
+    await _publish(js, 10)
+    fetch = asyncio.ensure_future(subscription.fetch(10, timeout=30))
+    await wait_until(lambda: _ack_pending(js, 5), message="five delivered, held by the fetch")
+
+    # When the subscriber stops (FastStream closes the subscription, then cancels its fetch)
+    await subscription.unsubscribe()
+    fetch.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await fetch
+
+    # Then the five are redelivered at once, not after ack_wait (30 s)
+    again = await js.pull_subscribe_bind("d", stream=STREAM)
+    got = await _collect(again, 5, timeout=5)
+    assert sorted(int(m.data) for m in got) == list(range(5))  # a NAK may lose its turn
+    assert {m.metadata.num_delivered for m in got} == {2}
+
+
+async def _ack_pending(js: JetStreamContext, count: int) -> bool:
+    info = await js.consumer_info(STREAM, "d")
+    return bool(info.num_ack_pending == count)
+
+
+async def _add_consumer(js: JetStreamContext, **config: Any) -> None:
+    """Durable "d" with settings nats-py's ConsumerConfig may not know (``max_batch``)."""
+    body = {"stream_name": STREAM, "config": {"durable_name": "d", "ack_policy": "explicit"}}
+    body["config"].update(config)  # type: ignore[attr-defined]
+    reply = await js._nc.request(f"$JS.API.CONSUMER.CREATE.{STREAM}.d", json.dumps(body).encode())
+    assert b'"error"' not in reply.data, reply.data
