@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import nats
@@ -147,6 +148,50 @@ async def test_a_failure_that_names_no_item_of_the_batch_retries_every_item_by_t
     assert calls[0] == [1, 1, 1]
     assert sorted(d for c in calls[1:] for d in c) == [2, 2, 2]
     assert info.delivered.consumer_seq == 6
+
+
+class _StoreDownFor(MemoryInboxStore):
+    """A store out of reach for a while, as a KV bucket or database can briefly be."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.back_at = time.monotonic() + seconds
+
+    async def claim(self, event_id: str, *, lease: float) -> Any:
+        if time.monotonic() < self.back_at:
+            raise ConnectionError("inbox store unreachable")
+        return await super().claim(event_id, lease=lease)
+
+
+async def test_an_inbox_store_outage_retries_each_item_by_the_policy_instead_of_at_once(
+    server: EmbeddedNatsServer,
+) -> None:
+    # Before: the failed claim NAKed the whole batch at once, again and again, until every
+    # item was dead-lettered for max_deliver without its handler running once
+    pubsub = NatsPubsub(
+        new_broker(server),
+        env="test",
+        app="ledger",
+        inbox=_StoreDownFor(0.8),
+        retry=RetryPolicy(backoff=(0.5,)),
+    )
+    handled: list[int] = []
+
+    @pubsub.subscriber("entry.posted", batch=BatchSettings(max_messages=10, max_wait=0.3))
+    async def post(entries: list[dict[str, Any]]) -> None:
+        handled.extend(e["n"] for e in entries)
+
+    await _backlog(pubsub, 3)
+    async with running(pubsub.broker):
+        await wait_until(lambda: len(handled) >= 3, message="every item handled")
+        js = pubsub.broker.connection.jetstream()
+        await wait_until(lambda: _settled(js), message="every item settled")
+        info = await js.consumer_info("TEST_LEDGER", DURABLE)
+        records = await DeadLetterQueue(js, env="test", app="ledger").list()
+    assert sorted(handled) == [0, 1, 2]
+    assert records == []
+    # Retried after the policy's 0.5 s: two or three deliveries each during 0.8 s
+    assert 6 <= info.delivered.consumer_seq <= 12
 
 
 async def _backlog(pubsub: NatsPubsub, count: int) -> None:

@@ -194,7 +194,14 @@ class _BatchRun:
                 metrics.consumed.add(1, metrics.attributes(raw.subject))
             # The full JetStream metadata is parsed only for items that fail.
             admitted.append(_Item(raw, delivery_count(raw), envelope))
-        claimed, admitted = await self._claim(admitted), []
+        try:
+            claimed = await self._claim(admitted)
+        except Exception as exc:  # noqa: BLE001 - the store failed: retried like an attempt
+            for item in admitted:
+                if not item.raw.is_acked:  # not settled by the claim before it failed
+                    await self._fail(item, exc)
+            return []
+        admitted = []
         for item in claimed:
             if item.deliveries <= policy.max_attempts:
                 admitted.append(item)
