@@ -371,10 +371,11 @@ class _Run:
                 if self.breaker is None:
                     return self.ready.popleft()
                 machine = self.breaker.machine
-                probe = machine.state is BreakerState.HALF_OPEN
                 if machine.may_start():
                     item = self.ready.popleft()
-                    item.probe = probe
+                    # Read after may_start: the cooldown may have ended within it, and a start
+                    # in half-open is the probe (only a closed breaker starts others).
+                    item.probe = machine.state is BreakerState.HALF_OPEN
                     return item
             waiter = self.loop.create_future()
             self._idle.append(waiter)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from faststream.nats import NatsBroker, PullSub
+from nats.aio.msg import Msg
+from support import wait_until
 
 from faststream_natspubsub import (
     BatchSettings,
@@ -16,6 +20,8 @@ from faststream_natspubsub import (
     NatsPubsub,
 )
 from faststream_natspubsub.breaker import BreakerMachine, SubscriberBreaker, Verdict
+from faststream_natspubsub.compat import PullParts
+from faststream_natspubsub.dispatch import DispatchSettings, _Run
 from faststream_natspubsub.metrics import PubsubMetrics
 
 
@@ -292,3 +298,79 @@ def test_openings_held_failures_and_open_subscribers_are_measured() -> None:
     assert points[("natspubsub.breaker.opened", "probe_failed")] == 1
     assert points[("natspubsub.breaker.held", None)] == 2
     assert points[("natspubsub.breaker.open", None)] == 1
+
+
+# -- the dispatch's probe --------------------------------------------------------------------
+
+
+class _ScriptedClock(Clock):
+    """Returns ``script``'s values first, then ``now``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.script: list[float] = []
+
+    def __call__(self) -> float:
+        return self.script.pop(0) if self.script else self.now
+
+
+class _Client:
+    is_closed = False
+    is_connected = True
+    stats: dict[str, int] = {"reconnects": 0}  # noqa: RUF012 - read only
+
+    async def publish(self, subject: str, data: bytes = b"", reply: str = "") -> None:
+        pass
+
+    async def _send_command(self, data: bytes, priority: bool = False) -> None:
+        pass
+
+    async def _flush_pending(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+async def test_a_probe_started_as_the_cooldown_ends_is_known_as_the_probe() -> None:
+    # Before: the dispatch read the state (open), then may_start read the clock again (the
+    # cooldown just over) and started the probe as an ordinary message; when it ended with
+    # neither verdict the breaker stayed half-open and probing for good: nothing more ran.
+    clock = _ScriptedClock()
+    breaker = SubscriberBreaker(
+        CircuitBreaker(failures=1, cooldown=5.0),
+        subject="s",
+        durable="d",
+        metrics=PubsubMetrics(),
+        clock=clock,
+    )
+    client = _Client()
+    parts = PullParts(
+        client=client,  # type: ignore[arg-type]
+        subscription=SimpleNamespace(_pending_size=0),
+        queue=asyncio.Queue(),
+        next_subject="$JS.API.CONSUMER.MSG.NEXT.S.C",
+        deliver_subject="_INBOX.x",
+    )
+    handled: list[str] = []
+
+    async def consume(msg: Msg) -> None:  # a duplicate, say: neither success nor failure
+        handled.append(msg.reply.split(".")[5])
+
+    run = _Run(DispatchSettings(ack_wait=30.0, breaker=breaker), parts, consume)
+    task = asyncio.ensure_future(run.serve())
+    try:
+        await wait_until(lambda: bool(run._idle), message="the workers wait")
+        breaker.failed(object(), "e1", RuntimeError("down"))  # open until 105
+        for seq in (1, 2, 3):
+            parts.queue.put_nowait(
+                Msg(_client=client, subject="s", reply=f"$JS.ACK.S.C.1.{seq}.{seq}.0.0")  # type: ignore[arg-type]
+            )
+        await wait_until(lambda: len(run.ready) == 3, message="held while open")
+        clock.script[:] = [104.9999999, 105.0]  # a worker looks just as the cooldown ends
+        run._wake(1)
+        await asyncio.sleep(0)
+        clock.now = 200.0
+        run._wake(len(run._idle))
+        await wait_until(lambda: len(handled) == 3, message="every message handled")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert handled == ["1", "2", "3"]
