@@ -12,7 +12,8 @@ of each (middlewares, handler, acknowledgement) through the subscriber's ``consu
   came, messages with different keys in parallel. A message of a key that is NAKed (a retry)
   *holds its key*: the key's later messages wait in the client until the retried one has
   come back and been handled (acknowledged, dead-lettered, or retried again), or until the
-  hold runs out (its NAK delay plus ``ack_wait``). Held messages are kept alive with
+  hold runs out (its NAK delay plus ``ack_wait``). A retry back before its handler ended (a
+  handler that NAKs by hand and goes on) runs next. Held messages are kept alive with
   ``+WPI`` and do not count against the fetch window, but they do count against the
   consumer's ``max_ack_pending`` on the server.
 - **Waiting messages stay alive**: a message fetched but not started gets ``+WPI`` every
@@ -499,6 +500,10 @@ class _Run:
             self.ready.append(item)
             self.waiting += 1 + len(lane.queue)
             self.held -= len(lane.queue)
+        elif _retry_of_running(lane, item):
+            # Its handler NAKed it and runs on: the retry is back already, and runs next.
+            lane.queue.appendleft(item)
+            self.waiting += 1
         else:
             lane.queue.append(item)
             if lane.blocker is None:
@@ -562,14 +567,16 @@ class _Run:
         if lane is None or lane.active is not item:
             return []
         lane.active = None
+        # The retry of a message its handler NAKed may be back before the handler ended.
+        retry_back = bool(lane.queue) and lane.queue[0].seq == item.seq
         if self.closing:
             del self.lanes[item.key]
             # The retried message goes back first, at once, its key's others behind it.
-            hand_back = [item] if item.naked else []
+            hand_back = [item] if item.naked and not retry_back else []
             hand_back.extend(sorted(lane.queue, key=lambda i: i.seq))
             self.waiting -= len(lane.queue)
             return hand_back
-        if item.naked:
+        if item.naked and not retry_back:
             lane.blocker = item
             lane.hold_until = (
                 self.loop.time() + (item.nak_delay or 0.0) + self.settings.ack_wait + _HOLD_MARGIN
@@ -748,6 +755,13 @@ class _Run:
 
 
 _NO_KEY: Final[Any] = object()
+
+
+def _retry_of_running(lane: _Lane, item: _Item) -> bool:
+    """Whether ``item`` is the redelivery of its key's running message, which its handler
+    NAKed and has not finished."""
+    active = lane.active
+    return active is not None and active.started and active.naked and active.seq == item.seq
 
 
 def dispatch_settings(

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+from faststream.nats.annotations import NatsMessage
 from support import new_broker, running, wait_until
 
 from faststream_natspubsub import EventMetadata, NatsPubsub, RetryLater
@@ -284,6 +285,54 @@ async def test_a_retried_event_holds_its_key_and_the_key_waits_past_ack_wait(
     b_done = max(at for key, _, _, at in log if key == "B")
     assert b_done < retried_at
     assert len(published) == 8
+
+
+async def test_a_retry_back_before_its_handler_ended_runs_next_without_a_stall(
+    server: EmbeddedNatsServer,
+) -> None:
+    # Before: a handler that NAKed its message by hand and then awaited something saw the
+    # redelivery arrive first; it was queued behind the key's later event, and the key was
+    # held behind itself until the hold ran out (ack_wait + 1 s), out of order.
+    async with publisher(server) as pub:
+        consumer = NatsPubsub(new_broker(server), env=ENV, app=APP)
+        log: list[tuple[int, int]] = []
+        queued = asyncio.Event()
+
+        @consumer.subscriber(TOPIC, ack_wait=3.0, max_workers=2, order_by=lambda m: m["key"])
+        async def keyed(body: dict[str, Any], meta: EventMetadata, msg: NatsMessage) -> None:
+            log.append((body["n"], meta.deliveries))
+            if body["n"] == 0 and meta.deliveries == 1:
+                await queued.wait()  # A1 waits behind A0
+                await msg.nack()  # redelivered at once, while this handler goes on
+                await wait_until(lambda: _redelivered(consumer), message="the retry is back")
+
+        async with running(consumer.broker):
+            await _publish(pub, [{"key": "A", "n": 0}])
+            await wait_until(lambda: log == [(0, 1)], message="A0 runs")
+            await _publish(pub, [{"key": "A", "n": 1}])
+            await wait_until(lambda: _queued_behind(consumer), message="A1 queued")
+            queued.set()
+            started = time.monotonic()
+            await wait_until(lambda: len(log) >= 3, message="the retry and A1")
+            took = time.monotonic() - started
+
+    assert log == [(0, 1), (0, 2), (1, 1)]
+    assert took < 3.0  # no hold of ack_wait + 1 s
+
+
+def _run_of(consumer: NatsPubsub) -> Any:
+    [dispatcher] = list(consumer._registrar.lifecycle.dispatchers.values())
+    return dispatcher.current
+
+
+def _queued_behind(consumer: NatsPubsub) -> bool:
+    run = _run_of(consumer)
+    return run is not None and any(lane.queue for lane in run.lanes.values())
+
+
+def _redelivered(consumer: NatsPubsub) -> bool:
+    run = _run_of(consumer)
+    return run is not None and any(len(lane.queue) == 2 for lane in run.lanes.values())
 
 
 @pytest.mark.slow
