@@ -162,12 +162,13 @@ class _Guarded:
         else:
             self.watch.remove_guard(self)
         violation = self.violation
-        if exc is None or violation is None:
+        if violation is None:
             return
-        if isinstance(exc, asyncio.CancelledError):
-            uncancel = getattr(task, "uncancel", None)  # Python 3.11+
-            if uncancel is not None and uncancel() > 0:
-                return  # also cancelled from outside: that wins
+        # This guard cancelled the task: take that cancel back, even when something inside
+        # swallowed it (nats-py's forced flush does), or a later guard's cancel would be
+        # taken for one from outside and escape as CancelledError.
+        if task.uncancel() > 0 and isinstance(exc, asyncio.CancelledError):
+            return  # also cancelled from outside: that wins
         raise self._error(violation) from None
 
     def _error(self, violation: Violation) -> PermissionDeniedError:

@@ -207,6 +207,28 @@ async def test_publish_many_reports_a_refused_subject_per_item() -> None:
     assert time.monotonic() - started < 3.0
 
 
+@pytest.mark.slow
+async def test_a_window_over_the_clients_buffer_with_a_refused_item_returns_every_result() -> None:
+    # Over 2 MiB the client flushes as it writes, and swallowed the refusal's interruption;
+    # the retry round's then escaped publish_many as CancelledError, results and all lost
+    allowed = publisher_set()
+    events = next(p for p in allowed.permissions if p.subject == "test.payments.>")
+    narrower = dataclasses.replace(events, subject="test.payments.payment.done")
+    block = dataclasses.replace(
+        allowed,
+        permissions=tuple(narrower if p == events else p for p in allowed.permissions),
+    )
+    async with EmbeddedNatsServer(config=users_config({"payments": block})) as server:
+        payments = payments_app(server.url)
+        async with running_broker(payments.broker):
+            filler = "x" * 700
+            items = [("payment.refunded", {"n": 0, "b": filler})]
+            items += [("payment.done", {"n": n, "b": filler}) for n in range(1, 4000)]
+            results = await payments.publish_many(items, timeout=2)
+    assert isinstance(results[0].error, PermissionDeniedError)
+    assert all(r.ok and r.seq is not None for r in results[1:])
+
+
 def _health_set() -> PermissionSet:
     return orders_app(NOWHERE).pubsub.permissions("health")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import pytest
@@ -165,6 +166,31 @@ async def test_a_cancellation_from_outside_wins_over_a_refusal() -> None:
     watch.hear(_error('Permissions Violation for Publish to "a.b"'))
     with pytest.raises(asyncio.CancelledError):
         await waiting
+
+
+async def test_a_refusal_whose_cancel_was_swallowed_inside_still_fails_and_leaves_none() -> None:
+    # nats-py's forced flush swallows a cancel. Before: the guard left it counted, and the
+    # next guard's cancel was taken for one from outside and escaped as CancelledError.
+    watch = PermissionWatch()
+
+    async def swallowing_then_waiting() -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.Event().wait()  # cancelled by the guard, and the cancel swallowed
+
+    async def guarded_publish() -> None:
+        with watch.guarding_request("a.b"):
+            asyncio.get_running_loop().call_soon(
+                watch.hear, _error('Permissions Violation for Publish to "a.b"')
+            )
+            await swallowing_then_waiting()
+
+    async def publish_twice() -> None:
+        for _ in range(2):
+            with pytest.raises(PermissionDeniedError):
+                await guarded_publish()
+        assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+
+    await asyncio.create_task(publish_twice())
 
 
 async def test_listeners_hear_every_violation_and_guards_only_theirs() -> None:
