@@ -717,6 +717,9 @@ class _Run:
         for lane in self.lanes.values():
             left.extend(sorted(lane.queue, key=lambda i: i.seq))
         left.extend(item for item in self.ready if not item.started)
+        if self.recovery is not None:  # ended before a stop began: still waiting to start
+            left.extend(sorted(self.recovery.buffer, key=lambda i: i.seq))
+            self.recovery = None
         self.in_flight.clear()
         self.lanes.clear()
         self.ready.clear()
