@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 import uuid
@@ -468,6 +469,27 @@ async def test_publish_many_retries_an_item_the_server_answers_503_for(
     assert result.ok, result.error
     assert result.seq == 7
     assert seen == [result.event_id, result.event_id]  # the retry kept the id
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class _CountingCodec(EnvelopeCodec):
+    encoded: list[int] = dataclasses.field(default_factory=list)
+
+    def encode(self, data: dict[str, Any]) -> tuple[bytes, bool]:
+        self.encoded.append(1)
+        return EnvelopeCodec.encode(self, data)
+
+
+async def test_a_publish_with_headers_far_below_max_payload_is_encoded_once(
+    server: EmbeddedNatsServer,
+) -> None:
+    # Headers the caller gives (FastStream's telemetry adds a traceparent) are counted
+    # against max_payload; the envelope is encoded again only when it does not fit
+    codec = _CountingCodec()
+    pubsub = NatsPubsub(new_broker(server), env="test", app="orders", codec=codec)
+    async with running(pubsub.broker):
+        await pubsub.publish("order.created", {"n": 1}, headers={"traceparent": "00-ab-cd-01"})
+    assert len(codec.encoded) == 1
 
 
 async def test_publish_many_refuses_an_item_over_max_payload_and_keeps_the_connection() -> None:

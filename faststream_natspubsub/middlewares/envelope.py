@@ -287,9 +287,10 @@ class EnvelopeMiddleware:
         if given or len(payload) + _header_bound(cmd) > self.max_payload:
             # Headers the caller gave, or near the server's limit: counted byte by byte.
             header_size = _sent_header_size(cmd)
-            payload, compressed = encode_within(
-                self.codec, data, self.max_payload - header_size, headers=header_size
-            )
+            if len(payload) + header_size > self.max_payload:
+                payload, compressed = encode_within(
+                    self.codec, data, self.max_payload - header_size, headers=header_size
+                )
         if compressed:
             headers[CONTENT_ENCODING_HEADER] = "gzip"
         cmd.body = payload
