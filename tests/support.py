@@ -112,3 +112,39 @@ def assert_one_line_error(result: Result, code: int, text: str) -> None:
     assert len(lines) == 1, result.err
     assert text in lines[0]
     assert "Traceback" not in result.out + result.err
+
+
+class FakeNatsClient:
+    """Stands in for nats-py's client where the fetch and dispatch write: records the
+    protocol lines they send (NAKs, +WPI), answers nothing."""
+
+    is_closed = False
+    is_connected = True
+
+    def __init__(self) -> None:
+        self.stats = {"reconnects": 0}
+        self.written = b""
+
+    async def publish(self, subject: str, data: bytes = b"", reply: str = "") -> None:
+        pass
+
+    async def _send_command(self, data: bytes, priority: bool = False) -> None:
+        self.written += data
+
+    async def _flush_pending(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+def fake_pull_parts(client: Any) -> Any:
+    """The parts of a pull subscription (``compat.PullParts``) around a queue of one's own."""
+    from types import SimpleNamespace
+
+    from faststream_natspubsub.compat import PullParts
+
+    return PullParts(
+        client=client,
+        subscription=SimpleNamespace(_pending_size=0),
+        queue=asyncio.Queue(),
+        next_subject="$JS.API.CONSUMER.MSG.NEXT.S.C",
+        deliver_subject="_INBOX.x",
+    )

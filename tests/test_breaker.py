@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from faststream.nats import NatsBroker, PullSub
 from nats.aio.msg import Msg
-from support import wait_until
+from support import FakeNatsClient, fake_pull_parts, wait_until
 
 from faststream_natspubsub import (
     BatchSettings,
@@ -20,7 +19,6 @@ from faststream_natspubsub import (
     NatsPubsub,
 )
 from faststream_natspubsub.breaker import BreakerMachine, SubscriberBreaker, Verdict
-from faststream_natspubsub.compat import PullParts
 from faststream_natspubsub.dispatch import DispatchSettings, _Run
 from faststream_natspubsub.metrics import PubsubMetrics
 
@@ -314,21 +312,6 @@ class _ScriptedClock(Clock):
         return self.script.pop(0) if self.script else self.now
 
 
-class _Client:
-    is_closed = False
-    is_connected = True
-    stats: dict[str, int] = {"reconnects": 0}  # noqa: RUF012 - read only
-
-    async def publish(self, subject: str, data: bytes = b"", reply: str = "") -> None:
-        pass
-
-    async def _send_command(self, data: bytes, priority: bool = False) -> None:
-        pass
-
-    async def _flush_pending(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-
 async def test_a_probe_started_as_the_cooldown_ends_is_known_as_the_probe() -> None:
     # Before: the dispatch read the state (open), then may_start read the clock again (the
     # cooldown just over) and started the probe as an ordinary message; when it ended with
@@ -341,14 +324,8 @@ async def test_a_probe_started_as_the_cooldown_ends_is_known_as_the_probe() -> N
         metrics=PubsubMetrics(),
         clock=clock,
     )
-    client = _Client()
-    parts = PullParts(
-        client=client,  # type: ignore[arg-type]
-        subscription=SimpleNamespace(_pending_size=0),
-        queue=asyncio.Queue(),
-        next_subject="$JS.API.CONSUMER.MSG.NEXT.S.C",
-        deliver_subject="_INBOX.x",
-    )
+    client = FakeNatsClient()
+    parts = fake_pull_parts(client)
     handled: list[str] = []
 
     async def consume(msg: Msg) -> None:  # a duplicate, say: neither success nor failure

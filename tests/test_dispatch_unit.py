@@ -10,42 +10,15 @@ from types import SimpleNamespace
 from typing import Any
 
 from nats.aio.msg import Msg
-from support import wait_until
+from support import FakeNatsClient, fake_pull_parts, wait_until
 
-from faststream_natspubsub.compat import PullParts
 from faststream_natspubsub.dispatch import DispatchSettings, _Run
-
-
-class _Client:
-    """Records the protocol lines the dispatch writes."""
-
-    is_closed = False
-    is_connected = True
-
-    def __init__(self) -> None:
-        self.stats = {"reconnects": 0}
-        self.written = b""
-
-    async def publish(self, subject: str, data: bytes = b"", reply: str = "") -> None:
-        pass
-
-    async def _send_command(self, data: bytes, priority: bool = False) -> None:
-        self.written += data
-
-    async def _flush_pending(self, *args: Any, **kwargs: Any) -> None:
-        pass
 
 
 async def test_messages_waiting_for_recovery_are_handed_back_when_the_task_ends() -> None:
     # Given an ordered subscriber waiting at start for a message pending from before
-    client = _Client()
-    parts = PullParts(
-        client=client,  # type: ignore[arg-type]
-        subscription=SimpleNamespace(_pending_size=0),
-        queue=asyncio.Queue(),
-        next_subject="$JS.API.CONSUMER.MSG.NEXT.S.C",
-        deliver_subject="_INBOX.x",
-    )
+    client = FakeNatsClient()
+    parts = fake_pull_parts(client)
     handled: list[Msg] = []
 
     async def consume(msg: Msg) -> None:

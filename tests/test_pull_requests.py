@@ -7,15 +7,14 @@ tests/test_dispatch.py.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from nats.aio.msg import Msg
+from support import fake_pull_parts
 
-from faststream_natspubsub.compat import PullParts
 from faststream_natspubsub.fetching import PullSource
 from faststream_natspubsub.pull_requests import REFUSED_PAUSE, PullLedger
 
@@ -73,14 +72,8 @@ def test_a_refusal_or_an_unexpected_status_ends_requests_and_pauses_the_next(
 def test_a_status_between_messages_loses_none_of_them() -> None:
     # Before: a 503 among arrivals raised from take(); the messages taken before it were
     # gone until ack_wait, and at a stop nothing was handed back
-    queue: asyncio.Queue[Msg] = asyncio.Queue()
-    parts = PullParts(
-        client=CLIENT,
-        subscription=SimpleNamespace(_pending_size=0),
-        queue=queue,
-        next_subject="$JS.API.CONSUMER.MSG.NEXT.S.C",
-        deliver_subject="_INBOX.x",
-    )
+    parts = fake_pull_parts(CLIENT)
+    queue = parts.queue
     source = PullSource(parts)
     for msg in (_message(1), _message(2), _status("503"), _message(3)):
         queue.put_nowait(msg)
