@@ -185,16 +185,20 @@ def _names(message: str, permission: Permission) -> bool:
     )
 
 
-async def test_publish_many_reports_a_refused_subject_per_item() -> None:
-    # Given a publisher that may publish one of its topics only
+def _done_only() -> PermissionSet:
+    """The publisher's set, allowed to publish ``payment.done`` only of its topics."""
     allowed = publisher_set()
     events = next(p for p in allowed.permissions if p.subject == "test.payments.>")
     narrower = dataclasses.replace(events, subject="test.payments.payment.done")
-    block = dataclasses.replace(
+    return dataclasses.replace(
         allowed,
         permissions=tuple(narrower if p == events else p for p in allowed.permissions),
     )
-    async with EmbeddedNatsServer(config=users_config({"payments": block})) as server:
+
+
+async def test_publish_many_reports_a_refused_subject_per_item() -> None:
+    # Given a publisher that may publish one of its topics only
+    async with EmbeddedNatsServer(config=users_config({"payments": _done_only()})) as server:
         payments = payments_app(server.url)
         async with running_broker(payments.broker):
             started = time.monotonic()
@@ -211,14 +215,7 @@ async def test_publish_many_reports_a_refused_subject_per_item() -> None:
 async def test_a_window_over_the_clients_buffer_with_a_refused_item_returns_every_result() -> None:
     # Over 2 MiB the client flushes as it writes, and swallowed the refusal's interruption;
     # the retry round's then escaped publish_many as CancelledError, results and all lost
-    allowed = publisher_set()
-    events = next(p for p in allowed.permissions if p.subject == "test.payments.>")
-    narrower = dataclasses.replace(events, subject="test.payments.payment.done")
-    block = dataclasses.replace(
-        allowed,
-        permissions=tuple(narrower if p == events else p for p in allowed.permissions),
-    )
-    async with EmbeddedNatsServer(config=users_config({"payments": block})) as server:
+    async with EmbeddedNatsServer(config=users_config({"payments": _done_only()})) as server:
         payments = payments_app(server.url)
         async with running_broker(payments.broker):
             filler = "x" * 700
