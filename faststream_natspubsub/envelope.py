@@ -217,21 +217,20 @@ class EnvelopeCodec:
 
 
 def encode_within(
-    codec: Codec, data: dict[str, Any], room: int, *, headers: int
+    codec: Codec, data: dict[str, Any], *, max_payload: int, headers: int
 ) -> tuple[bytes, bool]:
-    """``codec.encode(data)`` held to ``room`` bytes as well: what the server's max_payload
-    leaves after ``headers`` bytes of headers (it counts both). Optional metadata goes first,
-    as for the codec's own limit; then :class:`MessageTooLargeError` names the whole size."""
+    """``codec.encode(data)`` held to what the server's ``max_payload`` leaves after
+    ``headers`` bytes of headers (it counts both). Optional metadata goes first, as for the
+    codec's own limit; then :class:`MessageTooLargeError` names the whole size."""
+    room = max_payload - headers
     if 0 < room < codec.max_message_size and dataclasses.is_dataclass(codec):
         try:  # the codec's own rule, with the smaller limit (a codec is a frozen dataclass)
             return dataclasses.replace(codec, max_message_size=room).encode(data)
         except MessageTooLargeError as exc:
-            raise MessageTooLargeError(
-                exc.size + headers, room + headers, headers=headers
-            ) from None
+            raise MessageTooLargeError(exc.size + headers, max_payload, headers=headers) from None
     payload, compressed = codec.encode(data)
     if len(payload) > room:
-        raise MessageTooLargeError(len(payload) + headers, room + headers, headers=headers)
+        raise MessageTooLargeError(len(payload) + headers, max_payload, headers=headers)
     return payload, compressed
 
 

@@ -221,7 +221,7 @@ class EventPublisher:
         header_size = len(headers) + len(_GZIP_LINE) + len(b"\r\n")  # at most, once closed
         if len(payload) + header_size > shared.max_payload:  # the server counts both
             payload, compressed = encode_within(
-                envelope.codec, data, shared.max_payload - header_size, headers=header_size
+                envelope.codec, data, max_payload=shared.max_payload, headers=header_size
             )
         if compressed:
             headers += _GZIP_LINE

@@ -137,8 +137,10 @@ class BatchFetcher:
             if remaining is not None and remaining <= 0:
                 break
             await self._request(batch - len(messages), remaining)
+            # Refused a moment ago (nothing was asked): wait for the pause, then ask again.
+            paused = not self._ledger.outstanding
             wait = remaining
-            if not self._ledger.outstanding:  # refused a moment ago: ask again after the pause
+            if paused:
                 pause = self._ledger.pause_left()
                 wait = pause if wait is None else min(wait, pause)
             try:
@@ -147,8 +149,8 @@ class BatchFetcher:
                 async with asyncio.timeout(wait):
                     msg = await self._queue.get()
             except TimeoutError:
-                if wait != remaining:
-                    continue
+                if paused:
+                    continue  # the loop's test ends it if the time is up
                 break
             self._took(msg)
             if self._ledger.is_message(msg):

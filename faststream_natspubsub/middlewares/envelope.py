@@ -289,7 +289,7 @@ class EnvelopeMiddleware:
             header_size = _sent_header_size(cmd)
             if len(payload) + header_size > self.max_payload:
                 payload, compressed = encode_within(
-                    self.codec, data, self.max_payload - header_size, headers=header_size
+                    self.codec, data, max_payload=self.max_payload, headers=header_size
                 )
         if compressed:
             headers[CONTENT_ENCODING_HEADER] = "gzip"
