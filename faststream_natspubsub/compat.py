@@ -27,6 +27,11 @@ Besides the hosts' context and handler internals, the consume path needs:
 - FastStream's pull loop of one subscriber (:func:`replace_pull_loop`) and its ``stop``
   (:func:`wrap_stop`): to run the package's own fetch-ahead and dispatch in its place.
 
+The publish path needs FastStream's publish command (:func:`stream_publish_command`), its
+chain of broker middlewares (:func:`through_publish_middlewares`) and its JetStream producer
+(:func:`default_stream_producer`): ``publish`` takes ``broker.publish``'s path with its last
+step, the producer, done by the package's PubAck router.
+
 Supported: FastStream 0.7.x, nats-py 2.12 and newer 2.x, opentelemetry-api 1.23 and newer 1.x
 (pyproject.toml's range; CI runs the fast tests on its lowest versions, ``.ci/lowest.txt``).
 """
@@ -37,6 +42,7 @@ import asyncio
 import contextlib
 import inspect
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
 from nats.aio.msg import Msg
@@ -59,6 +65,7 @@ __all__ = (
     "api_error",
     "broker_connection_kwargs",
     "current_subscriber",
+    "default_stream_producer",
     "flush_pending",
     "handler_function",
     "in_memory_message",
@@ -78,9 +85,11 @@ __all__ = (
     "send_raw",
     "stop_interest",
     "stop_recording_naks",
+    "stream_publish_command",
     "subscribe_direct",
     "subscriber_ack_wait",
     "subscriber_durable",
+    "through_publish_middlewares",
     "took_from_queue",
     "wrap_stop",
     "write_protocol",
@@ -104,6 +113,16 @@ class HostVersionError(NatsPubsubError, RuntimeError):
 
 
 # -- FastStream ---------------------------------------------------------------------------
+
+try:  # the publish command and JetStream producer of FastStream 0.7
+    from faststream._internal.parser import DefaultCodec as _DefaultCodec
+    from faststream.nats.publisher.producer import NatsJSFastProducer as _JetStreamProducer
+    from faststream.nats.response import NatsPublishCommand as _PublishCommand
+    from faststream.response.publish_type import PublishType as _PublishType
+
+    _PRODUCER_KNOWN = True
+except ImportError:  # another layout: broker.publish does every publish itself
+    _PRODUCER_KNOWN = False
 
 
 def current_subscriber(context: ContextRepo) -> Any:
@@ -213,6 +232,54 @@ def wrap_stop(
             await after()
 
     subscriber.stop = stop
+
+
+def default_stream_producer(broker: NatsBroker) -> Any | None:
+    """The broker's JetStream producer when it is FastStream's own with its default codec,
+    which sends a body of bytes unchanged; else None (``TestNatsBroker``'s, a custom codec's,
+    another FastStream layout's): then only ``broker.publish`` knows what a publish does."""
+    if not _PRODUCER_KNOWN:
+        return None
+    producer = getattr(broker.config, "js_producer", None)
+    if type(producer) is not _JetStreamProducer:
+        return None
+    if type(getattr(producer, "codec", None)) is not _DefaultCodec:
+        return None
+    return producer
+
+
+def stream_publish_command(
+    message: Any,
+    *,
+    subject: str,
+    headers: dict[str, str] | None,
+    correlation_id: str,
+    stream: str,
+    timeout: float,
+) -> Any:
+    """The command ``broker.publish(message, subject, stream=stream, ...)`` builds (call it
+    only when :func:`default_stream_producer` found FastStream's producer)."""
+    return _PublishCommand(
+        message,
+        subject=subject,
+        correlation_id=correlation_id,
+        headers=headers,
+        stream=stream,
+        timeout=timeout or 0.5,
+        _publish_type=_PublishType.PUBLISH,
+    )
+
+
+async def through_publish_middlewares(
+    broker: NatsBroker, cmd: Any, last_step: Callable[[Any], Awaitable[Any]]
+) -> Any:
+    """Run ``cmd`` through every broker middleware's ``publish_scope`` as ``broker.publish``
+    does (the first added outermost), with ``last_step`` in place of its producer."""
+    publish = last_step
+    context = broker.context
+    for middleware in broker.middlewares[::-1]:
+        publish = partial(middleware(None, context=context).publish_scope, publish)
+    return await publish(cmd)
 
 
 # -- nats-py messages ---------------------------------------------------------------------

@@ -1,9 +1,12 @@
 """Publishing events of one app: one at a time through FastStream, or many pipelined.
 
-``publish`` goes through ``broker.publish``, so FastStream's middlewares (telemetry, the
-envelope) see it like any publish. ``publish_many`` writes a window of events at once and
-collects their PubAcks (:mod:`faststream_natspubsub.pipeline`); the envelope is built here
-the same way the envelope middleware builds it.
+``publish`` takes ``broker.publish``'s path: the same command goes through every broker
+middleware (telemetry, the envelope), as any publish does. Only the last step, FastStream's
+JetStream producer, is the PubAck router of :mod:`faststream_natspubsub.pipeline`, which
+sends the same bytes and headers for less; under ``TestNatsBroker`` (or with a producer of
+another kind) ``broker.publish`` itself runs. ``publish_many`` writes a window of events at
+once through that router; the envelope is built here the same way the envelope middleware
+builds it.
 """
 
 from __future__ import annotations
@@ -15,9 +18,11 @@ from datetime import datetime, timezone
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
 
+from faststream.exceptions import IncorrectState
 from nats.aio.client import Client as NatsClient
 from opentelemetry import propagate
 
+from .compat import default_stream_producer, stream_publish_command, through_publish_middlewares
 from .envelope import CONTENT_ENCODING_HEADER, encode_within, format_timestamp, new_event_id
 from .errors import NatsPubsubError, PermissionDeniedError, PublishError
 from .metadata import current_inbound
@@ -29,6 +34,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from faststream.nats import NatsBroker
+    from faststream.nats.response import NatsPublishCommand
 
     from .metadata import InboundEvent
     from .runtime import AppRuntime
@@ -89,7 +95,7 @@ class EventPublisher:
             message=message, event_id=event_id, occurred_at=occurred_at, metadata=metadata
         )
         stream = self.runtime.stream
-        ack = await self.broker.publish(
+        ack = await self._publish_event(
             event,
             subject,
             headers=dict(headers) if headers else None,
@@ -106,6 +112,58 @@ class EventPublisher:
             seq=getattr(ack, "seq", None),
             duplicate=bool(getattr(ack, "duplicate", False)),
         )
+
+    async def _publish_event(
+        self,
+        event: OutgoingEvent,
+        subject: str,
+        *,
+        headers: dict[str, str] | None,
+        stream: str,
+        timeout: float,
+        correlation_id: str,
+    ) -> Any:
+        """``broker.publish(event, subject, stream=stream, ...)``, its producer's step done by
+        the PubAck router when FastStream's own producer would have done it."""
+        broker = self.broker
+        try:
+            connection = broker.connection
+        except IncorrectState:  # not connected: broker.publish says so its own way
+            connection = None
+        producer = default_stream_producer(broker)
+        if not stream or producer is None or not isinstance(connection, NatsClient):
+            return await broker.publish(
+                event,
+                subject,
+                headers=headers,
+                stream=stream,
+                timeout=timeout,
+                correlation_id=correlation_id,
+            )
+        cmd = stream_publish_command(
+            event,
+            subject=subject,
+            headers=headers,
+            correlation_id=correlation_id,
+            stream=stream,
+            timeout=timeout,
+        )
+        router = self._pub_acks_for(connection)
+
+        async def last_step(cmd: NatsPublishCommand) -> Any:
+            body = cmd.body
+            if type(body) is not bytes:  # a later middleware left no bytes: FastStream encodes
+                return await producer.publish(cmd)
+            block = header_block(
+                {
+                    "content-type": "",  # the producer's, for a body it did not encode
+                    **cmd.headers_to_publish(js=True),
+                    "Nats-Expected-Stream": cmd.stream or stream,
+                }
+            )
+            return await router.publish(cmd.destination, block + b"\r\n", body, cmd.timeout)
+
+        return await through_publish_middlewares(broker, cmd, last_step)
 
     async def publish_many(
         self,

@@ -445,3 +445,71 @@ def test_api_error_gives_the_typed_error_of_a_jetstream_answer() -> None:
     assert isinstance(unavailable, ServiceUnavailableError)
     assert isinstance(other, APIError) and not isinstance(other, ServiceUnavailableError)
     assert other.err_code == 10071
+
+
+# -- the publish path: FastStream's command, middlewares and JetStream producer ------------
+
+
+def _recorder(name: str, seen: list[Any]) -> Any:
+    class Recorder(BaseMiddleware):
+        async def publish_scope(self, call_next: Any, cmd: Any) -> Any:
+            seen.append((name, cmd))
+            return await call_next(cmd)
+
+    return Recorder
+
+
+@pytest.mark.nats
+async def test_default_stream_producer_is_faststreams_own_with_its_default_codec(
+    server: EmbeddedNatsServer,
+) -> None:
+    broker = NatsBroker(server.url, logger=None)
+    await broker.start()
+    try:
+        producer = compat.default_stream_producer(broker)
+        assert producer is broker.config.js_producer
+        assert type(producer).__name__ == "NatsJSFastProducer"
+        # another codec may encode bytes its own way: only broker.publish knows
+        default_codec, producer.codec = producer.codec, object()
+        assert compat.default_stream_producer(broker) is None
+        producer.codec = default_codec
+    finally:
+        await broker.stop()
+    async with TestNatsBroker(NatsBroker()) as fake:
+        assert compat.default_stream_producer(fake) is None  # the in-memory producer
+
+
+async def test_stream_publish_command_and_middlewares_are_broker_publishs() -> None:
+    # What broker.publish hands its middlewares, and in which order it runs them, against
+    # what the package builds and runs itself
+    seen: list[Any] = []
+    broker = NatsBroker(middlewares=[_recorder("outer", seen)])
+    broker.add_middleware(_recorder("inner", seen))
+    async with TestNatsBroker(broker):
+        await broker.publish(
+            b"body", "a.b", headers={"h": "1"}, correlation_id="c-1", stream="S", timeout=2.0
+        )
+        by_broker, seen[:] = list(seen), []
+        cmd = compat.stream_publish_command(
+            b"body",
+            subject="a.b",
+            headers={"h": "1"},
+            correlation_id="c-1",
+            stream="S",
+            timeout=2.0,
+        )
+        ends: list[Any] = []
+
+        async def last_step(sent: Any) -> str:
+            ends.append(sent)
+            return "ack"
+
+        assert await compat.through_publish_middlewares(broker, cmd, last_step) == "ack"
+    assert [name for name, _ in seen] == [name for name, _ in by_broker] == ["outer", "inner"]
+    assert ends == [cmd]
+    built, made = cmd, by_broker[0][1]
+    assert type(built) is type(made)
+    for field in ("body", "destination", "correlation_id", "headers", "stream", "timeout"):
+        assert getattr(built, field) == getattr(made, field), field
+    assert built.publish_type == made.publish_type
+    assert built.headers_to_publish(js=True) == made.headers_to_publish(js=True)
