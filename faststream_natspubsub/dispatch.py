@@ -709,23 +709,25 @@ class _Run:
     async def _abandon(self) -> None:
         """The task ends (cancelled after graceful_timeout): hand back everything left."""
         self.closing = True
-        # Handlers cancelled mid-way first (their messages were not acknowledged), then
-        # what waited behind them.
-        left = sorted(
-            (item for item in self.in_flight if not item.msg.is_acked), key=lambda i: i.seq
-        )
+        # Handlers cancelled mid-way (their messages were not acknowledged), messages ready
+        # to start (a breaker may hold them) and those queued behind either: in stream order,
+        # as the server redelivers them, so each key's events come back in their order.
+        # A retried message its key waits for goes first, its NAK repeated without delay.
+        retried = [lane.blocker for lane in self.lanes.values() if lane.blocker is not None]
+        left = [item for item in self.in_flight if not item.msg.is_acked]
         for lane in self.lanes.values():
-            left.extend(sorted(lane.queue, key=lambda i: i.seq))
+            left.extend(lane.queue)
         left.extend(item for item in self.ready if not item.started)
         if self.recovery is not None:  # ended before a stop began: still waiting to start
-            left.extend(sorted(self.recovery.buffer, key=lambda i: i.seq))
+            left.extend(self.recovery.buffer)
             self.recovery = None
+        left.sort(key=lambda i: i.seq)
         self.in_flight.clear()
         self.lanes.clear()
         self.ready.clear()
-        if left and not self.client.is_closed:
+        if (retried or left) and not self.client.is_closed:
             with contextlib.suppress(Exception):
-                await self._nak(left)
+                await self._nak(retried + left)
 
     async def _nak(self, items: Sequence[_Item]) -> None:
         """NAK ``items`` in this order, at once (a NAK sent before is repeated, undelayed)."""
