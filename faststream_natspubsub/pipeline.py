@@ -121,6 +121,7 @@ class PubAckRouter:
     def __init__(self, connection: NatsClient) -> None:
         self.connection = connection
         self._prefix = ""
+        self._prefix_bytes = b""
         self._subscription: Any = None
         self._next_token = 0
         # A window's items wait on their round; a single publish on its future.
@@ -138,28 +139,17 @@ class PubAckRouter:
         instead of ``MaxPayloadError``.
         """
         nc = self.connection
-        if nc.is_closed:
-            raise ConnectionClosedError
-        if nc.is_draining_pubs:
-            raise ConnectionDrainingError
-        size = len(headers) + len(payload)
-        if size > nc.max_payload:
-            raise MessageTooLargeError(size, nc.max_payload, headers=len(headers))
+        refusal = _connection_refusal(nc)
+        if refusal is not None:
+            raise refusal
+        item = PipelinedItem(event_id="", subject=subject, payload=payload, headers=headers)
+        too_large = _too_large(item, nc.max_payload)
+        if too_large is not None:
+            raise too_large
         await self._subscribe()
-        token = str(self._next_token)
-        self._next_token += 1
-        frame = b"HPUB %s %s.%s %d %d\r\n%s%s\r\n" % (
-            subject.encode(),
-            self._prefix.encode(),
-            token.encode(),
-            len(headers),
-            size,
-            headers,
-            payload,
-        )
+        token, frame = self._frame(item)
         if not nc.is_connected and len(frame) > outbound_buffer_room(nc):
             raise OutboundBufferLimitError
-        item = PipelinedItem(event_id="", subject=subject, payload=payload, headers=headers)
         answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting[token] = (item, answered)
         try:
@@ -190,10 +180,10 @@ class PubAckRouter:
         """
         nc = self.connection
         items = list(items)
-        if nc.is_closed or nc.is_draining_pubs:
-            error = ConnectionClosedError if nc.is_closed else ConnectionDrainingError
+        refusal = _connection_refusal(nc)
+        if refusal is not None:
             for item in items:
-                _fail(item, error(), retriable=False)
+                _fail(item, refusal, retriable=False)
             return
         await self._subscribe()
         frames: list[bytes] = []
@@ -201,24 +191,12 @@ class PubAckRouter:
         tokens: list[str] = []
         size = 0
         max_payload = nc.max_payload
-        prefix = self._prefix.encode()
         for item in items:
-            body_size = len(item.headers) + len(item.payload)
-            if body_size > max_payload:
-                too_large = MessageTooLargeError(body_size, max_payload, headers=len(item.headers))
+            too_large = _too_large(item, max_payload)
+            if too_large is not None:
                 _fail(item, too_large, retriable=False)
                 continue
-            token = str(self._next_token)
-            self._next_token += 1
-            frame = b"HPUB %s %s.%s %d %d\r\n%s%s\r\n" % (
-                item.subject.encode(),
-                prefix,
-                token.encode(),
-                len(item.headers),
-                body_size,
-                item.headers,
-                item.payload,
-            )
+            token, frame = self._frame(item)
             frames.append(frame)
             sent.append(item)
             tokens.append(token)
@@ -251,9 +229,25 @@ class PubAckRouter:
                         retriable=True,
                     )
 
+    def _frame(self, item: PipelinedItem) -> tuple[str, bytes]:
+        """A fresh reply token, and the ``HPUB`` frame of ``item`` that asks for it."""
+        token = str(self._next_token)
+        self._next_token += 1
+        frame = b"HPUB %s %s.%s %d %d\r\n%s%s\r\n" % (
+            item.subject.encode(),
+            self._prefix_bytes,
+            token.encode(),
+            len(item.headers),
+            len(item.headers) + len(item.payload),
+            item.headers,
+            item.payload,
+        )
+        return token, frame
+
     async def _subscribe(self) -> None:
         if self._subscription is None:
             self._prefix = self.connection.new_inbox()
+            self._prefix_bytes = self._prefix.encode()
             self._subscription = await subscribe_direct(
                 self.connection, self._prefix + ".*", self._on_reply
             )
@@ -282,6 +276,23 @@ class PubAckRouter:
                 window.settle()
             elif not window.done():
                 window.set_result(None)
+
+
+def _connection_refusal(nc: NatsClient) -> BaseException | None:
+    """What nats-py's ``publish`` raises on a closed or draining connection; else None."""
+    if nc.is_closed:
+        return ConnectionClosedError()
+    if nc.is_draining_pubs:
+        return ConnectionDrainingError()
+    return None
+
+
+def _too_large(item: PipelinedItem, max_payload: int) -> MessageTooLargeError | None:
+    """The error for ``item`` when its headers and body exceed the server's limit."""
+    size = len(item.headers) + len(item.payload)
+    if size <= max_payload:
+        return None
+    return MessageTooLargeError(size, max_payload, headers=len(item.headers))
 
 
 def _fail(item: PipelinedItem, error: BaseException, *, retriable: bool) -> None:
